@@ -1,0 +1,45 @@
+"""The dependency rules of STYLE.md, checked on the source: nothing imports upward."""
+import ast
+import pathlib
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parents[1] / "src" / "clipforge"
+
+# package -> packages it must never import
+FORBIDDEN = {
+    "layers": ["models", "training", "evaluation", "cli", "losses", "serving", "export"],
+    "losses": ["models", "training", "evaluation", "cli", "serving", "export"],
+    "tokenizer": ["models", "training", "evaluation", "cli"],
+    "models": ["training", "evaluation", "cli", "serving"],
+    "evaluation": ["training", "cli", "serving"],
+    "export": ["training", "cli", "serving"],
+}
+
+
+def _imports(path: pathlib.Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_upward_imports(package):
+    root = PKG / package
+    bad = []
+    for path in sorted(root.rglob("*.py")) + ([PKG / f"{package}.py"] if (PKG / f"{package}.py").exists() else []):
+        for name in _imports(path):
+            for target in FORBIDDEN[package]:
+                if name == f"clipforge.{target}" or name.startswith(f"clipforge.{target}."):
+                    bad.append(f"{path.relative_to(PKG)} imports {name}")
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_argparse_only_in_cli():
+    offenders = [str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+                 if "cli" not in p.relative_to(PKG).parts and "argparse" in set(_imports(p))]
+    assert not offenders, f"argparse outside cli/: {offenders}"
