@@ -14,7 +14,7 @@ _LAZY = {
     "create_model_from_pretrained": "clipforge.models.factory",
     "list_models": "clipforge.models.registry",
     "list_pretrained": "clipforge.models.weights",
-    "get_tokenizer": "clipforge.tokenizer",
+    "get_tokenizer": "clipforge.models.factory",
 }
 
 __all__ = sorted(_LAZY)
