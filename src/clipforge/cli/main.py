@@ -13,6 +13,9 @@ import sys
 VERBS = {
     "models": ("clipforge.cli.models", "list the model zoo: architectures and pretrained weight tags"),
     "info": ("clipforge.cli.info", "describe one model: parameters, GFLOPs, size on disk, preprocessing"),
+    "train": ("clipforge.cli.train", "train or fine-tune a model from a run config (torchrun: -m clipforge.train)"),
+    "benchmark": ("clipforge.cli.benchmark", "zero-shot classification/retrieval, linear probe, resource tables"),
+    "quickstart": ("clipforge.cli.quickstart", "offline demo: make a dataset, train a tiny CLIP, evaluate it"),
 }
 
 

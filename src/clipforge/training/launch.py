@@ -1,0 +1,93 @@
+"""Process setup: who am I (rank, world size, device), process-group init and model wrapping (DDP / FSDP2).
+
+clipforge never starts processes itself: ``torchrun`` (or SLURM's ``srun``) does, and this module reads what they
+set in the environment. Everything runtime goes into a frozen ``RunContext``; the run config is never mutated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+
+from clipforge.training.config import DistConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    workdir: Path
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name])
+    return default
+
+
+def read_environment() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's variables, else SLURM's, else a single process."""
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    return rank, local_rank, world
+
+
+def init_run(cfg: DistConfig, workdir: str | Path) -> RunContext:
+    rank, local_rank, world = read_environment()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not torch_dist.is_initialized():
+        backend = cfg.backend or ("nccl" if device.type == "cuda" else "gloo")
+        if backend == "nccl" and device.type != "cuda":
+            raise ValueError("dist.backend=nccl needs CUDA devices; use dist.backend=gloo on CPU")
+        if "MASTER_ADDR" not in os.environ:
+            raise ValueError(f"WORLD_SIZE={world} but MASTER_ADDR is not set: launch with torchrun "
+                             "(torchrun --nproc-per-node N -m clipforge.train ...) or set MASTER_ADDR/MASTER_PORT")
+        torch_dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timedelta(minutes=30))
+    return RunContext(rank=rank, local_rank=local_rank, world_size=world, device=device, workdir=Path(workdir))
+
+
+def wrap_model(model: torch.nn.Module, ctx: RunContext, cfg: DistConfig) -> torch.nn.Module:
+    """DDP keeps a full replica per rank; FSDP2 (``fully_shard``) shards parameters, gradients and optimizer state."""
+    if not ctx.distributed:
+        return model
+    if cfg.strategy == "ddp":
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    from torch.distributed.fsdp import fully_shard
+
+    # Shard each transformer/residual block, then the root: blocks are the natural unit of communication.
+    for module in list(model.modules()):
+        if getattr(module, "is_fsdp_unit", False):
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def barrier() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
+def shutdown() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

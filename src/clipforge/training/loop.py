@@ -1,0 +1,179 @@
+"""The training run, top to bottom: set up, resume, step loop with logging, evaluation and checkpoints.
+
+``train(config)`` is what ``clipforge train`` and ``python -m clipforge.train`` (under torchrun) call, and what the
+tests call. Phases: context -> model -> data -> loss/optimizer -> resume -> loop -> final checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from clipforge.losses.config import create_loss
+from clipforge.models import convert
+from clipforge.models.factory import create_model, get_tokenizer
+from clipforge.training import checkpoint as ckpt
+from clipforge.training.config import TrainConfig, config_to_json
+from clipforge.training.data import create_train_loader
+from clipforge.training.launch import RunContext, barrier, init_run, shutdown, wrap_model
+from clipforge.training.logging import MetricsLogger
+from clipforge.training.optim import create_optimizer, set_lr
+from clipforge.training.step import train_step, unwrap
+from clipforge.transforms import create_train_transform
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses: the run stopped, the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunState:
+    """What changes as the run goes: the position to resume from."""
+    step: int = 0                # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0      # batches of `epoch` already consumed
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    workdir: Path
+    checkpoint: Optional[Path]
+    steps: int
+    final_loss: float
+    metrics: dict[str, float]
+
+
+def build_model(cfg: TrainConfig, ctx: RunContext) -> torch.nn.Module:
+    m = cfg.model
+    model = create_model(m.name, m.pretrained, overrides=m.overrides or None, image_size=m.image_size)
+    if m.lock_image:
+        model.lock_image_tower(unlocked_groups=m.lock_image_unlocked_groups)
+    if m.lock_text:
+        model.lock_text_tower(unlocked_layers=m.lock_text_unlocked_layers)
+    if m.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model.to(ctx.device)
+
+
+def _checkpoint_payload(model, optimizer, scaler, state: RunState, cfg: TrainConfig) -> dict[str, Any]:
+    inner = unwrap(model)
+    return {
+        # open_clip's checkpoint keys, so its tools read our checkpoints too
+        "state_dict": convert.to_open_clip_state_dict(inner.state_dict(), inner.config),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": state.epoch,
+        "run_state": dataclasses.asdict(state),
+        "rng": ckpt.rng_state(),
+        "config": json.loads(config_to_json(cfg)),
+    }
+
+
+def _resume(cfg: TrainConfig, ctx: RunContext, model, optimizer, scaler) -> RunState:
+    target = cfg.checkpoint.resume
+    if target is None:
+        return RunState()
+    path = ckpt.latest_checkpoint(ctx.workdir / "checkpoints") if target == "auto" else Path(target)
+    if path is None:
+        return RunState()
+    payload = ckpt.load_checkpoint(path)
+    inner = unwrap(model)
+    inner.load_state_dict(convert.convert_state_dict(payload["state_dict"], inner.config), strict=True)
+    optimizer.load_state_dict(payload["optimizer"])
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    ckpt.set_rng_state(payload["rng"])
+    state = RunState(**payload["run_state"])
+    state.nonfinite_in_row = 0
+    return state
+
+
+def _save(ctx, cfg, model, optimizer, scaler, state) -> Optional[Path]:
+    path = None
+    if ctx.is_main:
+        path = ckpt.save_checkpoint(ctx.workdir / "checkpoints", state.step,
+                                    _checkpoint_payload(model, optimizer, scaler, state, cfg),
+                                    cfg.checkpoint.keep_last)
+    barrier()
+    return path
+
+
+def _batches(cfg, ctx, state: RunState, transform, tokenizer):
+    """Endless stream of (images, tokens), epoch after epoch, starting at the saved data position."""
+    while True:
+        loader = create_train_loader(cfg.data, image_transform=transform, tokenize=tokenizer, rank=ctx.rank,
+                                     world_size=ctx.world_size, epoch=state.epoch, start_batch=state.batch_in_epoch)
+        for images, tokens in loader:
+            yield images.to(ctx.device, non_blocking=True), tokens.to(ctx.device, non_blocking=True)
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+
+def train(cfg: TrainConfig, evaluate=None) -> RunResult:
+    """Run (or continue) the training run described by ``cfg``.
+
+    ``evaluate(model, step) -> dict`` is called every ``eval.every_steps`` steps and at the end (main rank only).
+    """
+    ctx = init_run(cfg.dist, cfg.workdir)
+    torch.manual_seed(cfg.seed + ctx.rank)
+    model = build_model(cfg, ctx)
+    tokenizer = get_tokenizer(cfg.model.name)
+    transform = create_train_transform(unwrap(model).preprocess_config, cfg.augment)
+    loss_fn = create_loss(cfg.loss, rank=ctx.rank, world_size=ctx.world_size)
+    model = wrap_model(model, ctx, cfg.dist)
+    optimizer = create_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(ctx.device.type) if cfg.optim.precision == "fp16" else None
+    state = _resume(cfg, ctx, model, optimizer, scaler)
+    if ctx.is_main:
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(ctx.workdir / "config.json", config_to_json(cfg))
+    logger = MetricsLogger(ctx.workdir, cfg.log, enabled=ctx.is_main, total_steps=cfg.schedule.steps,
+                           start_step=state.step)
+    batches = _batches(cfg, ctx, state, transform, tokenizer)
+    out, metrics, path = None, {}, None
+    while state.step < cfg.schedule.steps:
+        images, tokens = next(batches)
+        lr = set_lr(optimizer, cfg.optim.lr, state.step, cfg.schedule)
+        start = time.perf_counter()
+        out = train_step(model, images, tokens, loss_fn, optimizer, accum_steps=cfg.optim.accum_steps,
+                         precision=cfg.optim.precision, scaler=scaler, grad_clip=cfg.optim.grad_clip)
+        state.batch_in_epoch += 1
+        if out.skipped:
+            state.nonfinite_in_row += 1
+            state.nonfinite_total += 1
+            logger.warn(f"step {state.step}: non-finite loss, update skipped "
+                        f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
+            if state.nonfinite_in_row >= cfg.checkpoint.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step}: stopping. The last "
+                    f"good checkpoint is in {ctx.workdir / 'checkpoints'}; lower optim.lr, enable optim.grad_clip or "
+                    "use optim.precision=bf16/fp32, then resume.")
+            continue
+        state.nonfinite_in_row = 0
+        state.step += 1
+        samples = images.shape[0] * ctx.world_size
+        logger.step(state.step, {"loss": out.loss, **out.parts, "lr": lr,
+                                 "logit_scale": float(unwrap(model).logit_scale.exp()),
+                                 "samples_per_s": samples / max(1e-9, time.perf_counter() - start)})
+        if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
+            path = _save(ctx, cfg, model, optimizer, scaler, state)
+        if evaluate and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and ctx.is_main:
+            metrics = evaluate(unwrap(model), state.step)
+            logger.step(state.step, {f"eval/{k}": v for k, v in metrics.items()})
+    if cfg.checkpoint.every_steps == 0 or state.step % cfg.checkpoint.every_steps != 0 or path is None:
+        path = _save(ctx, cfg, model, optimizer, scaler, state)
+    if evaluate and ctx.is_main:
+        metrics = evaluate(unwrap(model), state.step)
+        logger.step(state.step, {f"eval/{k}": v for k, v in metrics.items()})
+    logger.close()
+    final_loss = out.loss if out is not None else math.nan
+    shutdown()
+    return RunResult(workdir=ctx.workdir, checkpoint=path, steps=state.step, final_loss=final_loss,
+                     metrics=metrics)

@@ -1,0 +1,92 @@
+"""One optimizer step: forward, loss, backward, update. Callable from the loop, the tests and the benchmarks.
+
+With ``accum_steps > 1`` the step uses gradient caching (``training.grad_cache``): features of the whole batch are
+computed first without a graph, the loss and its gradient w.r.t. the features once, then each chunk is re-encoded
+with the same random state and back-propagated. The result is the gradient of the large batch, temperature included,
+which plain loss-per-micro-batch accumulation does not give for a contrastive loss.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as torch_dist
+
+from clipforge.training.grad_cache import grad_cache_backward
+
+_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
+
+
+@dataclasses.dataclass
+class StepOutput:
+    loss: float
+    parts: dict[str, float]
+    skipped: bool                 # the loss was not finite: no update was made
+    grad_norm: Optional[float] = None
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def autocast(device_type: str, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """True when the loss is finite on every rank, so all ranks skip or step together."""
+    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        flag = flag.to(value.device)
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def _features(model, images, tokens):
+    out = model(images, tokens, output_dict=True)
+    return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
+
+
+def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, loss_fn: Callable,
+               optimizer: torch.optim.Optimizer, *, accum_steps: int = 1, precision: str = "fp32",
+               scaler: Optional[torch.amp.GradScaler] = None, grad_clip: Optional[float] = None) -> StepOutput:
+    device_type = images.device.type
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    if accum_steps > 1:
+        with autocast(device_type, precision):
+            losses = grad_cache_backward(model, images, tokens, loss_fn, chunks=accum_steps,
+                                         backward=(scaler.scale if scaler else None))
+        total = losses["loss"]
+        if not _all_finite(total):
+            optimizer.zero_grad(set_to_none=True)
+            return StepOutput(float("nan"), {k: float(v) for k, v in losses.items()}, skipped=True)
+    else:
+        with autocast(device_type, precision):
+            image_features, text_features, logit_scale, logit_bias = _features(model, images, tokens)
+            losses = loss_fn(image_features.float(), text_features.float(), logit_scale.float(),
+                             None if logit_bias is None else logit_bias.float())
+        total = losses["loss"]
+        if not _all_finite(total):
+            return StepOutput(float("nan"), {k: float(v) for k, v in losses.items()}, skipped=True)
+        (scaler.scale(total) if scaler else total).backward()
+    grad_norm = None
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    with torch.no_grad():
+        unwrap(model).logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
+    return StepOutput(float(total.detach()), {k: float(v.detach()) for k, v in losses.items()}, skipped=False,
+                      grad_norm=grad_norm)
