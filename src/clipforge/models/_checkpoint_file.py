@@ -58,8 +58,8 @@ def detect_format(path: Path) -> str:
             raise _corrupt(path, f"broken zip archive ({e})") from None
         # torch.jit.save writes the module's TorchScript source under code/ next to data.pkl; torch.save never does.
         return "torchscript" if any("/code/" in name or name.endswith("/constants.pkl") for name in names) else "torch"
-    header_len = int.from_bytes(head[:8], "little")
-    if head[8:9] == b"{" and 0 < header_len < os.path.getsize(path):
+    # safetensors: an 8-byte little-endian header length, then the JSON header (a truncated file still has this)
+    if head[8:9] == b"{":
         return "safetensors"
     return "torch"  # the legacy (pre zip) torch.save format starts with a pickle opcode
 
@@ -101,8 +101,9 @@ def _read_torch(path: Path) -> Any:
             raise _corrupt(path, f"invalid torch pickle ({str(e).splitlines()[0]})") from None
         # weights_only refused an object that is not a tensor: read the tensors without running anything.
         return _SafeArchiveReader(path).root()
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise _corrupt(path, f"torch.load failed ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # torch raises many kinds (RuntimeError, EOFError, ...) for a damaged file
+        first_line = (str(e).splitlines() or [type(e).__name__])[0]
+        raise _corrupt(path, f"torch.load failed ({first_line})") from None
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -148,7 +149,9 @@ class _StorageType:
 
 def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     data, dtype = storage
-    return data.as_strided(tuple(size), tuple(stride), offset) if data.numel() else torch.empty(tuple(size), dtype=dtype)
+    if not data.numel():
+        return torch.empty(tuple(size), dtype=dtype)
+    return data.as_strided(tuple(size), tuple(stride), offset)  # raises if the view runs past the storage
 
 
 def _rebuild_parameter(data, *_ignored):
