@@ -8,7 +8,9 @@ published prefix) and only then renamed into place, so the cache never holds a p
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -42,20 +44,12 @@ def default_cache_dir() -> Path:
 def hub_file(repo_id: str, filenames: Sequence[str], *, revision: str | None = None,
              cache_dir: str | os.PathLike | None = None, local_files_only: bool = False) -> Path:
     """Path of the first of ``filenames`` that the hub repo has (or, offline, that the cache holds)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
     offline = is_offline(local_files_only)
     for filename in filenames:
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                        local_files_only=offline, library_name="clipforge"))
-        except (LocalEntryNotFoundError, EntryNotFoundError):
-            continue  # not cached / not in the repo: try the next candidate name
-        except RepositoryNotFoundError:
-            raise FileNotFoundError(
-                f"Hugging Face hub repo '{repo_id}' does not exist or is private (if it is gated or private, log "
-                f"in with `hf auth login`).") from None
+        found = _cached_hub_file(repo_id, filename, revision, cache_dir) if offline else \
+            _download_hub_file(repo_id, filename, revision, cache_dir)
+        if found is not None:
+            return found
     where = f"revision '{revision}' of " if revision else ""
     if offline:
         raise WeightsNotCachedError(
@@ -63,6 +57,31 @@ def hub_file(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
             f"({cache_dir or 'the default huggingface_hub cache'}). Run once with network access (unset "
             f"HF_HUB_OFFLINE, local_files_only=False) to download it, or pass the path of a local copy.")
     raise FileNotFoundError(f"{where}hub repo '{repo_id}' has none of the files {list(filenames)}")
+
+
+def _cached_hub_file(repo_id: str, filename: str, revision: str | None, cache_dir) -> Path | None:
+    # A pure file-system lookup. hf_hub_download(local_files_only=True) is not enough for "zero network": with
+    # huggingface_hub 2.4 it still builds request headers, whose agent detection fetches a registry from the hub.
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+    return Path(found) if isinstance(found, str) else None
+
+
+def _download_hub_file(repo_id: str, filename: str, revision: str | None, cache_dir) -> Path | None:
+    """The file from the hub (or its cache); None when the repo has no such file."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                    library_name="clipforge"))
+    except EntryNotFoundError:
+        return None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"Hugging Face hub repo '{repo_id}' does not exist or is private (if it is gated or private, log "
+            f"in with `hf auth login`).") from None
 
 
 def url_file(url: str, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None,
@@ -98,23 +117,38 @@ def _filename_of(url: str) -> str:
 def _download(url: str, target: Path, sha256: str | None, timeout: float) -> None:
     digest = hashlib.sha256()
     with atomic_path(target) as tmp:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            expected_size = response.headers.get("Content-Length")
-            received = 0
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
+        try:
+            expected_size, received = _stream(url, tmp, digest, timeout)
+        except http.client.IncompleteRead:
+            raise _cut_short(url, target) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise ConnectionError(f"could not download {url}: {getattr(e, 'reason', e)}. Nothing was written to "
+                                  f"{target}; check the network (or use a local copy of the file).") from None
         if expected_size is not None and received != int(expected_size):
-            raise WeightsIntegrityError(
-                f"download of {url} stopped after {received} of {expected_size} bytes; nothing was written to "
-                f"{target}. Try again.")
+            raise _cut_short(url, target)
         got = digest.hexdigest()
         if sha256 is not None and not got.startswith(sha256.lower()):
             kind = "sha256" if len(sha256) == 64 else "sha256 prefix"
             raise WeightsIntegrityError(
                 f"sha256 mismatch for {url}: expected {kind} {sha256}, got {got}. The download was discarded "
                 f"(nothing written to {target}); retry, and if it persists the file on the server has changed.")
+
+
+def _cut_short(url: str, target: Path) -> WeightsIntegrityError:
+    return WeightsIntegrityError(f"download of {url} ended before the announced size; nothing was written to "
+                                 f"{target}. Try again.")
+
+
+def _stream(url: str, tmp: Path, digest, timeout: float) -> tuple[str | None, int]:
+    """Copy the response body to ``tmp`` while hashing it; returns (declared length, bytes received)."""
+    received = 0
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+        expected_size = response.headers.get("Content-Length")
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            received += len(chunk)
+    return expected_size, received
 
 
 def _file_sha256(path: Path) -> str:
