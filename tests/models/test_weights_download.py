@@ -7,8 +7,12 @@ import threading
 
 import pytest
 
+import huggingface_hub
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
 from clipforge.models._download import (
-    WeightsIntegrityError, WeightsNotCachedError, hub_file, is_offline, url_file,
+    HubRepoNotFoundError, HubUnreachableError, WeightsIntegrityError, WeightsNotCachedError, hub_file, is_offline,
+    url_file,
 )
 
 PAYLOAD = b"clipforge weights " * 1000
@@ -38,7 +42,8 @@ class _Server:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
         self.thread.start()
 
     def url(self, path):
@@ -183,3 +188,39 @@ def test_hub_file_offline_not_cached_names_repo_and_cache(tmp_path, no_network):
     message = str(info.value)
     assert "org/absent" in message and "open_clip_model.safetensors" in message and str(tmp_path) in message
     assert "HF_HUB_OFFLINE" in message
+
+
+def test_online_hub_download_tries_names_in_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename, kwargs["revision"], kwargs["cache_dir"]))
+        if filename.endswith(".safetensors"):
+            raise EntryNotFoundError(f"{filename} is not in {repo_id}")
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    path = hub_file("org/repo", ["a.safetensors", "b.bin"], revision="v1", cache_dir=tmp_path)
+    assert path == tmp_path / "b.bin"
+    assert calls == [("org/repo", "a.safetensors", "v1", tmp_path), ("org/repo", "b.bin", "v1", tmp_path)]
+    with pytest.raises(FileNotFoundError, match="has none of the files"):
+        hub_file("org/repo", ["only.safetensors"], cache_dir=tmp_path)
+
+
+def test_online_hub_errors_are_specific(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def unreachable(repo_id, filename, **kwargs):
+        raise LocalEntryNotFoundError("connection refused and nothing cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(HubUnreachableError, match="could not reach .*org/repo"):
+        hub_file("org/repo", ["w.bin"], cache_dir=tmp_path)
+
+    def no_repo(repo_id, filename, **kwargs):
+        raise RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_repo)
+    with pytest.raises(HubRepoNotFoundError, match="'org/repo' does not exist"):
+        hub_file("org/repo", ["w.bin"], cache_dir=tmp_path)

@@ -97,5 +97,6 @@ def test_we_read_what_open_clip_saves(tmp_path):
     local = resolve_weights(tmp_path)
     assert local.preprocess["mean"] == [0.1, 0.2, 0.3] and local.preprocess["image_size"] == 32
     assert local.arch_overrides == weights.QUICK_GELU_OVERRIDES
-    assert json.loads((tmp_path / "open_clip_config.json").read_text())["model_cfg"] == local.open_clip_config["model_cfg"]
+    written = json.loads((tmp_path / "open_clip_config.json").read_text())
+    assert written["model_cfg"] == local.open_clip_config["model_cfg"] == TINY_MODEL_CFG
     _assert_same(read_state_dict(local.weights_path), reference.state_dict())

@@ -26,6 +26,14 @@ class WeightsNotCachedError(FileNotFoundError):
     """Offline (or the file is not published) and the weights are not in the local cache."""
 
 
+class HubUnreachableError(WeightsNotCachedError):
+    """The hub could not be reached and the file is not in the cache."""
+
+
+class HubRepoNotFoundError(FileNotFoundError):
+    """The hub repo does not exist (or is private/gated without credentials)."""
+
+
 class WeightsIntegrityError(ValueError):
     """A downloaded or cached file does not have the expected sha256 or size."""
 
@@ -71,15 +79,20 @@ def _cached_hub_file(repo_id: str, filename: str, revision: str | None, cache_di
 def _download_hub_file(repo_id: str, filename: str, revision: str | None, cache_dir) -> Path | None:
     """The file from the hub (or its cache); None when the repo has no such file."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
                                     library_name="clipforge"))
+    except LocalEntryNotFoundError as e:  # huggingface_hub's way of saying "no connection and not cached"
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise HubUnreachableError(
+            f"could not reach the Hugging Face hub for '{repo_id}' ({filename}) and it is not in the cache "
+            f"({cache_dir or 'the default huggingface_hub cache'}): {reason}") from None
     except EntryNotFoundError:
         return None
     except RepositoryNotFoundError:
-        raise FileNotFoundError(
+        raise HubRepoNotFoundError(
             f"Hugging Face hub repo '{repo_id}' does not exist or is private (if it is gated or private, log "
             f"in with `hf auth login`).") from None
 

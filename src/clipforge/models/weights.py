@@ -24,12 +24,16 @@ from typing import Any, Mapping
 import torch
 
 from clipforge.models._checkpoint_file import CheckpointFileError, atomic_path, detect_format, read_state_dict
-from clipforge.models._download import WeightsIntegrityError, WeightsNotCachedError, hub_file, is_offline, url_file
+from clipforge.models._download import (
+    HubRepoNotFoundError, HubUnreachableError, WeightsIntegrityError, WeightsNotCachedError, hub_file, is_offline,
+    url_file,
+)
 
 __all__ = [
     "WeightEntry", "LocalWeights", "list_pretrained", "list_pretrained_tags", "get_weight_entry",
     "resolve_weights", "read_state_dict", "save_hub_layout", "split_model_tag", "format_pretrained_table",
-    "CheckpointFileError", "WeightsNotCachedError", "WeightsIntegrityError",
+    "CheckpointFileError", "WeightsNotCachedError", "WeightsIntegrityError", "HubUnreachableError",
+    "HubRepoNotFoundError",
 ]
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -239,8 +243,10 @@ def _fetch_entry(entry: WeightEntry, cache_dir, local_files_only: bool, revision
     if entry.url:
         try:
             return url_file(entry.url, sha256=entry.sha256, cache_dir=cache_dir, local_files_only=local_files_only)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ConnectionError) as e:
             errors.append(e)
+    if not errors:
+        raise ValueError(f"the table entry for {entry.name} names no hub repo and no URL")
     kind = WeightsNotCachedError if all(isinstance(e, WeightsNotCachedError) for e in errors) else FileNotFoundError
     raise kind(f"weights for {entry.name} are not available: " + " | ".join(str(e) for e in errors))
 
@@ -252,6 +258,8 @@ def _resolve_hub_repo(repo_id: str, revision, cache_dir, local_files_only: bool)
     for config_name, weight_names in ((OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS), (HF_CONFIG, HF_WEIGHTS)):
         try:
             config_path = fetch([config_name])
+        except (HubUnreachableError, HubRepoNotFoundError):
+            raise  # trying the other layout cannot help
         except FileNotFoundError:
             continue
         weights_path = fetch(list(weight_names))
