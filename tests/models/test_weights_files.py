@@ -38,7 +38,11 @@ def test_torch_state_dict(tmp_path):
     sd = _random_state_dict()
     torch.save(sd, tmp_path / "w.bin")
     assert detect_format(tmp_path / "w.bin") == "torch"
-    _assert_same(read_state_dict(tmp_path / "w.bin"), sd)
+    _assert_same(read_state_dict(tmp_path / "w.bin", format_hint="torch"), sd)
+    with pytest.raises(CheckpointFileError, match="expected to be a safetensors"):
+        read_state_dict(tmp_path / "w.bin", format_hint="safetensors")
+    with pytest.raises(ValueError, match="unknown weights format"):
+        read_state_dict(tmp_path / "w.bin", format_hint="onnx")
 
 
 def test_training_checkpoint_is_unwrapped_and_ddp_prefix_dropped(tmp_path):
@@ -53,6 +57,16 @@ def test_checkpoint_with_non_tensor_objects_is_read_without_unpickling_them(tmp_
     sd = _random_state_dict()
     torch.save({"state_dict": sd, "args": argparse.Namespace(lr=1.0)}, tmp_path / "ckpt.pt")
     _assert_same(read_state_dict(tmp_path / "ckpt.pt"), sd)
+
+
+def test_legacy_format(tmp_path):
+    sd = _random_state_dict()
+    torch.save(sd, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    _assert_same(read_state_dict(tmp_path / "old.pt"), sd)
+    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=1.0)}, tmp_path / "old-ckpt.pt",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointFileError, match="legacy"):
+        read_state_dict(tmp_path / "old-ckpt.pt")
 
 
 class _Exploit:

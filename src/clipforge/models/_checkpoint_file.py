@@ -65,13 +65,18 @@ def detect_format(path: Path) -> str:
 
 
 def read_state_dict(path: str | os.PathLike, format_hint: str | None = None) -> dict[str, torch.Tensor]:
-    """Read ``name -> tensor`` from a weights file (see the module docstring for the formats)."""
+    """Read ``name -> tensor`` from a weights file (see the module docstring for the formats).
+
+    The format is read from the file's content; ``format_hint`` (one of FORMATS), when given, must agree with it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    kind = detect_format(path)
     if format_hint is not None and format_hint not in FORMATS:
         raise ValueError(f"unknown weights format '{format_hint}'; known: {', '.join(FORMATS)}")
+    kind = detect_format(path)
+    if format_hint is not None and format_hint != kind:
+        raise CheckpointFileError(f"{path} was expected to be a {format_hint} file but its content is {kind}")
     if kind == "safetensors":
         tensors = _read_safetensors(path)
     elif kind == "torchscript":
@@ -97,10 +102,16 @@ def _read_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) or not zipfile.is_zipfile(path):
-            raise _corrupt(path, f"invalid torch pickle ({str(e).splitlines()[0]})") from None
-        # weights_only refused an object that is not a tensor: read the tensors without running anything.
-        return _SafeArchiveReader(path).root()
+        refused = "weights only" in str(e).lower().replace("_", " ")
+        if refused and zipfile.is_zipfile(path):
+            # weights_only refused an object that is not a tensor: read the tensors without running anything.
+            return _SafeArchiveReader(path).root()
+        if refused:
+            raise CheckpointFileError(
+                f"{path} is a legacy (pre torch 1.6) pickle holding objects other than tensors; clipforge does not "
+                f"unpickle arbitrary objects. Re-save just the weights (torch.save(state_dict, ...)) or convert "
+                f"them to safetensors.") from None
+        raise _corrupt(path, f"invalid torch pickle ({str(e).splitlines()[0]})") from None
     except Exception as e:  # torch raises many kinds (RuntimeError, EOFError, ...) for a damaged file
         first_line = (str(e).splitlines() or [type(e).__name__])[0]
         raise _corrupt(path, f"torch.load failed ({first_line})") from None
