@@ -196,3 +196,15 @@ def test_unknown_tag_and_missing_arch():
         resolve_weights("openai")
     with pytest.raises(ValueError, match="empty"):
         resolve_weights("  ")
+
+
+def test_a_tag_wins_over_a_same_named_local_path(tmp_path, monkeypatch):
+    torch.save(_tensors(), tmp_path / "w.bin")
+    snapshot = make_hub_cache(tmp_path / "hub", "timm/resnet50_clip.openai",
+                              {"open_clip_pytorch_model.bin": (tmp_path / "w.bin").read_bytes()})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "openai").mkdir()
+    local = resolve_weights("openai", "RN50", cache_dir=tmp_path / "hub", local_files_only=True)
+    assert local.weights_path == snapshot / "open_clip_pytorch_model.bin" and local.entry.arch == "RN50"
+    with pytest.raises(FileNotFoundError, match="not a weights folder"):
+        resolve_weights("openai")  # without an architecture it can only be the directory

@@ -200,19 +200,25 @@ def resolve_weights(pretrained: str | os.PathLike, arch: str | None = None, *, c
     if text.startswith(HF_HUB_PREFIX):
         repo_id, pinned = _split_revision(text[len(HF_HUB_PREFIX):])
         return _resolve_hub_repo(repo_id, pinned or revision, cache_dir, local_files_only)
+    canonical = _canonical_arch(arch) if arch is not None else None
+    if canonical is not None and clean_tag(text) in _by_arch()[canonical]:
+        # a published tag wins over a same-named file in the working directory, as in open_clip
+        return _resolve_tag(get_weight_entry(canonical, text), cache_dir, local_files_only, revision)
     path = Path(text[len(LOCAL_DIR_PREFIX):] if text.startswith(LOCAL_DIR_PREFIX) else text).expanduser()
     if path.is_dir():
         return _resolve_directory(path)
     if path.is_file():
         return LocalWeights(path, detect_format(path), source=f"file {path}")
-    canonical = _canonical_arch(arch) if arch is not None else None
-    is_tag = canonical is not None and clean_tag(text) in _by_arch()[canonical]
-    if not is_tag and _looks_like_path(text):
+    if _looks_like_path(text):
         raise FileNotFoundError(f"pretrained weights file or directory not found: {path}")
     if arch is None:
         raise ValueError(f"pretrained='{text}' is not a file or directory, and a tag needs an architecture "
                          f"(e.g. resolve_weights('{text}', 'ViT-B-32') or 'ViT-B-32::{text}')")
-    entry = get_weight_entry(arch, text)  # an unknown tag raises here, listing the architecture's tags
+    get_weight_entry(arch, text)  # not a tag of arch: this raises, listing the architecture's tags
+    raise ValueError(f"unknown pretrained tag '{text}' for {arch}")  # not reached; keeps the contract explicit
+
+
+def _resolve_tag(entry: WeightEntry, cache_dir, local_files_only: bool, revision: str | None) -> LocalWeights:
     weights_path = _fetch_entry(entry, cache_dir, local_files_only, revision)
     return LocalWeights(weights_path, detect_format(weights_path), preprocess=dict(entry.preprocess),
                         arch_overrides=dict(entry.arch_overrides), entry=entry, source=f"tag {entry.name}")
