@@ -82,6 +82,14 @@ def test_quickgelu_tags_reachable_under_both_names():
     assert "laion2b_s34b_b79k" not in list_pretrained_tags("ViT-B-32-quickgelu")
 
 
+def test_entries_cannot_be_edited_through_the_api():
+    entry = get_weight_entry("RN50", "openai")
+    entry.preprocess["image_size"] = 999
+    entry.arch_overrides.clear()
+    fresh = get_weight_entry("RN50", "openai")
+    assert fresh.preprocess["image_size"] == 224 and fresh.arch_overrides == QUICK_GELU_OVERRIDES
+
+
 def test_tag_and_arch_spellings():
     entry = get_weight_entry("ViT-B-32", "laion2b-s34b-b79k")
     assert entry.tag == "laion2b_s34b_b79k"

@@ -12,6 +12,7 @@ The tag table (``pretrained.json``) is data generated once from open_clip's publ
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -161,7 +162,8 @@ def get_weight_entry(arch: str, tag: str) -> WeightEntry:
         listed = ", ".join(e.tag for e in tags.values())
         raise ValueError(f"unknown pretrained tag '{tag}' for {name}. Its tags: {listed}. "
                          f"pretrained= also accepts a file path, a directory or 'hf-hub:org/repo'.")
-    return entry
+    # copies of the dict fields, so that a caller editing them cannot change the shared table
+    return dataclasses.replace(entry, preprocess=dict(entry.preprocess), arch_overrides=dict(entry.arch_overrides))
 
 
 def split_model_tag(name: str) -> tuple[str, str | None]:
@@ -214,8 +216,8 @@ def resolve_weights(pretrained: str | os.PathLike, arch: str | None = None, *, c
     if arch is None:
         raise ValueError(f"pretrained='{text}' is not a file or directory, and a tag needs an architecture "
                          f"(e.g. resolve_weights('{text}', 'ViT-B-32') or 'ViT-B-32::{text}')")
-    get_weight_entry(arch, text)  # not a tag of arch: this raises, listing the architecture's tags
-    raise ValueError(f"unknown pretrained tag '{text}' for {arch}")  # not reached; keeps the contract explicit
+    entry = get_weight_entry(arch, text)  # not a known tag here, so this raises, listing the arch's tags
+    return _resolve_tag(entry, cache_dir, local_files_only, revision)
 
 
 def _resolve_tag(entry: WeightEntry, cache_dir, local_files_only: bool, revision: str | None) -> LocalWeights:
