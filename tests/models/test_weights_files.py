@@ -191,3 +191,24 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"whole")
     assert target.read_bytes() == b"whole" and [p.name for p in (tmp_path / "sub").iterdir()] == ["out.bin"]
+
+
+def test_scripted_open_clip_model_reads_like_torch_jit_load(tmp_path):
+    """A TorchScript archive of a real CLIP (open_clip's, OpenAI layout): the names and values torch.jit.load gives."""
+    pytest.importorskip("open_clip")
+    from open_clip.model import CLIP
+
+    cfg = {"embed_dim": 16, "quick_gelu": True,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+    model = CLIP(**cfg).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(model), str(tmp_path / "clip.pt"))
+        reference = torch.jit.load(str(tmp_path / "clip.pt")).state_dict()
+    got = read_state_dict(tmp_path / "clip.pt")
+    _assert_same(got, reference)
+    # TorchScript keeps non-persistent buffers (attn_mask); without them the weights load strictly.
+    persistent = {k: v for k, v in got.items() if k in model.state_dict()}
+    assert set(got) - set(persistent) == {"attn_mask"}
+    CLIP(**cfg).load_state_dict(persistent, strict=True)
