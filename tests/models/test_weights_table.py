@@ -109,6 +109,14 @@ def test_unknown_tag_lists_that_archs_tags():
         assert tag in message
 
 
+def test_open_clip_helper_names():
+    open_clip = pytest.importorskip("open_clip")
+    assert weights.list_pretrained_tags_by_model("ViT-L-14") == list_pretrained_tags("ViT-L-14")
+    for tag in ("openai", "webli", "laion2b-s34b-b79k"):
+        theirs = [a for a in open_clip.list_pretrained_models_by_tag(tag) if a.replace("-quickgelu", "") in ARCHS]
+        assert weights.list_pretrained_models_by_tag(tag) == theirs
+
+
 def test_unknown_arch_suggests_close_names():
     with pytest.raises(ValueError, match="ViT-B-32"):
         get_weight_entry("ViT-B-33", "openai")

@@ -31,7 +31,8 @@ from clipforge.models._download import (
 )
 
 __all__ = [
-    "WeightEntry", "LocalWeights", "list_pretrained", "list_pretrained_tags", "get_weight_entry",
+    "WeightEntry", "LocalWeights", "list_pretrained", "list_pretrained_tags", "list_pretrained_tags_by_model",
+    "list_pretrained_models_by_tag", "get_weight_entry",
     "resolve_weights", "read_state_dict", "save_hub_layout", "split_model_tag", "format_pretrained_table",
     "CheckpointFileError", "WeightsNotCachedError", "WeightsIntegrityError", "HubUnreachableError",
     "HubRepoNotFoundError",
@@ -146,6 +147,16 @@ def list_pretrained_tags(arch: str) -> list[str]:
     """Tags published for ``arch`` (empty if none)."""
     name = _canonical_arch(arch)
     return [entry.tag for entry in _by_arch()[name].values()] if name else []
+
+
+def list_pretrained_models_by_tag(tag: str) -> list[str]:
+    """Architectures (open_clip's ``-quickgelu`` names included) that publish ``tag``."""
+    wanted = clean_tag(tag)
+    return [arch for arch, tags in _by_arch().items() if wanted in tags]
+
+
+# open_clip's name for list_pretrained_tags, so that code written against open_clip keeps working
+list_pretrained_tags_by_model = list_pretrained_tags
 
 
 def get_weight_entry(arch: str, tag: str) -> WeightEntry:
