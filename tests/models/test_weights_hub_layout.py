@@ -76,8 +76,10 @@ def test_open_clip_loads_what_we_save(tmp_path):
     from open_clip.model import CLIP
 
     reference = CLIP(**TINY_MODEL_CFG)
+    ours = weights.default_preprocess(image_size=32, **TINY_PREPROCESS)
     save_hub_layout(tmp_path, reference.state_dict(), {"model_cfg": TINY_MODEL_CFG,
-                                                       "preprocess_cfg": TINY_PREPROCESS})
+                                                       "preprocess_cfg": weights.open_clip_preprocess_cfg(ours)})
+    assert resolve_weights(tmp_path).preprocess == ours  # and back
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")
     _assert_same(model.state_dict(), reference.state_dict())
     assert model.visual.preprocess_cfg["interpolation"] == "bilinear"

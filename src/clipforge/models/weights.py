@@ -32,8 +32,8 @@ from clipforge.models._download import (
 
 __all__ = [
     "WeightEntry", "LocalWeights", "list_pretrained", "list_pretrained_tags", "list_pretrained_tags_by_model",
-    "list_pretrained_models_by_tag", "get_weight_entry",
-    "resolve_weights", "read_state_dict", "save_hub_layout", "split_model_tag", "format_pretrained_table",
+    "list_pretrained_models_by_tag", "get_weight_entry", "split_model_tag", "format_pretrained_table",
+    "resolve_weights", "read_state_dict", "save_hub_layout", "default_preprocess", "open_clip_preprocess_cfg",
     "CheckpointFileError", "WeightsNotCachedError", "WeightsIntegrityError", "HubUnreachableError",
     "HubRepoNotFoundError",
 ]
@@ -390,6 +390,16 @@ def save_hub_layout(directory: str | os.PathLike, state_dict: Mapping[str, torch
     with atomic_path(directory / OPEN_CLIP_CONFIG) as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return directory
+
+
+def open_clip_preprocess_cfg(preprocess: Mapping[str, Any]) -> dict:
+    """clipforge's five preprocessing keys in open_clip's ``preprocess_cfg`` vocabulary (``size`` for image_size)."""
+    missing = set(PREPROCESS_KEYS) - set(preprocess)
+    if missing:
+        raise ValueError(f"preprocess is missing {sorted(missing)}; it needs {list(PREPROCESS_KEYS)}")
+    out = {"size": preprocess["image_size"]}
+    out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in preprocess.items() if k != "image_size"})
+    return out
 
 
 def _independent_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
