@@ -9,7 +9,7 @@ Where open_clip's result is silently wrong or it crashes, clipforge does the cor
 
 - 16-bit images (``I;16*``) are scaled to 8 bits instead of clipped (open_clip turns them white);
 - ``PA`` is converted to RGBA before resizing (open_clip interpolates palette indices);
-- ``La`` and ``LAB`` are converted properly (open_clip crashes / reads Lab as RGB);
+- ``La`` (premultiplied) is converted to ``LA`` first (open_clip crashes on it);
 - ``longest`` mode pads with ``fill_color`` as an RGB gray for every input mode (open_clip pads in
   the file's mode, so a CMYK file gets white padding) and never shrinks an edge to 0 pixels;
 - ``shortest`` mode with a non-square size honours ``interpolation`` (open_clip always uses bicubic).
@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import torch
-from PIL import Image, ImageCms
+from PIL import Image
 from torchvision import transforms as tvt
 from torchvision.transforms import functional as tvf
 
@@ -257,11 +257,6 @@ def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(values / 257.0).astype(np.uint8), mode="L")  # 65535 -> 255
 
 
-def _lab_to_rgb(img: Image.Image) -> Image.Image:
-    transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
-    return ImageCms.applyTransform(img, transform)
-
-
 def prepare_mode(img: Image.Image) -> Image.Image:
     """Convert the modes that open_clip mishandles; every other mode is returned unchanged."""
     mode = img.mode
@@ -271,8 +266,6 @@ def prepare_mode(img: Image.Image) -> Image.Image:
         return img.convert("RGBA")
     if mode == "La":
         return img.convert("LA")
-    if mode == "LAB":
-        return _lab_to_rgb(img)
     return img
 
 
