@@ -21,14 +21,13 @@ worker, so a run is reproducible under ``torch.manual_seed``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as tvt
-from torchvision.transforms import functional as tvf
 
 from clipforge.config import ConfigError, apply_overrides, to_dict
 
@@ -181,7 +180,7 @@ class AugmentConfig:
     @classmethod
     def from_open_clip(cls, aug_cfg: Mapping[str, Any]) -> "AugmentConfig":
         """Read open_clip's ``--aug-cfg`` dict, including timm's ``auto_augment='rand-m9-n2'``."""
-        renamed = {"gray_scale_prob": "grayscale", "hflip": "hflip"}
+        renamed = {"gray_scale_prob": "grayscale"}
         known = {f.name for f in fields(cls)}
         kwargs = {}
         for key, value in aug_cfg.items():
@@ -254,7 +253,7 @@ def resolve_preprocess(declared: PreprocessConfig | None, from_file: PreprocessC
 
 def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
     values = np.asarray(img).astype(np.float64)
-    return Image.fromarray(np.rint(values / 257.0).astype(np.uint8), mode="L")  # 65535 -> 255
+    return Image.fromarray(np.rint(values / 257.0).astype(np.uint8))  # 65535 -> 255; a 2-D uint8 array is L
 
 
 def prepare_mode(img: Image.Image) -> Image.Image:
