@@ -170,3 +170,17 @@ def test_non_pil_inputs():
         transform(torch.rand(3, 12, 20))
     with pytest.raises(TypeError, match="expected a PIL image"):
         transform("photo.jpg")
+
+
+def test_factories_reject_dicts_with_a_hint():
+    with pytest.raises(TypeError, match="cfg must be an instance of PreprocessConfig.*from_dict"):
+        create_eval_transform({"image_size": 224})
+    with pytest.raises(TypeError, match="aug must be an instance of AugmentConfig"):
+        create_train_transform(CFG, {"hflip": 0.5})
+
+
+def test_train_crop_uses_the_configured_interpolation():
+    img = _image(50, 50)
+    bilinear = _run(create_train_transform(PreprocessConfig(image_size=32, interpolation="bilinear")), img, 0)
+    bicubic = _run(create_train_transform(CFG), img, 0)
+    assert bilinear.shape == bicubic.shape and not torch.equal(bilinear, bicubic)

@@ -446,8 +446,16 @@ class RandomErasing:
 # ---------------------------------------------------------------- pipelines
 
 
+def _check_type(value: Any, cls: type, name: str) -> Any:
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be an instance of {cls.__name__}, got {type(value).__name__}; build one with "
+                        f"clipforge.config.from_dict({cls.__name__}, d) or {cls.__name__}.from_open_clip(d)")
+    return value
+
+
 def create_eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
     """Deterministic preprocessing: resize, RGB, center crop (or pad), normalize -> (3, H, W)."""
+    _check_type(cfg, PreprocessConfig, "cfg")
     steps: list[Callable] = [PrepareMode(), Resize(cfg.size_hw, cfg.resize_mode, cfg.interpolation), ToRGB()]
     if cfg.resize_mode != "squash":
         steps.append(CenterCropOrPad(cfg.size_hw, fill=cfg.fill_color))
@@ -479,7 +487,8 @@ def create_train_transform(cfg: PreprocessConfig, aug: AugmentConfig | None = No
     With the default ``AugmentConfig`` the output equals open_clip's training transform under the same
     torch seed (when ``cfg.interpolation`` is bicubic, the only one open_clip uses for training).
     """
-    aug = aug or AugmentConfig()
+    _check_type(cfg, PreprocessConfig, "cfg")
+    aug = AugmentConfig() if aug is None else _check_type(aug, AugmentConfig, "aug")
     steps: list[Callable] = [PrepareMode(), RandomResizedCrop(cfg.size_hw, aug.scale, aug.ratio, cfg.interpolation),
                              ToRGB()]
     steps += _augment_steps(aug)
