@@ -151,3 +151,32 @@ def test_train_transform_identical_to_open_clip_under_the_same_seed():
         expected = ref(img)
         torch.manual_seed(i)
         assert torch.equal(ours(img), expected), mode
+
+
+def _open_clip_tag_settings():
+    """Every distinct preprocessing among open_clip's pretrained tags, as open_clip resolves it."""
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    settings = {}
+    for arch, tag in open_clip.list_pretrained():
+        model_cfg = open_clip.get_model_config(arch) or {}
+        size = model_cfg.get("vision_cfg", {}).get("image_size")
+        if size is None:
+            continue
+        merged = open_clip_transform.merge_preprocess_dict(open_clip_transform.PreprocessCfg(),
+                                                           get_pretrained_cfg(arch, tag))
+        merged["size"] = size
+        settings.setdefault(repr(sorted(merged.items())), (f"{arch}::{tag}", merged))
+    return list(settings.values())
+
+
+def test_every_open_clip_pretrained_tag_preprocesses_identically():
+    settings = _open_clip_tag_settings()
+    assert len(settings) >= 20  # 25 distinct settings over 196 tags in open_clip 3.3.0
+    images = [_image(300, 225, "RGB", seed=1), _image(130, 260, "RGBA", seed=2), _image(97, 61, "L", seed=3)]
+    for name, merged in settings:
+        ours = create_eval_transform(PreprocessConfig.from_open_clip(merged))
+        ref = open_clip_transform.image_transform_v2(open_clip_transform.PreprocessCfg(**merged), is_train=False)
+        for img in images:
+            assert torch.equal(ours(img), ref(img)), name
