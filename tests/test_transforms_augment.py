@@ -184,3 +184,28 @@ def test_train_crop_uses_the_configured_interpolation():
     bilinear = _run(create_train_transform(PreprocessConfig(image_size=32, interpolation="bilinear")), img, 0)
     bicubic = _run(create_train_transform(CFG), img, 0)
     assert bilinear.shape == bicubic.shape and not torch.equal(bilinear, bicubic)
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return self.transform(_image(40 + index, 30, seed=index, mode="RGBA"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("CLIPFORGE_SLOW"), reason="set CLIPFORGE_SLOW=1")
+def test_transforms_work_in_spawned_dataloader_workers():
+    aug = AugmentConfig(hflip=0.5, color_jitter=0.4, grayscale=0.2, randaugment=(2, 9), re_prob=0.5)
+    eval_transform = create_eval_transform(CFG)
+    expected = torch.stack([eval_transform(_image(40 + i, 30, seed=i, mode="RGBA")) for i in range(4)])
+    for transform in (eval_transform, create_train_transform(CFG, aug)):
+        loader = torch.utils.data.DataLoader(_Images(transform), batch_size=4, num_workers=1,
+                                             multiprocessing_context="spawn")
+        (batch,) = list(loader)
+        assert batch.shape == (4, 3, 32, 32)
+        assert torch.equal(batch, expected) == (transform is eval_transform)
