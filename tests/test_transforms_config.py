@@ -170,3 +170,17 @@ def test_open_clip_cannot_express_randaugment():
         open_clip_transform.image_transform(32, True, aug_cfg={"auto_augment": "rand-m9-n2", "use_timm": True})
     with pytest.warns(UserWarning, match="Unused augmentation cfg items"):
         open_clip_transform.image_transform(32, True, aug_cfg={"ratio": (1.0, 1.0), "re_prob": 0.5})
+
+
+def test_transforms_module_imports_only_the_config_layer():
+    import ast
+    import pathlib
+
+    import clipforge.transforms as module
+
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    ours = {name for name in imported if name.startswith("clipforge")}
+    assert ours == {"clipforge.config"}
+    assert not imported & {"open_clip", "timm", "transformers", "clip_benchmark", "argparse"}
