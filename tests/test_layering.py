@@ -10,6 +10,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "src" / "clipforge"
 FORBIDDEN = {
     "layers": ["models", "training", "evaluation", "cli", "losses", "serving", "export"],
     "losses": ["models", "training", "evaluation", "cli", "serving", "export"],
+    "transforms": ["models", "training", "evaluation", "cli", "serving", "export", "losses"],
     "tokenizer": ["models", "training", "evaluation", "cli"],
     "models": ["training", "evaluation", "cli", "serving"],
     "evaluation": ["training", "cli", "serving"],
