@@ -120,8 +120,8 @@ class TarBatches(IterableDataset):
                 items[0] = self._rescue(raw, worker, position, counts)
             images, tokens = collate(items, plan.batch_size, self.tokenize, self.text_mask_prob,
                                      plan.batch_seed(batch), counts)
-            yield images, tokens, counts
-            counts = new_counts()
+            yield images, tokens, dict(counts)
+            counts.update(new_counts())  # reset in place: the shard reader holds this same dict
 
     def _prepare(self, sample: RawSample, worker: int, position: int, counts: dict):
         plan = self.plan
