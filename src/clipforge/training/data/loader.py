@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from clipforge.config import ConfigError
 
-from .batch import DataStats, EpochPlan, ImageTransform, Tokenize
+from .batch import DataStats, EpochPlan, ImageTransform, Tokenize, derive_seed
 from .config import DataConfig
 from .indexed import IndexedBatches, SyntheticSource, load_csv
 from .shards import check_local_shards, expand_shards, read_total_size
@@ -83,8 +83,10 @@ def create_train_loader(cfg: DataConfig, *, image_transform: ImageTransform, tok
         dataset, plan, initial = _indexed_dataset(cfg, image_transform, tokenize, rank, world_size, epoch,
                                                   start_batch)
         sampler = range(plan.start_batch, plan.num_batches)
+    # An own generator: DataLoader draws worker base seeds from it instead of the caller's global RNG.
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, rank, 0xD17A))
     loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                        pin_memory=torch.cuda.is_available(), generator=generator)
     return TrainLoader(loader, plan, cfg.kind, cfg.workers, initial)
 
 
