@@ -161,25 +161,30 @@ def generate_shapes_dataset(out_dir: str, n_train: int, n_val: int, image_size: 
     sizes = _write_split(out_dir, "train", n_train, shard_size, image_size, image_format, train_rng)
     sizes.update(_write_split(out_dir, "val", n_val, shard_size, image_size, image_format, val_rng))
     info = {
-        "train": _spec(out_dir, "train", _ceil_div(n_train, shard_size)),
-        "val": _spec(out_dir, "val", _ceil_div(n_val, shard_size)) if n_val else None,
+        "train": _spec("train", _ceil_div(n_train, shard_size)),
+        "val": _spec("val", _ceil_div(n_val, shard_size)) if n_val else None,
         "num_train": n_train, "num_val": n_val, "image_size": image_size, "seed": seed,
         "classnames": class_names(), "templates": list(ZERO_SHOT_TEMPLATES), "label_key": "cls",
         "shapes": list(SHAPES), "colors": list(COLORS), "positions": list(POSITIONS), "sizes": list(SIZES),
     }
     _write_json(os.path.join(out_dir, "sizes.json"), sizes)
+    # Shard patterns are stored relative to the folder (it can move) and returned absolute.
     _write_json(os.path.join(out_dir, "dataset.json"), info)
-    return info
+    return _absolute(info, out_dir)
 
 
 def _ceil_div(count: int, size: int) -> int:
     return -(-count // size)
 
 
-def _spec(out_dir: str, split: str, num_shards: int) -> str:
+def _spec(split: str, num_shards: int) -> str:
     last = num_shards - 1
-    pattern = f"{split}-{{000000..{last:06d}}}.tar" if last > 0 else f"{split}-000000.tar"
-    return os.path.join(os.path.abspath(out_dir), pattern)
+    return f"{split}-{{000000..{last:06d}}}.tar" if last > 0 else f"{split}-000000.tar"
+
+
+def _absolute(info: dict, out_dir: str) -> dict:
+    folder = os.path.abspath(out_dir)
+    return {**info, **{k: os.path.join(folder, info[k]) for k in ("train", "val") if info[k]}}
 
 
 def load_shapes_info(out_dir: str) -> dict:
@@ -188,4 +193,4 @@ def load_shapes_info(out_dir: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: run generate_shapes_dataset({out_dir!r}, ...) first")
     with open(path) as f:
-        return json.load(f)
+        return _absolute(json.load(f), out_dir)
