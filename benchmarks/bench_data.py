@@ -94,31 +94,39 @@ def main(argv=None) -> None:
     oc_data = _import_open_clip_train()
     transform = open_clip.image_transform(224, is_train=True)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    folder = tempfile.mkdtemp(prefix="bench_data_")
-    start = time.perf_counter()
-    info = generate_shapes_dataset(folder, opts.samples, 0, image_size=opts.image_size, shard_size=opts.samples // 8)
-    print(f"generated {opts.samples} shapes images ({opts.image_size} px, 8 shards) in "
-          f"{time.perf_counter() - start:.2f}s")
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as folder:
+        start = time.perf_counter()
+        info = generate_shapes_dataset(folder, opts.samples, 0, image_size=opts.image_size,
+                                       shard_size=max(1, opts.samples // 8))
+        print(f"generated {opts.samples} shapes images ({opts.image_size} px, 8 shards) in "
+              f"{time.perf_counter() - start:.2f}s")
+        rows = _measure(oc_data, info["train"], opts, transform, tokenizer)
+        _print_table(rows)
+        _report_resume(info["train"], opts, transform, tokenizer)
+
+
+def _measure(oc_data, spec, opts, transform, tokenizer) -> dict:
     rows = {}
     for _ in range(opts.repeats):  # alternate the two sides so background load hits both alike
         for workers in (0, 2):
             makers = {
-                "open_clip_train": lambda: _open_clip_loader(oc_data, info["train"], opts.samples, opts.batch_size,
-                                                             workers, transform, tokenizer),
-                "clipforge": lambda: _clipforge_loader(info["train"], opts.batch_size, workers, transform, tokenizer),
+                "open_clip_train": lambda: _open_clip_loader(oc_data, spec, opts.samples, opts.batch_size, workers,
+                                                             transform, tokenizer),
+                "clipforge": lambda: _clipforge_loader(spec, opts.batch_size, workers, transform, tokenizer),
             }
             for name, make in makers.items():
                 result = _time_epoch(make)
                 best = rows.get((name, workers))
                 rows[(name, workers)] = result if best is None or result[1] < best[1] else best
-    _print_table(rows)
-    _report_resume(info["train"], opts, transform, tokenizer)
+    return rows
 
 
 def _print_table(rows: dict) -> None:
     print(f"\n{'pipeline':<16} {'workers':>7} {'samples':>8} {'wall s':>7} {'samples/s':>10} {'CPU s':>6} "
           f"{'CPU ms/sample':>14} {'first batch s':>14}  ratio (wall, CPU) vs open_clip")
-    for (name, workers), (count, wall, cpu, first) in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0] != "open_clip_train")):
+    order = sorted(rows, key=lambda key: (key[1], key[0] != "open_clip_train"))  # reference first per workers
+    for name, workers in order:
+        count, wall, cpu, first = rows[(name, workers)]
         ref = rows[("open_clip_train", workers)]
         ratio = f"  x{(count / wall) / (ref[0] / ref[1]):.2f}, x{(ref[2] / ref[0]) / (cpu / count):.2f}" \
             if name == "clipforge" else ""
