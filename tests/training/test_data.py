@@ -7,7 +7,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from clipforge.config import ConfigError
-from clipforge.training.data import DataConfig, create_train_loader, mask_tokens
+from clipforge.training.data import DataConfig, create_train_loader, mask_tokens, resume_batch
 
 CONTEXT = 6
 PLAIN = T.Compose([T.Resize(8), T.ToTensor()])
@@ -130,9 +130,14 @@ def test_position_is_reported_for_checkpoints(tmp_path):
     data = csv_loader(make_table(tmp_path, 12), start_batch=1)
     iterator = iter(data)
     next(iterator)
-    assert data.state_dict() == {"epoch": 0, "next_batch": 2, "seed": 0, "world_size": 1, "workers": 0,
-                                 "kind": "csv"}
+    state = data.state_dict()
+    assert state == {"epoch": 0, "next_batch": 2, "seed": 0, "world_size": 1, "workers": 0, "kind": "csv",
+                     "batch_size": 4}
     assert len(data) == 2
+    cfg = DataConfig(kind="csv", train="x.tsv", batch_size=4)
+    assert resume_batch(state, cfg, epoch=0, world_size=1) == 2
+    assert resume_batch(state, cfg, epoch=1, world_size=1) == 0
+    assert resume_batch({**state, "next_batch": 5}, cfg, epoch=0, world_size=2) == 2  # 20 samples / 8 per step
 
 
 def test_bad_input_errors_name_the_problem(tmp_path):

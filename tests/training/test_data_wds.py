@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import random
 import tarfile
 
 import pytest
@@ -12,6 +13,7 @@ from torchvision import transforms as T
 from clipforge.config import ConfigError, apply_overrides, from_dict
 from clipforge.training.data import DataConfig, create_eval_dataset, create_train_loader, expand_shards
 from clipforge.training.data.shards import worker_shards
+from clipforge.training.data.tar_stream import buffer_shuffle
 
 CONTEXT = 8
 
@@ -155,10 +157,12 @@ def test_workers_read_distinct_shards(tmp_path):
     assert worker0 and worker1 and not worker0 & worker1
 
 
-@pytest.mark.parametrize("workers,shuffle_buffer", [(0, 5), (2, 5), (0, 0)])
-def test_resume_gives_the_same_batches_as_an_uninterrupted_run(tmp_path, workers, shuffle_buffer):
+@pytest.mark.parametrize("workers,shuffle_buffer,resampled", [(0, 5, False), (2, 5, False), (0, 0, False),
+                                                               (2, 3, True)])
+def test_resume_gives_the_same_batches_as_an_uninterrupted_run(tmp_path, workers, shuffle_buffer, resampled):
     spec = make_shards(tmp_path, [7, 5, 6, 6])
-    options = dict(workers=workers, shuffle_buffer=shuffle_buffer, text_mask_prob=0.3, seed=3, epoch=1)
+    options = dict(workers=workers, shuffle_buffer=shuffle_buffer, resampled=resampled, text_mask_prob=0.3,
+                   seed=3, epoch=1)
     full = list(loader(spec, AUGMENT, **options))
     for start in (1, 3):
         resumed = list(loader(spec, AUGMENT, start_batch=start, **options))
@@ -167,6 +171,14 @@ def test_resume_gives_the_same_batches_as_an_uninterrupted_run(tmp_path, workers
             assert torch.equal(img_a, img_b) and torch.equal(tok_a, tok_b)
     other_epoch = list(loader(spec, AUGMENT, **{**options, "epoch": 2}))
     assert not torch.equal(other_epoch[0][0], full[0][0])
+
+
+def test_buffer_shuffle_is_a_seeded_permutation():
+    out = list(buffer_shuffle(range(500), 50, random.Random(1)))
+    assert sorted(out) == list(range(500)) and out != list(range(500))
+    assert out == list(buffer_shuffle(range(500), 50, random.Random(1)))
+    assert all(v < i + 50 for i, v in enumerate(out))  # never more than the buffer read ahead
+    assert out[0] < 6  # output starts once about a tenth of the buffer is filled
 
 
 def test_pipe_and_fsspec_urls(tmp_path):

@@ -6,9 +6,9 @@ resumable at a batch index), ``create_eval_dataset`` (a labelled held-out split)
 from .batch import DataStats, EpochPlan
 from .config import DataConfig
 from .eval import EvalDataset, create_eval_dataset
-from .loader import TrainLoader, create_train_loader
+from .loader import TrainLoader, create_train_loader, resume_batch
 from .shards import expand_shards
 from .text import mask_tokens
 
 __all__ = ["DataConfig", "DataStats", "EpochPlan", "EvalDataset", "TrainLoader", "create_eval_dataset",
-           "create_train_loader", "expand_shards", "mask_tokens"]
+           "create_train_loader", "expand_shards", "mask_tokens", "resume_batch"]

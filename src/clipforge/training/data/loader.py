@@ -64,9 +64,34 @@ class TrainLoader:
                            self.stats.shard_errors, self.stats.filled)
 
     def state_dict(self) -> dict:
-        """The data position to store in a checkpoint; resume with ``start_batch=state['next_batch']``."""
+        """The data position to store in a checkpoint; turn it back into a start with ``resume_batch``."""
         return {"epoch": self.plan.epoch, "next_batch": self.next_batch, "seed": self.plan.seed,
-                "world_size": self.plan.world_size, "workers": self.workers, "kind": self.kind}
+                "world_size": self.plan.world_size, "workers": self.workers, "kind": self.kind,
+                "batch_size": self.plan.batch_size}
+
+
+def resume_batch(state: dict, cfg: DataConfig, *, epoch: int, world_size: int) -> int:
+    """``start_batch`` for ``create_train_loader`` in ``epoch`` from a checkpointed ``TrainLoader.state_dict()``.
+
+    Unchanged settings give the exact position. When the global batch changed, the number of samples already
+    consumed is kept (rounded down to whole batches); when the seed, or for WebDataset the worker count,
+    changed, the position is kept but the order is not the interrupted one: both are logged.
+    """
+    if state["epoch"] != epoch:
+        return 0
+    changed = [key for key, now in (("seed", cfg.seed), ("kind", cfg.kind)) if state.get(key) != now]
+    if cfg.kind == "webdataset" and state.get("workers") != cfg.workers:
+        changed.append("workers")
+    if changed:
+        logger.warning("resuming data with changed %s: same position, but not the interrupted sample order",
+                       ", ".join(changed))
+    old_global = state.get("batch_size", cfg.batch_size) * state.get("world_size", world_size)
+    new_global = cfg.batch_size * world_size
+    if old_global == new_global:
+        return int(state["next_batch"])
+    logger.warning("global batch changed from %d to %d: resuming after the same number of samples",
+                   old_global, new_global)
+    return int(state["next_batch"]) * old_global // new_global
 
 
 def create_train_loader(cfg: DataConfig, *, image_transform: ImageTransform, tokenize: Tokenize, rank: int = 0,

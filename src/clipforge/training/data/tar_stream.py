@@ -80,15 +80,21 @@ def _caption(sample: dict, keys: tuple[str, ...]) -> str | None:
 
 
 def buffer_shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
-    """Shuffle a stream through a buffer of ``size`` items (deterministic for a seeded ``rng``)."""
-    buffer = []
+    """Shuffle a stream through a buffer of ``size`` items (deterministic for a seeded ``rng``).
+
+    Output starts once a tenth of the buffer is filled; until it is full, two items go in per item out,
+    so the first batch does not wait for the whole buffer.
+    """
+    items = iter(items)
+    buffer, start = [], max(1, size // 10)
     for item in items:
+        buffer.append(item)
         if len(buffer) < size:
-            buffer.append(item)
-            continue
-        k = rng.randrange(size)
-        yield buffer[k]
-        buffer[k] = item
+            buffer.extend(itertools.islice(items, 1))
+        if len(buffer) >= start:
+            k = rng.randrange(len(buffer))
+            buffer[k], buffer[-1] = buffer[-1], buffer[k]
+            yield buffer.pop()
     rng.shuffle(buffer)
     yield from buffer
 
