@@ -208,6 +208,8 @@ def test_bad_input_is_reported_before_reading(tmp_path):
         loader(f"{tmp_path}/s-{{0000..0003}}.tar")
     with pytest.raises(ConfigError, match="data.train is empty"):
         DataConfig(kind="webdataset", train="  ")
+    with pytest.raises(ConfigError, match="empty shard list"):
+        loader("::", num_samples=8)
     make_shards(tmp_path / "nosizes", [2], sizes_json=False)
     with pytest.raises(ConfigError, match="number of training samples is unknown"):
         loader(f"{tmp_path}/nosizes/s-0000.tar")
