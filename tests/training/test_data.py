@@ -7,7 +7,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from clipforge.config import ConfigError
-from clipforge.training.data import DataConfig, create_train_loader, mask_tokens, resume_batch
+from clipforge.training.data import DataConfig, create_train_loader, mask_tokens, resume_batch, split_global_batch
 
 CONTEXT = 6
 PLAIN = T.Compose([T.Resize(8), T.ToTensor()])
@@ -177,3 +177,11 @@ def test_mask_tokens_keeps_start_and_end_and_compacts():
     assert torch.equal(mask_tokens(tokens, 0.0), tokens)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         mask_tokens(tokens, 1.5)
+
+
+def test_global_batch_must_split_evenly_over_ranks_and_accumulation():
+    assert split_global_batch(256, 4) == 64 and split_global_batch(256, 4, accum_steps=2) == 32
+    with pytest.raises(ConfigError, match="not divisible by world_size 3 x accum_steps 1 = 3; use 99 or 102"):
+        split_global_batch(100, 3)
+    with pytest.raises(ConfigError, match="must all be positive"):
+        split_global_batch(64, 0)

@@ -115,6 +115,20 @@ def create_train_loader(cfg: DataConfig, *, image_transform: ImageTransform, tok
     return TrainLoader(loader, plan, cfg.kind, cfg.workers, initial)
 
 
+def split_global_batch(global_batch_size: int, world_size: int, accum_steps: int = 1) -> int:
+    """Per-rank, per-step batch size (``DataConfig.batch_size``) for a global batch; raises if it does not
+    divide evenly, since uneven ranks would break feature gathering and change the effective batch."""
+    parts = world_size * accum_steps
+    if global_batch_size < 1 or world_size < 1 or accum_steps < 1:
+        raise ConfigError(f"global batch {global_batch_size}, world_size {world_size} and accum_steps "
+                          f"{accum_steps} must all be positive")
+    if global_batch_size % parts:
+        lower, upper = global_batch_size // parts * parts, -(-global_batch_size // parts) * parts
+        raise ConfigError(f"global batch {global_batch_size} is not divisible by world_size {world_size} x "
+                          f"accum_steps {accum_steps} = {parts}; use {lower or parts} or {upper}")
+    return global_batch_size // parts
+
+
 def _make_plan(cfg: DataConfig, num_samples: int | None, rank: int, world_size: int, epoch: int,
                start_batch: int) -> EpochPlan:
     if num_samples is None:
