@@ -49,10 +49,10 @@ def expand_shards(sources: list[str], weights: list[float] | None = None) -> Sha
 def check_local_shards(shards: ShardList) -> None:
     """Fail before any work when local shard files are missing (remote URLs are checked when read)."""
     local = [u for u in shards.urls if urlparse(u).scheme in _LOCAL_SCHEMES]
-    missing = [u for u in local if not os.path.exists(_local_path(u))]
+    missing = [u for u in local if not os.path.isfile(_local_path(u))]
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} of {len(shards.urls)} shards do not exist: "
+        raise FileNotFoundError(f"{len(missing)} of {len(shards.urls)} shards do not exist or are not files: "
                                 f"{', '.join(missing[:3])}{more}. Check data.train")
 
 
