@@ -110,7 +110,7 @@ def test_weighted_mixing_of_two_sources(tmp_path):
     assert 0.75 < sum(sources) / len(sources) < 1.0
 
 
-def test_corrupt_missing_and_truncated_samples_are_skipped_and_counted(tmp_path):
+def test_corrupt_missing_and_truncated_samples_are_skipped_and_counted(tmp_path, caplog):
     good = [(f"g{j}.jpg", jpg_bytes(j)) for j in range(3)] + [(f"g{j}.txt", f"0 0 {j}".encode()) for j in range(3)]
     members = sorted(good) + [("x1.jpg", b"not a jpeg at all"), ("x1.txt", b"0 0 7"), ("x2.jpg", jpg_bytes(9))]
     write_tar(tmp_path / "d-0.tar", members)
@@ -126,6 +126,8 @@ def test_corrupt_missing_and_truncated_samples_are_skipped_and_counted(tmp_path)
     assert data.stats.shard_errors >= 1   # d-1.tar ends mid-member
     assert data.stats.filled == data.stats.skipped
     assert (0, 0, 7) not in {i for _, t in batches for i in ids(t)}
+    summary = [r.getMessage() for r in caplog.records if "corrupt images" in r.getMessage()]
+    assert summary and f"skipped {data.stats.corrupt_images} corrupt images" in summary[-1]
 
 
 def test_every_rank_and_worker_gets_distinct_shards():
