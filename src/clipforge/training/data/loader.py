@@ -46,6 +46,7 @@ class TrainLoader:
 
     @property
     def num_samples(self) -> int:
+        """Samples per epoch over all ranks: the requested count rounded up to whole global batches."""
         return self.plan.num_samples
 
     def __len__(self) -> int:
