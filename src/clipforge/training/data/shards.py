@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from typing import IO, Iterator
 from urllib.parse import urlparse
 
-import braceexpand
-
 from clipforge.config import ConfigError
 
 from .batch import derive_seed
@@ -32,11 +30,19 @@ class ShardList:
         return sum(self.sizes) if self.sizes is not None else None
 
 
+def _braceexpand(pattern: str) -> list[str]:
+    try:
+        import braceexpand  # comes with webdataset (the "train" extra)
+    except ImportError:
+        raise ImportError("WebDataset shard lists need webdataset: pip install 'clipforge[train]'") from None
+    return list(braceexpand.braceexpand(pattern))
+
+
 def expand_shards(sources: list[str], weights: list[float] | None = None) -> ShardList:
     """Expand ``::``-separated sources with brace ranges; every shard inherits its source's weight."""
     urls, shard_weights, sizes = [], [], []
     for i, source in enumerate(sources):
-        expanded = list(braceexpand.braceexpand(source))
+        expanded = _braceexpand(source)
         urls += expanded
         shard_weights += [1.0 if weights is None else weights[i]] * len(expanded)
         source_sizes = _read_sizes(expanded)
@@ -85,7 +91,7 @@ def read_total_size(shards: ShardList, sources: list[str]) -> int | None:
         return shards.total_size
     total = 0
     for source in sources:
-        first = next(iter(braceexpand.braceexpand(source)))
+        first = _braceexpand(source)[0]
         path = os.path.join(os.path.dirname(_local_path(first)), "__len__")
         if urlparse(first).scheme not in _LOCAL_SCHEMES or not os.path.exists(path):
             return None
