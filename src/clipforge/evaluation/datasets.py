@@ -135,7 +135,10 @@ def _class_folders(base: str) -> list[str]:
 
 def read_imagefolder(root: str, split: str, transform) -> tuple[ImageDataset, list[str]] | None:
     """``root[/split]/<class>/<image>`` -> dataset and class names (``classnames.txt`` if present)."""
-    bases = [os.path.join(root, s) for s in (split, "val" if split == "test" else split)] + [root]
+    bases = [os.path.join(root, s) for s in (split, "val" if split == "test" else split)]
+    split_names = {"train", "val", "validation", "test"}
+    if split == "test" and os.path.isdir(root) and not split_names & set(_class_folders(root)):
+        bases.append(root)  # a flat <class>/<image> folder is a test set
     base = next((b for b in bases if os.path.isdir(b) and _class_folders(b)), None)
     if base is None:
         return None

@@ -21,6 +21,23 @@ Progress = Callable[[int], None]
 
 
 @dataclasses.dataclass
+class Encoders:
+    """What evaluation needs from a model: the two encoders, the tokenizer and the image preprocessing.
+
+    ``model_id`` and ``transform_id`` name the features in the cache; ``weights_path`` is measured for disk usage.
+    """
+
+    encode_image: EncodeFn
+    encode_text: EncodeFn
+    tokenize: Callable[[list[str]], torch.Tensor]
+    transform: Callable | None = None
+    image_size: int | tuple[int, int] = 224
+    model_id: str = "model"
+    transform_id: str = ""
+    weights_path: str | None = None
+
+
+@dataclasses.dataclass
 class EncodedImages:
     """Image features (N, D) with their targets: class ids (N,), multi-hot (N, C) or caption lists."""
 

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from clipforge.evaluation.features import Encoders
+
 MIB = 1024 ** 2
 GIB = 1024 ** 3
 
@@ -56,15 +58,13 @@ class PeakRSS:
         self.peak = max(self.peak, self._process.memory_info().rss)
 
 
-def resource_usage(load: Callable[[], tuple[Callable, Callable, Callable]], image_size: int | tuple[int, int],
-                   texts: list[str] | None = None, batch_size: int = 8, device: str = "cpu",
-                   weights_path: str | None = None) -> dict[str, float | str | None]:
+def resource_usage(load: Callable[[], Encoders], texts: list[str] | None = None, batch_size: int = 8,
+                   device: str = "cpu") -> dict[str, float | str | None]:
     """Measure disk, peak RAM delta and peak VRAM delta for loading a model and encoding one batch each way.
 
-    ``load()`` returns ``(encode_image, encode_text, tokenize)``; it is called inside the measurement so that
-    loading the weights counts, as in the published tables.
+    ``load()`` returns the model's ``Encoders``; it is called inside the measurement so that loading the
+    weights counts, as in the published tables.
     """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     texts = (texts or ["a photo of a cat."])
     texts = (texts * batch_size)[:batch_size]
     cuda = device.startswith("cuda") and torch.cuda.is_available()
@@ -73,11 +73,13 @@ def resource_usage(load: Callable[[], tuple[Callable, Callable, Callable]], imag
         torch.cuda.reset_peak_memory_stats(device)
         vram_before = torch.cuda.memory_allocated(device)
     with PeakRSS() as rss, torch.no_grad():
-        encode_image, encode_text, tokenize = load()
-        encode_text(tokenize(texts))
-        encode_image(torch.rand(batch_size, 3, height, width))
+        encoders = load()
+        size = encoders.image_size
+        height, width = (size, size) if isinstance(size, int) else size
+        encoders.encode_text(encoders.tokenize(texts))
+        encoders.encode_image(torch.rand(batch_size, 3, height, width))
         if cuda:
             torch.cuda.synchronize(device)
     vram = (torch.cuda.max_memory_allocated(device) - vram_before) / GIB if cuda else "n/a"
-    return {"disk_usage_mb": disk_usage_mb(weights_path), "peak_ram_gb": (rss.peak - rss.start) / GIB,
+    return {"disk_usage_mb": disk_usage_mb(encoders.weights_path), "peak_ram_gb": (rss.peak - rss.start) / GIB,
             "peak_vram_gb": vram}

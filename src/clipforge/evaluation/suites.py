@@ -27,6 +27,11 @@ class DatasetSpec:
     layouts: tuple[str, ...] = ("wds", "imagefolder")
     hub_repo: str = ""
     multilabel: bool = False
+    folder: str = ""  # sub-folder of the data root; defaults to the name with '/' as '_'
+
+    @property
+    def directory(self) -> str:
+        return self.folder or self.name.replace("/", "_")
 
 
 def _cls(name: str, key: str = "", layouts=("wds", "imagefolder"), hub: str = "", **kw) -> DatasetSpec:
@@ -50,7 +55,7 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in [
     _cls("imagenet1k", layouts=("wds", "imagenet", "imagefolder")),
     _cls("imagenetv2", key="imagenet1k", layouts=("wds", "imagenetv2", "imagefolder")),
     _cls("voc2007", layouts=("wds", "voc")),
-    _cls("voc2007_multilabel", key="voc2007", layouts=("wds", "voc"), multilabel=True),
+    _cls("voc2007_multilabel", key="voc2007", layouts=("wds", "voc"), multilabel=True, folder="voc2007"),
     _cls("cifar10", layouts=("wds", "cifar", "imagefolder")),
     _cls("cifar100", layouts=("wds", "cifar", "imagefolder")),
     *[_cls(f"vtab/{name}", layouts=("wds", "cifar", "imagefolder") if name.startswith("cifar") else

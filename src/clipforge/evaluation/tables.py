@@ -94,12 +94,31 @@ def classification_table(results: Results, datasets: Sequence[str], bold: bool =
         rows.append(row)
     if bold:
         _bold_best(rows, 1)
-    return Table("classification", "Zero-shot classification", ["model_fullname"] + list(datasets), rows)
+    columns = ["model_fullname"] + [_title(d) if ":" in d else d for d in datasets]
+    return Table("classification", "Zero-shot classification", columns, rows)
 
 
 def _title(name: str) -> str:
     spec = suites.DATASETS.get(name)
-    return spec.title if spec is not None else name
+    if spec is not None:
+        return spec.title
+    return os.path.basename(name.partition(":")[2].rstrip("/")) if ":" in name else name
+
+
+def skipped_notes(results: Results) -> list[str]:
+    """One line per (model, dataset) that skipped undecodable samples, so no metric hides a partial dataset."""
+    notes = []
+    for model, r in results.items():
+        for key, value in r.items():
+            if key.endswith("/num_skipped") and value:
+                dataset = key[: -len("/num_skipped")]
+                notes.append(f"{model} on {_title(dataset)}: {value} sample(s) skipped (failed to decode), "
+                             f"metrics over {r.get(dataset + '/num_samples', '?')} samples")
+    return notes
+
+
+def _json_ready(value: object) -> object:
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def render_grid(table: Table) -> str:
@@ -200,11 +219,14 @@ def _datasets(keys: set[str]) -> list[str]:
 def write_tables(results: Results, out_dir: str, bold: bool = True) -> dict[str, str]:
     """Write benchmark.md (seed style), benchmark_github.md, one CSV per table and results.json; returns paths."""
     tables = build_tables(results, bold=bold)
+    notes = skipped_notes(results)
+    footer = ("\n\n" + "\n".join(f"- {n}" for n in notes)) if notes else ""
     files = {
         "benchmark.md": "\n\n".join(f"## {t.title}\n\n" + (render_grid(t) if t.name != "classification"
-                                                           else render_markdown(t)) for t in tables) + "\n",
-        "benchmark_github.md": "\n\n".join(f"## {t.title}\n\n{render_markdown(t)}" for t in tables) + "\n",
-        "results.json": json.dumps({m: dict(r) for m, r in results.items()}, indent=2, default=str) + "\n",
+                                                           else render_markdown(t)) for t in tables) + footer + "\n",
+        "benchmark_github.md": "\n\n".join(f"## {t.title}\n\n{render_markdown(t)}" for t in tables) + footer + "\n",
+        "results.json": json.dumps({m: {k: _json_ready(v) for k, v in r.items()} for m, r in results.items()},
+                                   indent=2, default=str) + "\n",
     }
     files.update({f"{t.name}.csv": render_csv(t) for t in tables})
     paths = {}
