@@ -125,3 +125,20 @@ def make_coco(root, n_images=4, split="test"):
     with open(os.path.join(root, f"coco_{split}_karpathy.json"), "w") as f:
         json.dump({"images": images, "annotations": annotations}, f)
     return root
+
+
+def _scalar_float(x=0.0):
+    import builtins
+    try:
+        return builtins.float(x)
+    except TypeError:  # a 1-element array: NumPy 2.x no longer converts it implicitly
+        return builtins.float(np.asarray(x).reshape(-1)[0])
+
+
+def patch_clip_benchmark_float(monkeypatch):
+    """clip_benchmark 1.6.2's accuracy() calls float() on a 1-element array, which the installed NumPy rejects.
+
+    Shadow ``float`` inside that module only, leaving its metric logic untouched.
+    """
+    from clip_benchmark.metrics import zeroshot_classification as zc
+    monkeypatch.setattr(zc, "float", _scalar_float, raising=False)
