@@ -103,7 +103,7 @@ def _cifar_files(root: str, split: str) -> tuple[list[str], str] | None:
                              ("cifar-100-python", {"train": ["train"], "test": ["test"]}, "meta")):
         for base in (os.path.join(root, sub), root):
             files = [os.path.join(base, n) for n in names.get(split, [])]
-            if files and all(os.path.exists(f) for f in files):
+            if files and all(os.path.isfile(f) for f in files):
                 return files, os.path.join(base, meta)
     return None
 
@@ -319,7 +319,7 @@ def _caption_files(layout: str, root: str, split: str, name: str) -> tuple[str |
 
 def _custom_spec(name: str) -> tuple[suites.DatasetSpec, str]:
     kind, _, path = name.partition(":")
-    layouts = {"folder": ("imagefolder", "cifar"), "wds": ("wds",), "captions": ("captions",)}
+    layouts = {"folder": ("cifar", "imagefolder"), "wds": ("wds",), "captions": ("captions",)}
     if kind not in layouts or not path:
         raise KeyError(f"'{name}': a dataset of your own is folder:PATH, wds:PATH or captions:PATH")
     task = "retrieval" if kind == "captions" else "classification"
@@ -376,7 +376,7 @@ def load_dataset(name: str, root: str, split: str = "test", transform: Callable 
     dataset, classnames, templates = found
     if len(dataset) == 0:
         raise ValueError(f"dataset '{spec.name}' at {root} has no samples for split '{split}'")
-    if spec.task == "retrieval":
+    if spec.task == "retrieval" or isinstance(dataset.targets[0], list):  # a wds export may hold captions
         return LoadedDataset(spec.name, "retrieval", dataset)
     classnames = classnames if classnames or not spec.key else suites.get_classnames(spec.key)
     user_names = _user_classnames(root) if not spec.key and os.path.isdir(root) else None
