@@ -10,19 +10,31 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from clipforge.config import apply_overrides
 
+_DEFAULT_DATA = os.path.join(os.path.expanduser("~"), ".cache", "clipforge", "datasets")
+
+
+def _list_datasets() -> int:
+    from clipforge.evaluation import suites
+    for name, spec in suites.DATASETS.items():
+        print(f"{name:40s} {spec.task:15s} layouts: {', '.join(spec.layouts)}")
+    for suite, names in suites.SUITES.items():
+        print(f"suite {suite}: {' '.join(names)}")
+    return 0
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", nargs="+", required=True, metavar="SPEC",
+    parser.add_argument("--model", nargs="+", default=[], metavar="SPEC",
                         help="ARCH, ARCH::TAG, ARCH::path/to/weights or hf-hub:org/repo (several allowed)")
     parser.add_argument("--tasks", nargs="+", default=["zeroshot_classification", "zeroshot_retrieval"],
                         help="zeroshot_classification, zeroshot_retrieval, linear_probe, statistics")
     parser.add_argument("--datasets", nargs="+", default=["classification", "retrieval"],
                         help="dataset names, suites (vtab, retrieval, classification) or folder:/wds:/captions:PATH")
-    parser.add_argument("--data-root", default="data",
+    parser.add_argument("--data-root", default=os.environ.get("CLIPFORGE_DATA", _DEFAULT_DATA),
                         help="folder holding one sub-folder per dataset (vtab/cifar10 -> vtab_cifar10), "
                              "or a pattern with {dataset}")
     parser.add_argument("--output", default="benchmark_results", help="folder for the Markdown, CSV and JSON tables")
@@ -33,10 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="other BenchmarkConfig fields, e.g. batch_size=128 precision=amp split=test "
                              "templates=imagenet1k_selected")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--list-datasets", action="store_true", help="list dataset names and suites, then exit")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.list_datasets:
+        return _list_datasets()
+    if not args.model:
+        raise ValueError("give at least one --model (ARCH, ARCH::TAG, ARCH::path or hf-hub:org/repo)")
 
     from clipforge.evaluation.benchmark import BenchmarkConfig, run_benchmark
     from clipforge.evaluation.tables import build_tables, render_grid, render_markdown, write_tables

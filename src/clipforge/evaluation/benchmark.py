@@ -187,9 +187,22 @@ def load_model_encoders(spec: str, device: str = "cpu", precision: str = "fp32")
         raise ModelLoadError(f"cannot load model '{spec}': {type(e).__name__}: {e}. "
                              "Check the name with `clipforge models`, and that the weights file exists.") from e
     model.eval()
-    weights = pretrained if pretrained and os.path.exists(pretrained) else getattr(model, "weights_path", None)
-    size = getattr(getattr(model, "visual", None), "image_size", 224)
-    return wrap_model(model, tokenizer, preprocess, f"{spec}@{precision}", device, precision, weights, size)
+    weights = _weights_file(model, pretrained)
+    preprocess_config = getattr(model, "preprocess_config", None)
+    size = getattr(preprocess_config, "image_size", None) or getattr(getattr(model, "visual", None), "image_size", 224)
+    model_id = f"{spec}@{precision}"
+    if weights and os.path.isfile(weights):  # retrained weights at the same path must not reuse cached features
+        stat = os.stat(weights)
+        model_id += f"@{stat.st_size}-{int(stat.st_mtime)}"
+    return wrap_model(model, tokenizer, preprocess, model_id, device, precision, weights, size)
+
+
+def _weights_file(model, pretrained: str | None) -> str | None:
+    """The local weights file (or folder) behind a model, for disk usage and cache invalidation."""
+    for candidate in (pretrained, getattr(model, "weights_path", None), getattr(model, "pretrained_source", None)):
+        if candidate and os.path.exists(str(candidate)):
+            return str(candidate)
+    return None
 
 
 def wrap_model(model, tokenizer, preprocess, model_id: str, device: str = "cpu", precision: str = "fp32",

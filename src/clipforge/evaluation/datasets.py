@@ -249,6 +249,9 @@ def read_captions(annotation: str, image_root: str, transform) -> ImageDataset:
     """Image-caption pairs grouped per image, from a ``.txt``/``.csv`` (image,caption) or a ``.json`` file."""
     if annotation.endswith(".json"):
         pairs = _json_pairs(annotation)
+    elif annotation.endswith(".txt"):  # Flickr/Karpathy: a header, then name,caption with unquoted commas
+        lines = _read_lines(annotation)[1:]
+        pairs = [(image, caption.strip()) for image, _, caption in (line.partition(",") for line in lines)]
     else:
         with open(annotation, encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f))

@@ -118,7 +118,7 @@ def cached(path: str | None, compute: Callable[[], object]) -> object:
     if path is None:
         return compute()
     if os.path.exists(path):
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     value = compute()
     save_atomic(value, path)
     return value

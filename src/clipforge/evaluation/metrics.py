@@ -47,10 +47,12 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor, topk: tuple[int, ...] 
 
 def mean_per_class_recall(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Top-1 recall averaged over the classes present in ``targets`` (sklearn's balanced accuracy)."""
-    correct = (target_rank(logits, targets) == 0).float()
-    classes = targets.long().unique()
-    per_class = torch.stack([correct[targets == c].mean() for c in classes])
-    return per_class.mean().item()
+    correct = (target_rank(logits, targets) == 0).double()
+    labels = targets.long()
+    hits = torch.bincount(labels, weights=correct, minlength=logits.shape[1])
+    counts = torch.bincount(labels, minlength=logits.shape[1])
+    present = counts > 0
+    return (hits[present] / counts[present]).mean().item()
 
 
 def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
