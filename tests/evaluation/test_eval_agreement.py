@@ -96,3 +96,15 @@ def test_templates_and_classnames_are_clip_benchmark_s():
     assert suites.get_classnames("vtab/clevr_count_all") == ref_names["clevr_count_all"]
     for name in suites.SUITES["classification"]:
         assert suites.get_classnames(name) and suites.get_templates(name), name
+
+
+def test_per_class_prompt_dict_equals_the_formatted_templates(encoders):
+    from clipforge.evaluation.zeroshot import build_classifier
+    names, templates = ["cat", "dog", "car"], ["a photo of a {c}.", "a drawing of a {}."]
+    as_list = build_classifier(encoders.encode_text, encoders.tokenize, names, templates)
+    as_dict = build_classifier(encoders.encode_text, encoders.tokenize, names,
+                               {n: [f"a photo of a {n}.", f"a drawing of a {n}."] for n in names})
+    assert as_list.shape == (16, 3) and torch.allclose(as_list, as_dict, atol=1e-6)
+    assert torch.allclose(as_list.norm(dim=0), torch.ones(3), atol=1e-5)
+    with pytest.raises(ValueError, match="no prompts for"):
+        build_classifier(encoders.encode_text, encoders.tokenize, names, {"cat": ["x"]})

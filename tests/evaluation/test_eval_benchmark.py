@@ -152,3 +152,40 @@ def test_grid_table_lines_align_and_best_is_bold():
     assert built["retrieval"].rows[1][1] == "**0.600**" and built["retrieval"].rows[0][2] == "**0.700**"
     assert built["classification"].rows == [["A x", "**0.900**"], ["B y", "0.800"]]
     assert built["statistics"].rows[0][3] == "n/a"
+
+
+def test_cli_verb_end_to_end_with_a_stand_in_model(tmp_path, encoders, monkeypatch, capsys):
+    from clipforge.cli import benchmark as verb
+    from clipforge.evaluation import benchmark as bench
+    monkeypatch.setattr(bench, "load_model_encoders", lambda spec, device, precision: encoders)
+    make_captions(tmp_path / "data" / "flickr8k", n_images=4)
+    make_cifar(tmp_path / "data" / "vtab_cifar10", n_per_class=1)
+    parser = argparse.ArgumentParser()
+    verb.add_arguments(parser)
+    args = parser.parse_args(["--model", "tiny::one", "--datasets", "flickr8k", "vtab/cifar10", "--tasks",
+                              "zeroshot_retrieval", "zeroshot_classification", "--data-root", str(tmp_path / "data"),
+                              "--output", str(tmp_path / "out"), "--device", "cpu", "--set", "num_workers=0",
+                              "--quiet"])
+    assert verb.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "Zero-shot retrieval" in printed and "| tiny one" in printed and "vtab/cifar10" in printed
+    assert sorted(os.listdir(tmp_path / "out")) == ["benchmark.md", "benchmark_github.md", "classification.csv",
+                                                    "results.json", "retrieval.csv"]
+
+
+def test_amp_bf16_on_cpu_runs_and_stays_close(tmp_path, tiny):
+    from clipforge.evaluation.benchmark import wrap_model
+    from eval_fixtures import transform
+    model, tokenizer = tiny
+    fp32 = wrap_model(model, tokenizer, transform(), "a")
+    amp = wrap_model(model, tokenizer, transform(), "b", precision="amp_bf16")
+    images, tokens = torch.rand(4, 3, 32, 32), tokenizer(["a cat", "a dog"])
+    for encode in ("encode_image", "encode_text"):
+        x = images if encode == "encode_image" else tokens
+        low, high = getattr(amp, encode)(x), getattr(fp32, encode)(x)
+        assert low.dtype == torch.bfloat16 and high.dtype == torch.float32
+        assert F.cosine_similarity(low.float(), high, dim=-1).min() > 0.99
+    make_imagefolder(tmp_path, n_per_class=2)
+    loaded = load_dataset(f"folder:{tmp_path}", "", transform=transform())
+    metrics = evaluate(amp, [loaded], BenchmarkConfig(num_workers=0))
+    assert 0.0 <= metrics[f"folder:{tmp_path}/acc1"] <= 1.0

@@ -227,8 +227,12 @@ def wrap_model(model, tokenizer, preprocess, model_id: str, device: str = "cpu",
 
 
 def run_benchmark(model_specs: Sequence[str], config: BenchmarkConfig, quiet: bool = False,
-                  loader: Callable[[str, str, str], Encoders] = load_model_encoders) -> dict[str, dict[str, object]]:
-    """Results for several models, one entry per spec, in the order given."""
+                  loader: Callable[[str, str, str], Encoders] | None = None) -> dict[str, dict[str, object]]:
+    """Results for several models, one entry per spec, in the order given.
+
+    ``loader(spec, device, precision) -> Encoders`` defaults to building clipforge models.
+    """
+    loader = loader or load_model_encoders
     results = {}
     for spec in model_specs:
         if not quiet:
