@@ -80,7 +80,8 @@ def _encode(encoders: Encoders, loaded: ds.LoadedDataset, split: str, config: Be
             quiet: bool) -> EncodedImages:
     path = None
     if config.cache_dir:
-        key = cache_key(encoders.model_id, loaded.name, split, encoders.transform_id, len(loaded.dataset))
+        key = cache_key(encoders.model_id, loaded.name, split, encoders.transform_id, len(loaded.dataset),
+                        loaded.source)
         path = os.path.join(config.cache_dir, key + ".pt")
     label = f"{encoders.model_id} {loaded.name}/{split}"
     progress = None if quiet else Progress(label, len(loaded.dataset))

@@ -47,6 +47,7 @@ class LoadedDataset:
     classnames: list[str] | None = None
     templates: list[str] | None = None
     multilabel: bool = False
+    source: str = ""  # the folder or file it was read from (part of the feature-cache key)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -380,7 +381,7 @@ def load_dataset(name: str, root: str, split: str = "test", transform: Callable 
     if len(dataset) == 0:
         raise ValueError(f"dataset '{spec.name}' at {root} has no samples for split '{split}'")
     if spec.task == "retrieval" or isinstance(dataset.targets[0], list):  # a wds export may hold captions
-        return LoadedDataset(spec.name, "retrieval", dataset)
+        return LoadedDataset(spec.name, "retrieval", dataset, source=os.path.abspath(root))
     classnames = classnames if classnames or not spec.key else suites.get_classnames(spec.key)
     user_names = _user_classnames(root) if not spec.key and os.path.isdir(root) else None
     if user_names is not None:
@@ -393,7 +394,8 @@ def load_dataset(name: str, root: str, split: str = "test", transform: Callable 
         custom = os.path.join(root, "templates.txt") if os.path.isdir(root) else ""
         templates = _read_lines(custom) if custom and os.path.exists(custom) else suites.get_templates(
             spec.key or "imagenet1k")
-    return LoadedDataset(spec.name, "classification", dataset, list(classnames), list(templates), spec.multilabel)
+    return LoadedDataset(spec.name, "classification", dataset, list(classnames), list(templates), spec.multilabel,
+                         os.path.abspath(root))
 
 
 def _first_layout(spec, root, split, transform):
