@@ -40,6 +40,7 @@ def test_classification_matches_clip_benchmark(tmp_path, tiny, encoders, monkeyp
     assert ours["num_samples"] == 24 and ours["num_skipped"] == 0
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_voc_matches_clip_benchmark(tmp_path, tiny, encoders, monkeypatch, multilabel):
     from clip_benchmark.datasets import voc2007

@@ -64,7 +64,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         try:
             image = self.read(self.samples[index]).convert("RGB")
-        except (OSError, ValueError, SyntaxError, tarfile.TarError):
+        except (OSError, ValueError, SyntaxError, tarfile.TarError, Image.DecompressionBombError):
             return None  # undecodable: skipped and counted by collate_skipping
         if self.transform is not None:
             image = self.transform(image)
