@@ -189,3 +189,20 @@ def test_amp_bf16_on_cpu_runs_and_stays_close(tmp_path, tiny):
     loaded = load_dataset(f"folder:{tmp_path}", "", transform=transform())
     metrics = evaluate(amp, [loaded], BenchmarkConfig(num_workers=0))
     assert 0.0 <= metrics[f"folder:{tmp_path}/acc1"] <= 1.0
+
+
+def test_logistic_probe_matches_sklearn_objective():
+    """Same objective as sklearn's multinomial LogisticRegression with C = 1 / (weight_decay * N)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from clipforge.evaluation.linear_probe import fit_logistic
+    torch.manual_seed(0)
+    x = torch.randn(150, 6, dtype=torch.float64)
+    y = (x[:, 0] + 0.5 * torch.randn(150, dtype=torch.float64) > 0).long() + (x[:, 1] > 0.5).long()
+    wd = 1e-2
+    probe = fit_logistic(x.float(), y, 3, wd, max_iter=500)
+    reference = LogisticRegression(C=1 / (wd * len(x)), tol=1e-10, max_iter=5000).fit(x.numpy(), y.numpy())
+    with torch.no_grad():
+        ours = probe(x.float()).softmax(dim=-1)
+    theirs = torch.from_numpy(reference.predict_proba(x.numpy())).float()
+    assert (ours - theirs).abs().max() < 2e-3

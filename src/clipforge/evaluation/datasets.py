@@ -226,8 +226,11 @@ def read_wds(root: str, split: str, transform) -> tuple[ImageDataset, dict] | No
     for field, name in (("classnames", "classnames.txt"), ("templates", "zeroshot_classification_templates.txt")):
         if os.path.exists(os.path.join(root, name)):
             meta[field] = _read_lines(os.path.join(root, name))
-    read = lambda location: Image.open(io.BytesIO(_read_member(location)))  # noqa: E731
-    return ImageDataset(samples, targets, read, transform), meta
+    return ImageDataset(samples, targets, _open_member, transform), meta
+
+
+def _open_member(location: tuple[str, int, int]) -> Image.Image:
+    return Image.open(io.BytesIO(_read_member(location)))
 
 
 def _read_member(location: tuple[str, int, int]) -> bytes:
