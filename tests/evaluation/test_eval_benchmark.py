@@ -206,3 +206,16 @@ def test_logistic_probe_matches_sklearn_objective():
         ours = probe(x.float()).softmax(dim=-1)
     theirs = torch.from_numpy(reference.predict_proba(x.numpy())).float()
     assert (ours - theirs).abs().max() < 2e-3
+
+
+def test_progress_lines_and_nan_in_json(tmp_path):
+    from clipforge.evaluation.benchmark import Progress
+    stream = io.StringIO()
+    progress = Progress("m cifar10/test", total=10, every=3600, stream=stream)
+    progress(4)  # first call always prints
+    progress(3)  # throttled
+    progress(3)  # done: always prints
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("  m cifar10/test: 4/10 images") and "10/10" in lines[1]
+    paths = tables.write_tables({"m": {"voc2007/acc1": 0.5, "voc2007/acc5": float("nan")}}, str(tmp_path))
+    assert json.load(open(paths["results.json"]))["m"]["voc2007/acc5"] is None

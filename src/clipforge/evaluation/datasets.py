@@ -127,7 +127,17 @@ def read_cifar(root: str, split: str, transform) -> tuple[ImageDataset, list[str
         with open(meta_path, "rb") as f:
             meta = pickle.load(f, encoding="latin1")
         names = meta.get("label_names") or meta.get("fine_label_names")
-    return ImageDataset(list(range(len(data))), labels, lambda i: Image.fromarray(data[i]), transform), names
+    return ImageDataset(list(range(len(data))), labels, _ArrayImages(data), transform), names
+
+
+class _ArrayImages:
+    """Reads image ``i`` of an (N, H, W, 3) uint8 array; a class, not a closure, so spawned workers can pickle it."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+
+    def __call__(self, index: int) -> Image.Image:
+        return Image.fromarray(self.data[index])
 
 
 def _class_folders(base: str) -> list[str]:
