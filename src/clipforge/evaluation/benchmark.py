@@ -59,7 +59,7 @@ class Progress:
 
     def __init__(self, label: str, total: int | None, every: float = 2.0, stream=sys.stderr):
         self.label, self.total, self.every, self.stream = label, total, every, stream
-        self.done, self._last, self._start = 0, 0.0, time.perf_counter()
+        self.done, self._last, self._start = 0, float("-inf"), time.perf_counter()
 
     def __call__(self, n: int) -> None:
         self.done += n
