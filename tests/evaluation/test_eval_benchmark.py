@@ -94,6 +94,9 @@ def test_model_that_cannot_be_loaded_is_a_clear_error():
     assert parse_model_spec("hf-hub:org/repo") == ("hf-hub:org/repo", None)
     with pytest.raises(ValueError, match="unknown task"):
         BenchmarkConfig(tasks=("zeroshot",))
+    with pytest.raises(KeyError, match="no shipped template set 'imagenet_selected'"):
+        BenchmarkConfig(templates="imagenet_selected")
+    assert len(BenchmarkConfig(templates="imagenet1k_selected").templates) > 0
 
 
 def test_cli_verb_parses_and_reports_bad_model(tmp_path):

@@ -52,6 +52,8 @@ class BenchmarkConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+        if self.templates:
+            suites.get_templates(self.templates, strict=True)  # a typo must not fall back to other prompts
 
 
 class Progress:
@@ -104,7 +106,7 @@ def evaluate_dataset(encoders: Encoders, loaded: ds.LoadedDataset, config: Bench
             out.update(retrieve(encoded, encoders.encode_text, encoders.tokenize, config.recall_k))
     else:
         if "zeroshot_classification" in config.tasks:
-            templates = suites.get_templates(config.templates) if config.templates else loaded.templates
+            templates = suites.get_templates(config.templates, strict=True) if config.templates else loaded.templates
             classifier = build_classifier(encoders.encode_text, encoders.tokenize, loaded.classnames, templates)
             out.update(classify(encoded, classifier, loaded.classnames))
         if "linear_probe" in config.tasks and train is not None and not loaded.multilabel:

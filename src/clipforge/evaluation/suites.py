@@ -88,10 +88,16 @@ def get_classnames(key: str) -> list[str]:
     return list(table[key])
 
 
-def get_templates(key: str) -> list[str]:
-    """Shipped prompt templates for ``key``; ``{c}`` marks the class name. Unknown keys use ImageNet's 80."""
+def get_templates(key: str, strict: bool = False) -> list[str]:
+    """Shipped prompt templates for ``key``; ``{c}`` marks the class name.
+
+    A dataset without its own set uses ImageNet's 80, as clip_benchmark does; with ``strict`` an unknown key is
+    an error instead (for a template set the user named).
+    """
     table = _load_json("templates.json")
     key = resolve(key).key if key in DATASETS else key
+    if strict and key not in table:
+        raise KeyError(f"no shipped template set '{key}'. Known: {', '.join(sorted(table))}")
     return list(table.get(key, table["imagenet1k"]))
 
 
