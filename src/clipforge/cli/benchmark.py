@@ -1,0 +1,72 @@
+"""``clipforge benchmark``: zero-shot classification/retrieval, linear probe and resource tables for models.
+
+Example::
+
+    clipforge benchmark --model ViT-B-32::laion2b_s34b_b79k RN50::openai \\
+        --tasks zeroshot_classification zeroshot_retrieval statistics \\
+        --datasets retrieval vtab imagenetv2 --data-root ~/datasets --cache-dir ~/.cache/clipforge/features \\
+        --output results/
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from clipforge.config import apply_overrides
+
+_DEFAULT_DATA = os.path.join(os.path.expanduser("~"), ".cache", "clipforge", "datasets")
+
+
+def _list_datasets() -> int:
+    from clipforge.evaluation import suites
+    for name, spec in suites.DATASETS.items():
+        print(f"{name:40s} {spec.task:15s} layouts: {', '.join(spec.layouts)}")
+    for suite, names in suites.SUITES.items():
+        print(f"suite {suite}: {' '.join(names)}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", nargs="+", default=[], metavar="SPEC",
+                        help="ARCH, ARCH::TAG, ARCH::path/to/weights or hf-hub:org/repo (several allowed)")
+    parser.add_argument("--tasks", nargs="+", default=["zeroshot_classification", "zeroshot_retrieval"],
+                        help="zeroshot_classification, zeroshot_retrieval, linear_probe, statistics")
+    parser.add_argument("--datasets", nargs="+", default=["classification", "retrieval"],
+                        help="dataset names, suites (vtab, retrieval, classification) or folder:/wds:/captions:PATH")
+    parser.add_argument("--data-root", default=os.environ.get("CLIPFORGE_DATA", _DEFAULT_DATA),
+                        help="folder holding one sub-folder per dataset (vtab/cifar10 -> vtab_cifar10), "
+                             "or a pattern with {dataset}")
+    parser.add_argument("--output", default="benchmark_results", help="folder for the Markdown, CSV and JSON tables")
+    parser.add_argument("--cache-dir", default=None, help="cache encoded image features here (re-runs skip encoding)")
+    parser.add_argument("--download", action="store_true", help="fetch missing datasets when the network allows")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="other BenchmarkConfig fields, e.g. batch_size=128 precision=amp split=test "
+                             "templates=imagenet1k_selected")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--list-datasets", action="store_true", help="list dataset names and suites, then exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.list_datasets:
+        return _list_datasets()
+    if not args.model:
+        raise ValueError("give at least one --model (ARCH, ARCH::TAG, ARCH::path or hf-hub:org/repo)")
+
+    from clipforge.evaluation.benchmark import BenchmarkConfig, run_benchmark
+    from clipforge.evaluation.tables import build_tables, render_grid, render_markdown, write_tables
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = BenchmarkConfig(tasks=tuple(args.tasks), datasets=tuple(args.datasets), data_root=args.data_root,
+                             cache_dir=args.cache_dir, allow_download=args.download, device=device)
+    config = apply_overrides(config, args.set)
+    results = run_benchmark(args.model, config, quiet=args.quiet)
+    paths = write_tables(results, args.output)
+    for table in build_tables(results):
+        print(f"\n## {table.title}\n")
+        print(render_markdown(table) if table.name == "classification" else render_grid(table))
+    print(f"\nwrote {', '.join(sorted(paths.values()))}", file=sys.stderr)
+    return 0
