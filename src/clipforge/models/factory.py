@@ -160,6 +160,7 @@ def create_model(model_name: str, pretrained: str | None = None, *, precision: s
         load_weights_into(model, local)
     model.preprocess_config = _preprocess_for(config, local, preprocess_overrides)
     model.pretrained_source = local.source if local is not None else None
+    model.weights_path = str(local.weights_path) if local is not None else None
     return _cast(model, precision, device).eval()
 
 
