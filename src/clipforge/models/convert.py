@@ -77,8 +77,8 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module."
 
 
 def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """``"clipforge"``, ``"openai"``, ``"open_clip"`` or ``"hf"`` for a (prefix-stripped) state dict."""
-    keys = set(state_dict)
+    """``"clipforge"``, ``"openai"``, ``"open_clip"`` or ``"hf"``; a DDP ``module.`` prefix is ignored."""
+    keys = set(strip_prefix(state_dict))
     if "text.pos_embed" in keys:
         return "clipforge"
     if any(k.startswith(("vision_model.", "text_model.")) for k in keys):
