@@ -13,7 +13,7 @@ from clipforge.models.convert import (ConversionError, config_from_openai_state_
                                       convert_state_dict,
                                       detect_format, expected_shapes, to_open_clip_state_dict)
 from clipforge.models.registry import get_model_config  # noqa: E402
-from conftest import randomize_  # noqa: E402
+from model_helpers import randomize_  # noqa: E402
 
 TOL = 1e-5
 
