@@ -128,3 +128,18 @@ def test_freeze_batch_norm_survives_train():
     net(torch.randn(2, 3, 4, 4))
     assert not net[1].training and torch.equal(before, net[1].running_mean)
     assert not net[1].weight.requires_grad
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_transformer_output_index_matches_full_forward(is_causal, use_sdpa):
+    from clipforge.layers.transformer import Transformer
+    stack = Transformer(32, 2, 4, 4.0, "gelu", layer_scale_init=0.3)
+    for block in stack.blocks:
+        block.attn.use_sdpa = use_sdpa
+    x = torch.randn(3, 6, 32)
+    index = torch.tensor([5, 0, 3])
+    full = stack(x, is_causal=is_causal)[torch.arange(3), index]
+    torch.testing.assert_close(stack(x, is_causal=is_causal, output_index=index), full)
+    stack.grad_checkpointing = True
+    torch.testing.assert_close(stack(x.requires_grad_(), is_causal=is_causal, output_index=index), full)

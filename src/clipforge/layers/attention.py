@@ -50,3 +50,30 @@ class Attention(nn.Module):
             out = eager_attention(q, k, v, attn_mask)
         out = out.transpose(1, 2).reshape(batch, length, width)  # (B, L, D)
         return self.proj(out)
+
+    def forward_query(self, queries: torch.Tensor, x: torch.Tensor,
+                      key_limit: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention output for a few query rows (B, Q, D) over all of x (B, L, D).
+
+        Used when only some output tokens are needed (the pooled token of the last block): keys and
+        values are computed for every token, queries only for the requested ones. ``key_limit`` (B,)
+        restricts each sample to keys at positions <= limit (the causal mask of a single query row).
+        """
+        batch, length, width = x.shape
+        head_dim = width // self.num_heads
+        q = F.linear(queries, self.qkv.weight[:width], self.qkv.bias[:width])  # (B, Q, D)
+        kv = F.linear(x, self.qkv.weight[width:], self.qkv.bias[width:])  # (B, L, 2D)
+        q = q.view(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # (B, H, Q, d)
+        k, v = kv.view(batch, length, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None
+        if key_limit is not None:
+            positions = torch.arange(length, device=x.device)
+            mask = (positions[None, :] <= key_limit[:, None]).view(batch, 1, 1, length)  # True = attend
+        if self.use_sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            additive = None if mask is None else torch.zeros(mask.shape, dtype=q.dtype, device=x.device).masked_fill(
+                ~mask, float("-inf"))
+            out = eager_attention(q, k, v, additive)
+        out = out.transpose(1, 2).reshape(batch, -1, width)  # (B, Q, D)
+        return self.proj(out)

@@ -11,22 +11,27 @@ from clipforge.layers.norm import LayerNorm
 TEXT_POOLS = ("argmax", "last", "first", "eos")
 
 
-def pool_text(x: torch.Tensor, tokens: torch.Tensor, kind: str, eos_id: int | None = None) -> torch.Tensor:
-    """Pick one (B, D) vector per sequence from x (B, L, D).
+def text_pool_index(tokens: torch.Tensor, kind: str, eos_id: int | None = None) -> torch.Tensor:
+    """Position (B,) of the token that represents each sequence of ``tokens`` (B, L).
 
     ``argmax``: the highest token id (CLIP's end-of-text is the largest id in its vocabulary);
     ``eos``: the first ``eos_id``; ``last`` / ``first``: a fixed position.
     """
+    batch, length = tokens.shape
     if kind == "last":
-        return x[:, -1]
+        return torch.full((batch,), length - 1, dtype=torch.long, device=tokens.device)
     if kind == "first":
-        return x[:, 0]
+        return torch.zeros(batch, dtype=torch.long, device=tokens.device)
     if kind == "argmax":
-        index = tokens.argmax(dim=-1)
-    elif kind == "eos":
-        index = (tokens == eos_id).int().argmax(dim=-1)
-    else:
-        raise ValueError(f"unknown text pool '{kind}'; use one of {', '.join(TEXT_POOLS)}")
+        return tokens.argmax(dim=-1)
+    if kind == "eos":
+        return (tokens == eos_id).int().argmax(dim=-1)
+    raise ValueError(f"unknown text pool '{kind}'; use one of {', '.join(TEXT_POOLS)}")
+
+
+def pool_text(x: torch.Tensor, tokens: torch.Tensor, kind: str, eos_id: int | None = None) -> torch.Tensor:
+    """Pick one (B, D) vector per sequence from x (B, L, D) (see ``text_pool_index``)."""
+    index = text_pool_index(tokens, kind, eos_id)
     return x[torch.arange(x.shape[0], device=x.device), index]
 
 

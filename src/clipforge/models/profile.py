@@ -1,5 +1,8 @@
 """Model size and compute: parameter counts, GFLOPs per image and per text, bytes on disk.
 
+FLOPs are counted as executed (a multiply-add is 2 FLOPs). clipforge skips the last block's work for
+tokens that are not pooled, so a class-token ViT counts about 1/depth less than a full forward.
+
 Everything runs on the meta device, so profiling ViT-bigG costs no memory and no real compute.
 """
 from __future__ import annotations
@@ -20,8 +23,8 @@ class ModelProfile:
     params_total: int
     params_image: int
     params_text: int
-    gflops_image: float  # one image at the config's image_size, forward only
-    gflops_text: float  # one full-length token sequence, forward only
+    gflops_image: float  # one image at the config's image_size, forward only, as clipforge computes it
+    gflops_text: float  # one full-length token sequence, forward only, as clipforge computes it
 
     def size_on_disk(self, precision: str = "fp32") -> int:
         """Bytes of a weights file holding every parameter in ``precision`` (headers excluded)."""

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from clipforge.layers.norm import LayerNorm
-from clipforge.layers.pool import pool_text
+from clipforge.layers.pool import text_pool_index
 from clipforge.layers.transformer import Transformer
 from clipforge.models.config import TextConfig
 
@@ -52,10 +52,9 @@ class TextTransformer(nn.Module):
         length = tokens.shape[1]
         x = self.token_embedding(tokens)
         x = x + self.pos_embed[:length].to(x.dtype)
-        x = self.transformer(x, is_causal=self.config.causal_mask)
-        x = self.norm(x)
-        pooled = pool_text(x, tokens, self.config.pool, self.config.eos_id)
-        return self.proj(pooled)
+        index = text_pool_index(tokens, self.config.pool, self.config.eos_id)
+        pooled = self.transformer(x, is_causal=self.config.causal_mask, output_index=index)  # (B, D)
+        return self.proj(self.norm(pooled))
 
     def param_groups(self) -> list[list[nn.Module | nn.Parameter]]:
         """Embeddings, each block but the last, last block + final norm, projection (from input to output)."""

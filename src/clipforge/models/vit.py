@@ -64,7 +64,12 @@ class VisionTransformer(nn.Module):
         return x[:, 0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(self.transformer(self.embed(images)))
+        x = self.embed(images)
+        if self.config.pool == "token":  # only the class token leaves the last block
+            index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            pooled = self.norm(self.transformer(x, output_index=index))
+        else:
+            pooled = self.pool(self.transformer(x))
         return self.proj(pooled) if self.proj is not None else pooled
 
     def param_groups(self) -> list[Sequence[nn.Module | nn.Parameter]]:
