@@ -155,3 +155,26 @@ def test_half_precision_close_to_fp32(dtype):
     for ours, ref in zip(half[:2], reference[:2]):
         assert ours.dtype == dtype
         assert (ours.float() - ref).abs().max() < 3e-2
+
+
+def test_resnet_folded_batch_norm_tracks_weight_changes():
+    config = get_model_config("tiny-resnet")
+    model = CLIP(config).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        first = model.encode_image(images)
+        model.visual.layer1[0].bn3.weight.add_(1.0)  # zero-init residual branch becomes active
+        model.visual.bn1.running_var.mul_(4.0)
+        cached = model.encode_image(images)
+    fresh = CLIP(config).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(first, cached, atol=1e-4)
+        torch.testing.assert_close(cached, fresh.encode_image(images))
+    # with autograd on, the fold is differentiable and matches the cached result
+    with_grad = model.encode_image(images)
+    with_grad.sum().backward()
+    assert model.visual.bn1.weight.grad is not None
+    torch.testing.assert_close(with_grad.detach(), cached)
+    model.train()  # BatchNorm in training mode uses batch statistics, not the fold
+    assert not torch.allclose(model.encode_image(images), cached, atol=1e-4)

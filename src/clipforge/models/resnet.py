@@ -15,13 +15,33 @@ from clipforge.layers.pool import AttentionPool2d
 from clipforge.models.config import VisionConfig
 
 
-def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """conv then BatchNorm; in eval mode the BatchNorm is folded into the convolution (one pass, no extra tensor)."""
-    if bn.training:
-        return bn(conv(x))
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C,)
     weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
-    bias = (bn.bias - bn.running_mean * scale).to(conv.weight.dtype)
+    return weight, (bn.bias - bn.running_mean * scale).to(conv.weight.dtype)
+
+
+def _fold_key(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple:
+    tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+
+def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """conv then BatchNorm. In eval mode the BatchNorm is folded into the convolution: one pass over the
+    activations instead of two. Without autograd the folded weights are cached on the conv (keyed by the
+    tensors' storage and version counters, so loading or training new weights refreshes them): rebuilding
+    them per call would also make oneDNN re-pack the weights every time, which dominates at batch 1."""
+    if bn.training:
+        return bn(conv(x))
+    if torch.is_grad_enabled():
+        weight, bias = _fold(conv, bn)  # differentiable w.r.t. the conv and BatchNorm parameters
+    else:
+        key = _fold_key(conv, bn)
+        cached = conv.__dict__.get("_folded")
+        if cached is None or cached[0] != key:
+            cached = (key, *_fold(conv, bn))
+            conv.__dict__["_folded"] = cached
+        weight, bias = cached[1], cached[2]
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
