@@ -1,0 +1,1 @@
+"""Generic building blocks shared by the towers; nothing here knows about CLIP models."""

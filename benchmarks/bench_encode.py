@@ -1,0 +1,174 @@
+"""Image and text encoding throughput on CPU: clipforge against open_clip with the same random weights.
+
+    python benchmarks/bench_encode.py            # ViT-B-32 and RN50, batch 1, 8 and 64
+    python benchmarks/bench_encode.py --quick    # batch 1 and 8, fewer repeats
+
+Prints, per model / tower / batch: items per second for both, the speed ratio, and the share of the
+machine's fp32 matmul peak (measured first with a large torch.mm) each reaches, counting the model's
+nominal FLOPs (clipforge.models.profile). Then peak RAM at batch 8 and the import cost of each package,
+each measured in a fresh subprocess. open_clip is a test-only dependency; it is imported here, never by
+clipforge. Timings on a shared machine are noisy: runs are interleaved and the best of N is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def build_pair(name: str):
+    """(open_clip model, clipforge model, clipforge config), same weights, eval mode."""
+    import open_clip
+
+    from clipforge.models.clip import CLIP
+    from clipforge.models.convert import convert_state_dict
+    from clipforge.models.registry import get_model_config
+
+    reference = open_clip.create_model(name).eval()
+    config = get_model_config(name)
+    with torch.device("meta"):
+        model = CLIP(config)
+    model.load_state_dict(convert_state_dict(reference.state_dict(), config), assign=True)
+    return reference, model.eval(), config
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator, oneDNN primitive cache
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_model(name: str, batches, repeats: int, peak: float) -> list[dict]:
+    from clipforge.models.profile import profile_model
+
+    reference, model, config = build_pair(name)
+    profile = profile_model(config)
+    rows = []
+    for tower in ("image", "text"):
+        for batch in batches:
+            if tower == "image":
+                size = config.vision.image_size
+                x = torch.randn(batch, 3, size, size)
+                ours, theirs, gflops = model.encode_image, reference.encode_image, profile.gflops_image
+            else:
+                x = torch.randint(1, 49000, (batch, config.text.context_length))
+                ours, theirs, gflops = model.encode_text, reference.encode_text, profile.gflops_text
+            reps = max(1, repeats if batch < 64 else repeats // 2)
+            with torch.inference_mode():
+                t_ours, t_theirs = float("inf"), float("inf")
+                for _ in range(2):  # interleave so both see the same machine load
+                    t_theirs = min(t_theirs, best_time(lambda: theirs(x), reps))
+                    t_ours = min(t_ours, best_time(lambda: ours(x), reps))
+            rows.append(dict(model=name, tower=tower, batch=batch, ours=batch / t_ours, theirs=batch / t_theirs,
+                             ratio=t_theirs / t_ours, peak_ours=batch * gflops / t_ours / peak,
+                             peak_theirs=batch * gflops / t_theirs / peak))
+    return rows
+
+
+_RAM_SCRIPT = """
+import resource, sys, torch
+sys.path.insert(0, {src!r})
+impl, name = sys.argv[1], sys.argv[2]
+torch.set_num_threads({threads})
+if impl == "open_clip":
+    import open_clip
+    model = open_clip.create_model(name).eval()
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, tuple) else size
+else:
+    from clipforge.models.clip import CLIP
+    from clipforge.models.registry import get_model_config
+    model = CLIP(get_model_config(name)).eval()
+    size = model.config.vision.image_size
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.inference_mode():
+    model.encode_image(torch.randn(8, 3, size, size))
+    model.encode_text(torch.randint(1, 49000, (8, 77)))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(after / 1024, (after - before) / 1024)
+"""
+
+_IMPORT_SCRIPT = """
+import resource, sys, time
+sys.path.insert(0, {src!r})
+import torch
+rss0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+if sys.argv[1] != "torch":
+    __import__(sys.argv[1])
+print(time.perf_counter() - t0, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+"""
+
+
+def _run(script: str, *args: str) -> list[float]:
+    code = script.format(src=str(ROOT / "src"), threads=torch.get_num_threads())
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return [float(v) for v in out.stdout.split()]
+
+
+def peak_ram(name: str) -> dict:
+    ours, theirs = _run(_RAM_SCRIPT, "clipforge", name), _run(_RAM_SCRIPT, "open_clip", name)
+    return dict(model=name, ours_peak=ours[0], ours_forward=ours[1], theirs_peak=theirs[0], theirs_forward=theirs[1])
+
+
+def import_cost(repeats: int = 3) -> dict:
+    costs = {}
+    for module in ("clipforge", "clipforge.models.clip", "open_clip"):
+        runs = [_run(_IMPORT_SCRIPT, module) for _ in range(repeats)]
+        costs[module] = (min(r[0] for r in runs), min(r[1] for r in runs))
+    return costs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 1 and 8 only, fewer repeats")
+    parser.add_argument("--models", nargs="+", default=["ViT-B-32", "RN50"])
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    batches, repeats = ((1, 8), 3) if args.quick else ((1, 8, 64), 5)
+    peak = matmul_peak_gflops()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.1f} GFLOP/s\n")
+    rows = [row for name in args.models for row in bench_model(name, batches, repeats, peak)]
+    print(f"{'model':10} {'tower':6} {'batch':>5} {'clipforge/s':>12} {'open_clip/s':>12} {'ratio':>6} "
+          f"{'cf %peak':>9} {'oc %peak':>9}")
+    for r in rows:
+        print(f"{r['model']:10} {r['tower']:6} {r['batch']:>5} {r['ours']:>12.2f} {r['theirs']:>12.2f} "
+              f"{r['ratio']:>6.2f} {100 * r['peak_ours']:>8.1f}% {100 * r['peak_theirs']:>8.1f}%")
+    print(f"\n{'model':10} {'peak RSS MiB (clipforge / open_clip)':>38} {'forward growth MiB':>22}")
+    ram = [peak_ram(name) for name in args.models]
+    for r in ram:
+        print(f"{r['model']:10} {r['ours_peak']:>18.0f} / {r['theirs_peak']:<17.0f} "
+              f"{r['ours_forward']:>10.0f} / {r['theirs_forward']:<8.0f}")
+    imports = import_cost()
+    print("\nimport cost on top of `import torch`:")
+    for module, (seconds, mib) in imports.items():
+        print(f"  {module:10} {seconds:6.2f} s {mib:8.1f} MiB")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(dict(peak=peak, rows=rows, ram=ram, imports=imports), indent=1))
+
+
+if __name__ == "__main__":
+    main()

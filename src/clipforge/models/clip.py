@@ -1,0 +1,91 @@
+"""The two-tower CLIP model: ``visual`` and ``text`` submodules plus the learned logit scale and bias."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from clipforge.layers.norm import freeze_batch_norm
+from clipforge.models.config import ClipConfig
+from clipforge.models.resnet import ModifiedResNet
+from clipforge.models.text import TextTransformer
+from clipforge.models.vit import VisionTransformer
+
+
+def build_vision_tower(config: ClipConfig) -> nn.Module:
+    if config.vision.kind == "resnet":
+        return ModifiedResNet(config.vision, config.embed_dim)
+    return VisionTransformer(config.vision, config.embed_dim)
+
+
+def _set_trainable(items: Sequence, trainable: bool) -> None:
+    for item in items:
+        params = [item] if isinstance(item, nn.Parameter) else item.parameters()
+        for param in params:
+            param.requires_grad_(trainable)
+
+
+class CLIP(nn.Module):
+    """images (B, 3, H, W) and tokens (B, L) -> L2-normalised features (B, embed_dim) and logit scale/bias."""
+
+    def __init__(self, config: ClipConfig):
+        super().__init__()
+        self.config = config
+        self.visual = build_vision_tower(config)
+        self.text = TextTransformer(config.text, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias = (nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+                           if config.init_logit_bias is not None else None)
+
+    @property
+    def context_length(self) -> int:
+        return self.config.text.context_length
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.text(tokens)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, images: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+                output_dict: bool = False):
+        """Normalised features of whichever inputs are given, ``logit_scale.exp()`` and ``logit_bias`` (if any)."""
+        image_features = self.encode_image(images, normalize=True) if images is not None else None
+        text_features = self.encode_text(tokens, normalize=True) if tokens is not None else None
+        if output_dict:
+            out = {"image_features": image_features, "text_features": text_features,
+                   "logit_scale": self.logit_scale.exp()}
+            if self.logit_bias is not None:
+                out["logit_bias"] = self.logit_bias
+            return out
+        if self.logit_bias is not None:
+            return image_features, text_features, self.logit_scale.exp(), self.logit_bias
+        return image_features, text_features, self.logit_scale.exp()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        """Freeze the image tower except its last ``unlocked_groups`` parameter groups (LiT)."""
+        groups = self.visual.param_groups()
+        if unlocked_groups and self.config.vision.kind == "resnet":
+            raise ValueError("partial locking of a ResNet image tower is not supported; use unlocked_groups=0")
+        _set_trainable([self.visual], False)
+        for group in groups[len(groups) - unlocked_groups:] if unlocked_groups else []:
+            _set_trainable(group, True)
+        if freeze_bn_stats:
+            freeze_batch_norm(self.visual)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Freeze the text tower except its last ``unlocked_layers`` parameter groups."""
+        if not freeze_layer_norm:
+            raise ValueError("freeze_layer_norm=False is not supported: LayerNorms are locked with their layer")
+        groups = self.text.param_groups()
+        _set_trainable([self.text], False)
+        for group in groups[len(groups) - unlocked_layers:] if unlocked_layers else []:
+            _set_trainable(group, True)

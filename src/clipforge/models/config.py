@@ -1,0 +1,130 @@
+"""Architecture configs: ``VisionConfig``, ``TextConfig`` and ``ClipConfig``.
+
+Frozen dataclasses, validated on construction. The vision tower is chosen by ``kind`` only.
+Presets in ``presets/*.json`` are these dataclasses written with ``clipforge.config.to_dict``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+from clipforge.config import ConfigError
+
+Act = Literal["gelu", "quick_gelu", "gelu_tanh"]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """Image tower. ``kind="vit"``: Vision Transformer; ``kind="resnet"``: CLIP's ModifiedResNet.
+
+    For ResNets ``width`` is the stem width (64 for RN50), ``stage_depths`` the blocks per stage and
+    ``num_heads`` the heads of the attention-pool head.
+    """
+    kind: Literal["vit", "resnet"] = "vit"
+    image_size: int = 224
+    width: int = 768
+    num_heads: int = 12
+    depth: int = 12  # ViT blocks
+    patch_size: int = 16  # ViT only
+    stage_depths: tuple[int, ...] = ()  # ResNet only: blocks in each of the 4 stages
+    mlp_ratio: float = 4.0
+    act: Act = "gelu"
+    class_token: bool = True
+    pre_norm: bool = True  # LayerNorm on the tokens before the first block (CLIP's ln_pre)
+    pool: Literal["token", "avg", "map"] = "token"  # class token, mean of patches, or latent attention pool
+    patch_bias: bool = False
+    output_proj: bool = True  # final linear map to ClipConfig.embed_dim
+    norm_eps: float = 1e-5
+    layer_scale_init: float | None = None
+    patch_dropout: float = 0.0
+
+    def __post_init__(self):
+        _require(self.image_size > 0, f"vision.image_size must be positive, got {self.image_size}")
+        _require(self.width > 0 and self.num_heads > 0, "vision.width and vision.num_heads must be positive")
+        _require(0.0 <= self.patch_dropout < 1.0, f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.kind == "vit":
+            self._check_vit()
+        else:
+            self._check_resnet()
+
+    def _check_vit(self):
+        _require(self.width % self.num_heads == 0,
+                 f"vision.width {self.width} is not divisible by vision.num_heads {self.num_heads}")
+        _require(self.depth > 0, f"vision.depth must be positive, got {self.depth}")
+        # a remainder is allowed (SO400M/14 at 384 uses a 27x27 grid): the convolution drops the border pixels
+        _require(0 < self.patch_size <= self.image_size,
+                 f"vision.patch_size must be in [1, image_size={self.image_size}], got {self.patch_size}")
+        _require(self.pool != "token" or self.class_token,
+                 "vision.pool='token' needs vision.class_token=true; use pool='avg' or 'map' without one")
+
+    def _check_resnet(self):
+        _require(len(self.stage_depths) == 4 and all(d > 0 for d in self.stage_depths),
+                 f"vision.stage_depths must list 4 positive block counts for a ResNet, got {self.stage_depths}")
+        _require(self.image_size % 32 == 0,
+                 f"ResNet vision.image_size must be a multiple of 32 (total stride), got {self.image_size}")
+        _require((self.width * 32) % self.num_heads == 0,
+                 f"ResNet feature width {self.width * 32} is not divisible by vision.num_heads {self.num_heads}")
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the token grid (ViT) or of the final feature map (ResNet)."""
+        return self.image_size // (self.patch_size if self.kind == "vit" else 32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Text transformer: token + positional embedding, pre-norm blocks, final norm, pooled projection."""
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    num_heads: int = 8
+    depth: int = 12
+    mlp_ratio: float = 4.0
+    act: Act = "gelu"
+    causal_mask: bool = True
+    pool: Literal["argmax", "last", "first", "eos"] = "argmax"
+    eos_id: int | None = None  # only for pool="eos"
+    proj_bias: bool = False
+    norm_eps: float = 1e-5
+    layer_scale_init: float | None = None
+
+    def __post_init__(self):
+        _require(self.context_length > 0 and self.vocab_size > 0,
+                 "text.context_length and text.vocab_size must be positive")
+        _require(self.width % self.num_heads == 0,
+                 f"text.width {self.width} is not divisible by text.num_heads {self.num_heads}")
+        _require(self.depth > 0, f"text.depth must be positive, got {self.depth}")
+        _require(self.pool != "eos" or self.eos_id is not None, "text.pool='eos' needs text.eos_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """A two-tower model: architecture plus what is needed to read and write open_clip checkpoints.
+
+    ``open_clip_class`` is the open_clip class with the same key layout: ``CLIP`` keeps the text tower's
+    keys at the top level (OpenAI's layout), ``CustomTextCLIP`` nests them under ``text.``.
+    ``open_clip_timm_model`` names the timm trunk open_clip uses for this vision tower (SigLIP), if any.
+    """
+    embed_dim: int
+    vision: VisionConfig
+    text: TextConfig
+    init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_bias: float | None = None
+    open_clip_class: Literal["CLIP", "CustomTextCLIP"] = "CLIP"
+    open_clip_timm_model: str | None = None
+    tokenizer: str = "clip"  # "clip" (byte-level BPE) or a Hugging Face tokenizer id
+    tokenizer_clean: str | None = None  # text cleaning mode; None = the tokenizer's default
+
+    def __post_init__(self):
+        _require(self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}")
+        _require(isinstance(self.vision, VisionConfig) and isinstance(self.text, TextConfig),
+                 "vision and text must be VisionConfig and TextConfig (use clipforge.config.from_dict for dicts)")
+        _require(self.vision.kind == "resnet" or self.vision.output_proj or self.vision.width == self.embed_dim,
+                 f"vision.output_proj=false needs vision.width == embed_dim ({self.vision.width} != "
+                 f"{self.embed_dim})")

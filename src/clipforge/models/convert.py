@@ -1,0 +1,316 @@
+"""Key maps between clipforge state dicts and the checkpoint layouts in the wild.
+
+Pure functions, state_dict -> state_dict. Supported sources:
+
+- open_clip ``CLIP`` (flat text keys, also OpenAI's ``.pt`` archives) and ``CustomTextCLIP`` (``text.*``),
+  including its timm-based SigLIP vision tower (``visual.trunk.*``, ``visual.head.*``);
+- Hugging Face transformers ``CLIPModel``;
+- clipforge itself.
+
+Every conversion ends with ``check_state_dict``: keys and shapes must match the architecture in the
+config exactly, so a checkpoint for another architecture fails here, loudly, instead of loading partially.
+The architecture-level conversions (open_clip / HF configs -> ClipConfig) live in ``convert_config.py``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Mapping
+
+import torch
+
+from clipforge.layers.embed import resize_pos_embed
+from clipforge.models.config import ClipConfig
+from clipforge.models.convert_config import (  # noqa: F401  (re-exported: one import site for all conversions)
+    config_from_hf, config_from_open_clip, config_from_openai_state_dict, config_to_open_clip)
+
+StateDict = dict[str, torch.Tensor]
+
+# Entries are (open_clip name, clipforge name). A name ending in "." is a prefix; otherwise it must match exactly.
+_OC_BLOCK = [("ln_1.", "norm1."), ("ln_2.", "norm2."), ("attn.in_proj_weight", "attn.qkv.weight"),
+             ("attn.in_proj_bias", "attn.qkv.bias"), ("attn.out_proj.", "attn.proj."), ("mlp.c_fc.", "mlp.fc1."),
+             ("mlp.c_proj.", "mlp.fc2."), ("ls_1.", "ls1."), ("ls_2.", "ls2.")]
+_OC_VIT = [("conv1.", "patch_embed.proj."), ("class_embedding", "cls_token"), ("positional_embedding", "pos_embed"),
+           ("ln_pre.", "norm_pre."), ("ln_post.", "norm."), ("proj", "proj.weight")]
+_TIMM_VIT = [("trunk.patch_embed.", "patch_embed."), ("trunk.cls_token", "cls_token"), ("trunk.pos_embed", "pos_embed"),
+             ("trunk.norm_pre.", "norm_pre."), ("trunk.norm.", "norm."), ("trunk.attn_pool.", "attn_pool."),
+             ("head.proj.", "proj.")]
+_OC_RESNET = [("attnpool.positional_embedding", "attn_pool.pos_embed"), ("attnpool.q_proj.", "attn_pool.q."),
+              ("attnpool.c_proj.", "attn_pool.proj.")]
+_OC_TEXT = [("token_embedding.", "token_embedding."), ("positional_embedding", "pos_embed"), ("ln_final.", "norm."),
+            ("text_projection.weight", "proj.weight"), ("text_projection.bias", "proj.bias"),
+            ("text_projection", "proj.weight")]
+_HF_BLOCK = [("layer_norm1.", "norm1."), ("layer_norm2.", "norm2."), ("self_attn.out_proj.", "attn.proj."),
+             ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2.")]
+_HF_TOP = [("logit_scale", "logit_scale"), ("visual_projection.weight", "visual.proj.weight"),
+           ("text_projection.weight", "text.proj.weight"),
+           ("vision_model.embeddings.class_embedding", "visual.cls_token"),
+           ("vision_model.embeddings.patch_embedding.", "visual.patch_embed.proj."),
+           ("vision_model.embeddings.position_embedding.weight", "visual.pos_embed"),
+           ("vision_model.pre_layrnorm.", "visual.norm_pre."), ("vision_model.post_layernorm.", "visual.norm."),
+           ("text_model.embeddings.token_embedding.", "text.token_embedding."),
+           ("text_model.embeddings.position_embedding.weight", "text.pos_embed"),
+           ("text_model.final_layer_norm.", "text.norm.")]
+# HF index buffers: recomputed by every model, they carry no weights.
+_HF_BUFFERS = ("vision_model.embeddings.position_ids", "text_model.embeddings.position_ids")
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+_BLOCK_RE = re.compile(r"^(.*?)(?:transformer\.resblocks|trunk\.blocks|encoder\.layers|transformer\.blocks)\.(\d+)\.(.*)$")
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the requested architecture or layout."""
+
+
+def _rename(name: str, table, reverse: bool = False) -> str | None:
+    for old, new in table:
+        src, dst = (new, old) if reverse else (old, new)
+        if src.endswith(".") and name.startswith(src):
+            return dst + name[len(src):]
+        if name == src:
+            return dst
+    return None
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> StateDict:
+    """Drop ``prefix`` (DDP's ``module.``) from every key that has it."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``"clipforge"``, ``"openai"``, ``"open_clip"`` or ``"hf"``; a DDP ``module.`` prefix is ignored."""
+    keys = set(strip_prefix(state_dict))
+    if "text.pos_embed" in keys:
+        return "clipforge"
+    if any(k.startswith(("vision_model.", "text_model.")) for k in keys):
+        return "hf"
+    if "positional_embedding" in keys and "input_resolution" in keys:
+        return "openai"
+    if "positional_embedding" in keys or "text.positional_embedding" in keys:
+        return "open_clip"
+    sample = ", ".join(sorted(keys)[:5])
+    raise ConversionError(f"unrecognised checkpoint layout (first keys: {sample}); expected an open_clip, OpenAI, "
+                          f"Hugging Face CLIPModel or clipforge state dict")
+
+
+# ---------------------------------------------------------------- open_clip / OpenAI -> clipforge
+def _block_key(prefix: str, index: str, rest: str, table) -> str | None:
+    mapped = _rename(rest, table) if table else rest
+    return None if mapped is None else f"{prefix}transformer.blocks.{index}.{mapped}"
+
+
+def _open_clip_visual_key(name: str, config: ClipConfig) -> str | None:
+    """A key under ``visual.`` (without the prefix) -> clipforge name, or None if unknown."""
+    block = _BLOCK_RE.match(name)
+    if config.vision.kind == "resnet":
+        renamed = _rename(name, _OC_RESNET)
+        if renamed is not None:
+            return renamed
+        return name.replace("downsample.0.", "downsample.conv.").replace("downsample.1.", "downsample.bn.")
+    if name.startswith(("trunk.", "head.")):  # open_clip's timm ViT (SigLIP): timm block names match ours
+        return _block_key("", block.group(2), block.group(3), None) if block else _rename(name, _TIMM_VIT)
+    if block and block.group(1) == "":
+        return _block_key("", block.group(2), block.group(3), _OC_BLOCK)
+    return _rename(name, _OC_VIT)
+
+
+def _fix_visual_tensor(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    if name == "proj":
+        return tensor.t()  # open_clip keeps (width, embed_dim) for x @ proj; nn.Linear wants (embed_dim, width)
+    if name in ("trunk.pos_embed", "trunk.attn_pool.latent"):
+        return tensor.reshape(tensor.shape[-2], tensor.shape[-1])  # (1, N, D) -> (N, D)
+    if name == "trunk.cls_token":
+        return tensor.reshape(-1)  # (1, 1, D) -> (D,)
+    return tensor
+
+
+def _open_clip_to_clipforge(state_dict: StateDict, config: ClipConfig) -> StateDict:
+    text_prefix = "text." if "text.positional_embedding" in state_dict else ""
+    out, unknown = {}, []
+    for key, tensor in state_dict.items():
+        if key in ("logit_scale", "logit_bias"):
+            out[key] = tensor
+        elif key.startswith("visual."):
+            name = key[len("visual."):]
+            if config.vision.kind == "resnet" and name.startswith(("attnpool.k_proj.", "attnpool.v_proj.")):
+                continue  # packed below
+            new = _open_clip_visual_key(name, config)
+            if new is None:
+                unknown.append(key)
+            else:
+                out["visual." + new] = _fix_visual_tensor(name, tensor)
+        elif key.startswith(text_prefix) and _text_key(key[len(text_prefix):]) is not None:
+            name = key[len(text_prefix):]
+            out["text." + _text_key(name)] = tensor.t() if name == "text_projection" else tensor
+        else:
+            unknown.append(key)
+    if config.vision.kind == "resnet":
+        _pack_resnet_kv(state_dict, out)
+    if unknown:
+        raise ConversionError(f"{len(unknown)} checkpoint keys have no place in a clipforge model: "
+                              f"{', '.join(unknown[:8])}")
+    return out
+
+
+def _text_key(name: str) -> str | None:
+    block = _BLOCK_RE.match(name)
+    if block and block.group(1) == "":
+        return _block_key("", block.group(2), block.group(3), _OC_BLOCK)
+    return _rename(name, _OC_TEXT)
+
+
+def _pack_resnet_kv(state_dict: StateDict, out: StateDict) -> None:
+    for part in ("weight", "bias"):
+        k, v = state_dict.get(f"visual.attnpool.k_proj.{part}"), state_dict.get(f"visual.attnpool.v_proj.{part}")
+        if k is not None and v is not None:
+            out[f"visual.attn_pool.kv.{part}"] = torch.cat([k, v], dim=0)  # (2C, ...)
+
+
+# ---------------------------------------------------------------- HF transformers CLIPModel -> clipforge
+def _hf_to_clipforge(state_dict: StateDict) -> StateDict:
+    out, unknown, qkv = {}, [], {}
+    for key, tensor in state_dict.items():
+        if key in _HF_BUFFERS:
+            continue
+        block = _BLOCK_RE.match(key)
+        if block:
+            tower = "visual." if block.group(1).startswith("vision_model") else "text."
+            index, rest = block.group(2), block.group(3)
+            proj = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+            if proj:
+                qkv.setdefault((tower, index, proj.group(2)), {})[proj.group(1)] = tensor
+                continue
+            new = _block_key(tower, index, rest, _HF_BLOCK)
+        else:
+            new = _rename(key, _HF_TOP)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = tensor
+    for (tower, index, part), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ConversionError(f"layer {tower}{index}: q/k/v projections incomplete ({sorted(parts)})")
+        out[f"{tower}transformer.blocks.{index}.attn.qkv.{part}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    if unknown:
+        raise ConversionError(f"{len(unknown)} Hugging Face keys have no place in a clipforge model: "
+                              f"{', '.join(unknown[:8])}")
+    return out
+
+
+# ---------------------------------------------------------------- validation, entry points
+def expected_shapes(config: ClipConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a clipforge model for ``config``, built on the meta device (no memory, no init cost)."""
+    from clipforge.models.clip import CLIP  # clip.py does not import this module; imported here to keep it light
+
+    with torch.device("meta"):
+        model = CLIP(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+_RESIZABLE = ("visual.pos_embed", "visual.attn_pool.pos_embed")
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClipConfig,
+                     allow_pos_embed_resize: bool = True) -> None:
+    """Raise ``ConversionError`` unless keys and shapes match ``config`` exactly.
+
+    Positional embeddings of the image tower may differ in length when ``allow_pos_embed_resize``
+    (``resize_state_dict_pos_embed`` fits them to the config's grid).
+    """
+    expected = expected_shapes(config)
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {expected[k]}"
+             for k in sorted(set(expected) & set(state_dict))
+             if tuple(state_dict[k].shape) != expected[k]
+             and not (allow_pos_embed_resize and k in _RESIZABLE and state_dict[k].shape[1:] == expected[k][1:])]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} keys ({', '.join(missing[:5])})")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:5])})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches ({'; '.join(wrong[:3])})")
+    if problems:
+        raise ConversionError("checkpoint does not match the architecture: " + "; ".join(problems)
+                              + ". Check that the model name matches the weights.")
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> StateDict:
+    """Any supported layout -> clipforge keys for ``config``; raises ``ConversionError`` on any mismatch."""
+    state_dict = strip_prefix(dict(state_dict))
+    converters: dict[str, Callable[[StateDict], StateDict]] = {
+        "clipforge": dict,
+        "openai": lambda sd: _open_clip_to_clipforge(
+            {k: v for k, v in sd.items() if k not in _OPENAI_EXTRAS}, config),
+        "open_clip": lambda sd: _open_clip_to_clipforge(sd, config),
+        "hf": _hf_to_clipforge,
+    }
+    out = converters[detect_format(state_dict)](state_dict)
+    check_state_dict(out, config)
+    return out
+
+
+def resize_state_dict_pos_embed(state_dict: StateDict, config: ClipConfig) -> StateDict:
+    """Resample image positional embeddings (clipforge keys) to ``config``'s grid; bicubic, prefix token kept."""
+    out = dict(state_dict)
+    grid = config.vision.grid_size
+    if config.vision.kind == "vit" and "visual.pos_embed" in out:
+        prefix = 1 if config.vision.class_token else 0
+        out["visual.pos_embed"] = resize_pos_embed(out["visual.pos_embed"], (grid, grid), prefix)
+    if config.vision.kind == "resnet" and "visual.attn_pool.pos_embed" in out:
+        out["visual.attn_pool.pos_embed"] = resize_pos_embed(out["visual.attn_pool.pos_embed"], (grid, grid), 1)
+    return out
+
+
+# ---------------------------------------------------------------- clipforge -> open_clip
+def _to_open_clip_visual(name: str, tensor: torch.Tensor, config: ClipConfig) -> dict[str, torch.Tensor]:
+    timm = config.open_clip_timm_model is not None
+    block = _BLOCK_RE.match(name)
+    if block:
+        prefix = "trunk.blocks." if timm else "transformer.resblocks."
+        rest = block.group(3) if timm else _rename(block.group(3), _OC_BLOCK, reverse=True)
+        return {f"{prefix}{block.group(2)}.{rest}": tensor}
+    if config.vision.kind == "resnet":
+        if name.startswith("attn_pool.kv."):
+            part = name.rsplit(".", 1)[1]
+            k, v = tensor.chunk(2, dim=0)
+            return {f"attnpool.k_proj.{part}": k, f"attnpool.v_proj.{part}": v}
+        renamed = _rename(name, _OC_RESNET, reverse=True)
+        if renamed is not None:
+            return {renamed: tensor}
+        return {name.replace("downsample.conv.", "downsample.0.").replace("downsample.bn.", "downsample.1."): tensor}
+    if timm:
+        renamed = _rename(name, _TIMM_VIT, reverse=True)
+        if name in ("pos_embed", "attn_pool.latent"):
+            tensor = tensor.unsqueeze(0)  # (N, D) -> (1, N, D)
+        elif name == "cls_token":
+            tensor = tensor.view(1, 1, -1)
+        return {renamed: tensor}
+    renamed = _rename(name, _OC_VIT, reverse=True)
+    return {renamed: tensor.t() if name == "proj.weight" else tensor}
+
+
+def to_open_clip_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> StateDict:
+    """clipforge keys -> the open_clip layout of ``config.open_clip_class`` (what ``open_clip.create_model`` loads)."""
+    text_prefix = "text." if config.open_clip_class == "CustomTextCLIP" else ""
+    linear_text_proj = config.text.proj_bias  # open_clip uses nn.Linear only when the projection has a bias
+    out: StateDict = {}
+    for key, tensor in state_dict.items():
+        if key in ("logit_scale", "logit_bias"):
+            out[key] = tensor
+        elif key.startswith("visual."):
+            for name, value in _to_open_clip_visual(key[len("visual."):], tensor, config).items():
+                out["visual." + name] = value
+        elif key.startswith("text."):
+            name = key[len("text."):]
+            block = _BLOCK_RE.match(name)
+            if block:
+                new = f"transformer.resblocks.{block.group(2)}.{_rename(block.group(3), _OC_BLOCK, reverse=True)}"
+            elif name == "proj.weight" and not linear_text_proj:
+                new, tensor = "text_projection", tensor.t()
+            else:
+                new = _rename(name, _OC_TEXT, reverse=True)
+            out[text_prefix + new] = tensor
+        else:
+            raise ConversionError(f"'{key}' is not a clipforge CLIP key")
+    return out

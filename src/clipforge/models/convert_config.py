@@ -1,0 +1,232 @@
+"""Architecture conversions: open_clip ``model_cfg`` dicts, HF ``CLIPConfig`` dicts and OpenAI state dicts -> ClipConfig.
+
+Imported through ``clipforge.models.convert``. Options that clipforge does not implement raise
+``ConfigError`` naming the option instead of building a different model.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping
+
+import torch
+
+from clipforge.config import ConfigError
+from clipforge.models.config import ClipConfig, TextConfig, VisionConfig
+
+# timm SigLIP trunks open_clip names in its configs: size -> (width, depth, num_heads, mlp_ratio)
+_TIMM_SIGLIP_SIZES = {"base": (768, 12, 12, 4.0), "large": (1024, 24, 16, 4.0), "so400m": (1152, 27, 16, 3.7362)}
+_TIMM_SIGLIP_RE = re.compile(r"^vit_(base|large|so400m)_patch(\d+)_siglip_(\d+)$")
+
+# open_clip options whose non-default values change the architecture in ways clipforge does not implement
+_UNSUPPORTED_VISION = {"attentional_pool": False, "final_ln_after_pool": False, "block_type": None,
+                       "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+                       "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "act_kwargs": None,
+                       "output_tokens": False, "timm_proj_bias": False}
+_UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "final_ln_after_pool": False, "proj_type": "linear",
+                     "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+                     "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "act_kwargs": None,
+                     "output_tokens": False, "use_pad_mask": False}
+_OC_POOLS = {"tok": "token", "avg": "avg"}
+
+
+def _reject_unsupported(cfg: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> None:
+    bad = [f"{k}={cfg[k]!r}" for k, default in defaults.items() if k in cfg and cfg[k] not in (default, None)]
+    if bad:
+        raise ConfigError(f"open_clip {where} options not supported by clipforge: {', '.join(bad)}")
+
+
+def _vision_from_open_clip(cfg: Mapping[str, Any], act: str) -> tuple[VisionConfig, str | None]:
+    _reject_unsupported(cfg, _UNSUPPORTED_VISION, "vision_cfg")
+    image_size = cfg.get("image_size", 224)
+    if cfg.get("timm_model_name"):
+        return _vision_from_timm(cfg, image_size), cfg["timm_model_name"]
+    eps = (cfg.get("norm_kwargs") or {}).get("eps", 1e-5)
+    layers, width, head_width = cfg.get("layers", 12), cfg.get("width", 768), cfg.get("head_width", 64)
+    if isinstance(layers, (list, tuple)):
+        return VisionConfig(kind="resnet", image_size=image_size, width=width, num_heads=width * 32 // head_width,
+                            stage_depths=tuple(layers), act=act), None
+    pool = cfg.get("pool_type", "tok")
+    if pool not in _OC_POOLS:
+        raise ConfigError(f"open_clip vision pool_type '{pool}' is not supported; use 'tok' or 'avg'")
+    return VisionConfig(kind="vit", image_size=image_size, width=width, num_heads=width // head_width, depth=layers,
+                        patch_size=cfg.get("patch_size", 16), mlp_ratio=cfg.get("mlp_ratio", 4.0), act=act,
+                        pre_norm=not cfg.get("no_ln_pre", False), pool=_OC_POOLS[pool], norm_eps=eps,
+                        layer_scale_init=cfg.get("ls_init_value"),
+                        patch_dropout=cfg.get("patch_dropout", 0.0)), None
+
+
+def _vision_from_timm(cfg: Mapping[str, Any], image_size: int) -> VisionConfig:
+    name = cfg["timm_model_name"]
+    match = _TIMM_SIGLIP_RE.match(name)
+    if not match or cfg.get("timm_pool", "avg") != "map":
+        raise ConfigError(f"timm vision tower '{name}' (pool {cfg.get('timm_pool')!r}) is not supported; "
+                          f"clipforge implements the SigLIP towers vit_{{base,large,so400m}}_patchN_siglip_RES "
+                          f"with timm_pool='map'")
+    width, depth, heads, ratio = _TIMM_SIGLIP_SIZES[match.group(1)]
+    proj = cfg.get("timm_proj", "linear")
+    if proj not in ("none", "linear", "", None):
+        raise ConfigError(f"timm_proj '{proj}' is not supported; use 'none' or 'linear'")
+    # timm ViTs use exact GELU and eps 1e-6 whatever open_clip's quick_gelu says
+    return VisionConfig(kind="vit", image_size=image_size, width=width, num_heads=heads, depth=depth,
+                        patch_size=int(match.group(2)), mlp_ratio=ratio, act="gelu", class_token=False,
+                        pre_norm=False, pool="map", patch_bias=True, output_proj=proj == "linear", norm_eps=1e-6,
+                        patch_dropout=cfg.get("patch_dropout", 0.0))
+
+
+def _text_from_open_clip(cfg: Mapping[str, Any], act: str) -> TextConfig:
+    _reject_unsupported(cfg, _UNSUPPORTED_TEXT, "text_cfg")
+    return TextConfig(context_length=cfg.get("context_length", 77), vocab_size=cfg.get("vocab_size", 49408),
+                      width=cfg.get("width", 512), num_heads=cfg.get("heads", 8), depth=cfg.get("layers", 12),
+                      mlp_ratio=cfg.get("mlp_ratio", 4.0), act=act, causal_mask=not cfg.get("no_causal_mask", False),
+                      pool=cfg.get("pool_type", "argmax"),
+                      eos_id=cfg.get("eos_id", 2) if cfg.get("pool_type") == "eos" else None,
+                      proj_bias=cfg.get("proj_bias", False),
+                      norm_eps=(cfg.get("norm_kwargs") or {}).get("eps", 1e-5),
+                      layer_scale_init=cfg.get("ls_init_value"))
+
+
+def config_from_open_clip(model_cfg: Mapping[str, Any]) -> ClipConfig:
+    """open_clip ``model_cfg`` (its JSON config, or ``open_clip_config.json["model_cfg"]``) -> ClipConfig."""
+    act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+    text_cfg = model_cfg.get("text_cfg", {})
+    vision, timm_name = _vision_from_open_clip(model_cfg.get("vision_cfg", {}), act)
+    custom_text = model_cfg.get("custom_text", False) or bool(text_cfg.get("hf_model_name"))
+    clean = (text_cfg.get("tokenizer_kwargs") or {}).get("clean")
+    return ClipConfig(embed_dim=model_cfg["embed_dim"], vision=vision, text=_text_from_open_clip(text_cfg, act),
+                      init_logit_scale=model_cfg.get("init_logit_scale", math.log(1 / 0.07)),
+                      init_logit_bias=model_cfg.get("init_logit_bias"),
+                      open_clip_class="CustomTextCLIP" if custom_text else "CLIP", open_clip_timm_model=timm_name,
+                      tokenizer=text_cfg.get("hf_tokenizer_name") or "clip", tokenizer_clean=clean)
+
+
+def _vision_to_open_clip(config: ClipConfig) -> dict[str, Any]:
+    v = config.vision
+    if config.open_clip_timm_model:
+        return {"image_size": v.image_size, "timm_model_name": config.open_clip_timm_model,
+                "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "linear" if v.output_proj else "none"}
+    if v.kind == "resnet":
+        return {"image_size": v.image_size, "layers": list(v.stage_depths), "width": v.width,
+                "head_width": v.width * 32 // v.num_heads, "patch_size": None}
+    out = {"image_size": v.image_size, "layers": v.depth, "width": v.width, "head_width": v.width // v.num_heads,
+           "patch_size": v.patch_size, "mlp_ratio": v.mlp_ratio}
+    if not v.pre_norm:
+        out["no_ln_pre"] = True
+    if v.pool != "token":
+        out["pool_type"] = {"avg": "avg"}.get(v.pool) or _fail(f"vision.pool '{v.pool}' has no open_clip equivalent")
+    if v.norm_eps != 1e-5:
+        out["norm_kwargs"] = {"eps": v.norm_eps}
+    if v.layer_scale_init is not None:
+        out["ls_init_value"] = v.layer_scale_init
+    return out
+
+
+def _fail(message: str):
+    raise ConfigError(message)
+
+
+def _text_to_open_clip(config: ClipConfig) -> dict[str, Any]:
+    t = config.text
+    out = {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "heads": t.num_heads,
+           "layers": t.depth}
+    if t.mlp_ratio != 4.0:
+        out["mlp_ratio"] = t.mlp_ratio
+    if not t.causal_mask:
+        out["no_causal_mask"] = True
+    if t.pool != "argmax":
+        out["pool_type"] = t.pool
+    if t.eos_id is not None:
+        out["eos_id"] = t.eos_id
+    if t.proj_bias:
+        out["proj_bias"] = True
+    if t.norm_eps != 1e-5:
+        out["norm_kwargs"] = {"eps": t.norm_eps}
+    if t.layer_scale_init is not None:
+        out["ls_init_value"] = t.layer_scale_init
+    if config.tokenizer != "clip":
+        out["hf_tokenizer_name"] = config.tokenizer
+    if config.tokenizer_clean:
+        out["tokenizer_kwargs"] = {"clean": config.tokenizer_clean}
+    return out
+
+
+def config_to_open_clip(config: ClipConfig) -> dict[str, Any]:
+    """ClipConfig -> open_clip ``model_cfg`` dict (for ``open_clip_config.json``)."""
+    acts = {config.text.act} | ({config.vision.act} if not config.open_clip_timm_model else set())
+    if acts - {"gelu", "quick_gelu"} or len(acts) > 1:
+        raise ConfigError(f"activations {sorted(acts)} cannot be written as open_clip's single quick_gelu flag")
+    out: dict[str, Any] = {"embed_dim": config.embed_dim, "vision_cfg": _vision_to_open_clip(config),
+                           "text_cfg": _text_to_open_clip(config)}
+    if acts == {"quick_gelu"}:
+        out["quick_gelu"] = True
+    if config.open_clip_class == "CustomTextCLIP":
+        out["custom_text"] = True
+    if config.init_logit_bias is not None:
+        out["init_logit_bias"] = config.init_logit_bias
+    if abs(config.init_logit_scale - math.log(1 / 0.07)) > 1e-9:
+        out["init_logit_scale"] = config.init_logit_scale
+    return out
+
+
+# ---------------------------------------------------------------- Hugging Face transformers CLIPConfig
+_HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+def _hf_act(name: str) -> str:
+    if name not in _HF_ACTS:
+        raise ConfigError(f"Hugging Face hidden_act '{name}' is not supported; use one of {sorted(_HF_ACTS)}")
+    return _HF_ACTS[name]
+
+
+def config_from_hf(config_json: Mapping[str, Any]) -> ClipConfig:
+    """A transformers ``CLIPModel`` ``config.json`` dict -> ClipConfig (HF's own defaults fill missing fields)."""
+    model_type = config_json.get("model_type", "clip")
+    if model_type != "clip":
+        raise ConfigError(f"Hugging Face model_type '{model_type}' is not supported; only 'clip' (CLIPModel)")
+    t, v = config_json.get("text_config") or {}, config_json.get("vision_config") or {}
+    t_width, v_width = t.get("hidden_size", 512), v.get("hidden_size", 768)
+    eos = t.get("eos_token_id", 49407)
+    # eos_token_id == 2 marks configs written before HF used the real EOS id: those pool at the argmax token
+    text = TextConfig(context_length=t.get("max_position_embeddings", 77), vocab_size=t.get("vocab_size", 49408),
+                      width=t_width, num_heads=t.get("num_attention_heads", 8), depth=t.get("num_hidden_layers", 12),
+                      mlp_ratio=t.get("intermediate_size", 2048) / t_width, act=_hf_act(t.get("hidden_act", "quick_gelu")),
+                      pool="argmax" if eos == 2 else "eos", eos_id=None if eos == 2 else eos,
+                      norm_eps=t.get("layer_norm_eps", 1e-5))
+    vision = VisionConfig(kind="vit", image_size=v.get("image_size", 224), width=v_width,
+                          num_heads=v.get("num_attention_heads", 12), depth=v.get("num_hidden_layers", 12),
+                          patch_size=v.get("patch_size", 32), mlp_ratio=v.get("intermediate_size", 3072) / v_width,
+                          act=_hf_act(v.get("hidden_act", "quick_gelu")), norm_eps=v.get("layer_norm_eps", 1e-5))
+    return ClipConfig(embed_dim=config_json.get("projection_dim", 512), vision=vision, text=text,
+                      init_logit_scale=config_json.get("logit_scale_init_value", 2.6592))
+
+
+# ---------------------------------------------------------------- OpenAI .pt archives
+def _count_blocks(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+
+def config_from_openai_state_dict(state_dict: Mapping[str, torch.Tensor]) -> ClipConfig:
+    """Infer the architecture of an OpenAI CLIP state dict from its tensor shapes (QuickGELU, 64-wide heads)."""
+    sd = state_dict
+    try:
+        if "visual.proj" in sd:
+            width = sd["visual.conv1.weight"].shape[0]
+            patch = sd["visual.conv1.weight"].shape[-1]
+            grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)
+            vision = VisionConfig(kind="vit", image_size=patch * grid, width=width, num_heads=width // 64,
+                                  depth=_count_blocks(sd, "visual.transformer.resblocks."), patch_size=patch,
+                                  act="quick_gelu")
+        else:
+            width = sd["visual.layer1.0.conv1.weight"].shape[0]
+            grid = math.isqrt(sd["visual.attnpool.positional_embedding"].shape[0] - 1)
+            stages = tuple(_count_blocks(sd, f"visual.layer{i}.") for i in (1, 2, 3, 4))
+            vision = VisionConfig(kind="resnet", image_size=grid * 32, width=width, num_heads=width * 32 // 64,
+                                  stage_depths=stages, act="quick_gelu")
+        text_width = sd["ln_final.weight"].shape[0]
+        text = TextConfig(context_length=sd["positional_embedding"].shape[0],
+                          vocab_size=sd["token_embedding.weight"].shape[0], width=text_width,
+                          num_heads=text_width // 64, depth=_count_blocks(sd, "transformer.resblocks."),
+                          act="quick_gelu")
+        return ClipConfig(embed_dim=sd["text_projection"].shape[1], vision=vision, text=text)
+    except KeyError as e:
+        raise ConfigError(f"not an OpenAI CLIP state dict: key {e} is missing") from None

@@ -1,0 +1,134 @@
+"""CLIP's ModifiedResNet image tower.
+
+Differences from torchvision's ResNet: a 3-convolution stem with an average pool, anti-aliased
+downsampling (an average pool before the stride-1 convolution) and an attention-pool head.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from clipforge.layers.pool import AttentionPool2d
+from clipforge.models.config import VisionConfig
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C,)
+    weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
+    return weight, (bn.bias - bn.running_mean * scale).to(conv.weight.dtype)
+
+
+def _fold_key(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple:
+    tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+
+def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """conv then BatchNorm. In eval mode the BatchNorm is folded into the convolution: one pass over the
+    activations instead of two. Without autograd the folded weights are cached on the conv (keyed by the
+    tensors' storage and version counters, so loading or training new weights refreshes them): rebuilding
+    them per call would also make oneDNN re-pack the weights every time, which dominates at batch 1."""
+    if bn.training:
+        return bn(conv(x))
+    if torch.is_grad_enabled():
+        weight, bias = _fold(conv, bn)  # differentiable w.r.t. the conv and BatchNorm parameters
+    else:
+        key = _fold_key(conv, bn)
+        cached = conv.__dict__.get("_folded")
+        if cached is None or cached[0] != key:
+            cached = (key, *_fold(conv, bn))
+            conv.__dict__["_folded"] = cached
+        weight, bias = cached[1], cached[2]
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride > 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(OrderedDict([
+                ("pool", nn.AvgPool2d(stride) if stride > 1 else nn.Identity()),
+                ("conv", nn.Conv2d(in_channels, out_channels, 1, bias=False)),
+                ("bn", nn.BatchNorm2d(out_channels)),
+            ]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(_conv_bn(x, self.conv1, self.bn1), inplace=True)
+        out = F.relu(_conv_bn(out, self.conv2, self.bn2), inplace=True)
+        out = _conv_bn(self.avgpool(out), self.conv3, self.bn3)
+        identity = x
+        if self.downsample is not None:
+            identity = _conv_bn(self.downsample.pool(x), self.downsample.conv, self.downsample.bn)
+        return F.relu(out + identity, inplace=True)
+
+
+class ModifiedResNet(nn.Module):
+    """images (B, 3, H, W) -> features (B, embed_dim)."""
+
+    def __init__(self, config: VisionConfig, embed_dim: int):
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.conv1 = nn.Conv2d(3, width // 2, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.conv3 = nn.Conv2d(width // 2, width, kernel_size=3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.avgpool = nn.AvgPool2d(2)
+        in_channels = width
+        for index, depth in enumerate(config.stage_depths):
+            planes = width * 2 ** index
+            blocks = [Bottleneck(in_channels, planes, stride=1 if index == 0 else 2)]
+            in_channels = planes * Bottleneck.expansion
+            blocks += [Bottleneck(in_channels, planes) for _ in range(depth - 1)]
+            self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
+        self.attn_pool = AttentionPool2d(config.grid_size, width * 32, config.num_heads, embed_dim)
+        self._init_weights()
+        self.grad_checkpointing = False  # accepted for API symmetry; conv stages are not checkpointed
+
+    def _init_weights(self) -> None:
+        std = self.attn_pool.proj.in_features ** -0.5
+        for linear in (self.attn_pool.q, self.attn_pool.kv, self.attn_pool.proj):
+            nn.init.normal_(linear.weight, std=std)
+        for name, param in self.named_parameters():
+            if name.endswith("bn3.weight") and name.startswith("layer"):
+                nn.init.zeros_(param)  # each residual branch starts as identity
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(_conv_bn(x, self.conv1, self.bn1), inplace=True)
+        x = F.relu(_conv_bn(x, self.conv2, self.bn2), inplace=True)
+        x = F.relu(_conv_bn(x, self.conv3, self.bn3), inplace=True)
+        return self.avgpool(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        size = self.config.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}; "
+                             f"resize with the model's preprocessing or build the model with "
+                             f"vision.image_size={images.shape[-1]}")
+        x = self.stem(images)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+        return self.attn_pool(x)
+
+    def param_groups(self) -> list[list[nn.Module]]:
+        """One group: partial locking of the ResNet is not defined (as in open_clip)."""
+        return [[self]]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable

@@ -1,0 +1,66 @@
+"""Text transformer tower: CLIP form (causal mask, end-of-text pooling) and SigLIP form (bidirectional, last token)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clipforge.layers.norm import LayerNorm
+from clipforge.layers.pool import text_pool_index
+from clipforge.layers.transformer import Transformer
+from clipforge.models.config import TextConfig
+
+
+class TextTransformer(nn.Module):
+    """tokens (B, L) with L <= context_length -> features (B, embed_dim)."""
+
+    def __init__(self, config: TextConfig, embed_dim: int):
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.token_embedding = nn.Embedding(config.vocab_size, width)
+        self.pos_embed = nn.Parameter(torch.empty(config.context_length, width))
+        self.transformer = Transformer(width, config.depth, config.num_heads, config.mlp_ratio, config.act,
+                                       config.norm_eps, config.layer_scale_init)
+        self.norm = LayerNorm(width, eps=config.norm_eps)
+        self.proj = nn.Linear(width, embed_dim, bias=config.proj_bias)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        width, depth = self.config.width, self.config.depth
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.01)
+        for block in self.transformer.blocks:
+            nn.init.normal_(block.attn.qkv.weight, std=width ** -0.5)
+            nn.init.normal_(block.attn.proj.weight, std=width ** -0.5 * (2 * depth) ** -0.5)
+            nn.init.normal_(block.mlp.fc1.weight, std=(2 * width) ** -0.5)
+            nn.init.normal_(block.mlp.fc2.weight, std=width ** -0.5 * (2 * depth) ** -0.5)
+        nn.init.normal_(self.proj.weight, std=width ** -0.5)
+        if self.proj.bias is not None:
+            nn.init.zeros_(self.proj.bias)
+
+    def _check_input(self, tokens: torch.Tensor) -> None:
+        if tokens.ndim != 2 or tokens.dtype.is_floating_point:
+            raise ValueError(f"expected integer tokens of shape (B, L), got {tuple(tokens.shape)} {tokens.dtype}; "
+                             f"tokenize text with the model's tokenizer")
+        if tokens.shape[1] > self.config.context_length:
+            raise ValueError(f"token sequences have length {tokens.shape[1]} but this model's context_length is "
+                             f"{self.config.context_length}; tokenize with context_length="
+                             f"{self.config.context_length} (longer text is truncated by the tokenizer)")
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._check_input(tokens)
+        length = tokens.shape[1]
+        x = self.token_embedding(tokens)
+        x = x + self.pos_embed[:length].to(x.dtype)
+        index = text_pool_index(tokens, self.config.pool, self.config.eos_id)
+        pooled = self.transformer(x, is_causal=self.config.causal_mask, output_index=index)  # (B, D)
+        return self.proj(self.norm(pooled))
+
+    def param_groups(self) -> list[list[nn.Module | nn.Parameter]]:
+        """Embeddings, each block but the last, last block + final norm, projection (from input to output)."""
+        blocks = list(self.transformer.blocks)
+        return [[self.token_embedding, self.pos_embed], *[[b] for b in blocks[:-1]],
+                [blocks[-1], self.norm], [self.proj]]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
