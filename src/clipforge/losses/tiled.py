@@ -1,0 +1,229 @@
+"""Contrastive losses in memory linear in the batch: logits are built one tile at a time and never stored.
+
+Same results as the dense losses (contrastive.py, sigmoid.py) to float rounding; the approach is Inf-CL's
+("Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss", 2024).
+
+- CLIP softmax: each logit tile updates the running log-sum-exp of its rows (image-to-text) and of its columns
+  (text-to-image), merged with logaddexp from minus infinity. Only the two (B,) log-sum-exp vectors are kept for
+  backward, which recomputes each tile and turns it into gradients of both feature sets and of the scale.
+- SigLIP: pairs are independent, so a tile's loss is a plain sum and backward recomputes it without a normaliser.
+
+The positive pairs' term is computed outside the custom backward with ordinary autograd (it is O(B D)).
+
+Distributed form: each rank keeps its image features and passes its text features round a ring of ranks, one
+block per step; every rank computes the tiles of its images against the visiting block. For the softmax loss the
+block carries the running column log-sum-exp of its texts, so each logit is computed once over the whole ring.
+In backward the blocks travel again, carrying the gradient of their texts, and arrive home with it complete. No
+rank ever holds more than one tile of logits. Each rank returns the loss of its own rows, like the dense forms;
+the scale (and bias) gradient is split differently between ranks, but its sum over ranks, which DDP uses, is exact.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clipforge.dist import Collective, is_distributed, ring_pass
+from clipforge.losses._checks import check_inputs, logits_dtype
+
+_SINGLE = Collective()
+
+
+def default_tile_size(device: torch.device | str) -> int:
+    """Tile side: large enough for efficient matmuls, small enough that a few fp32 tiles stay cheap."""
+    return 8192 if torch.device(device).type == "cuda" else 2048
+
+
+def _spans(total: int, tile: int):
+    return [(start, min(start + tile, total)) for start in range(0, total, tile)]
+
+
+def _tile_dots(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    return (rows @ cols.T).to(logits_dtype(rows))  # (tile_rows, tile_cols)
+
+
+# ---- CLIP softmax -------------------------------------------------------------------------------------------------
+
+def _lse_block(images, texts, scale, tile, row_lse, col_lse):
+    """Merge the log-sum-exp of every tile of images x texts into ``row_lse`` (images) and ``col_lse`` (texts)."""
+    for r0, r1 in _spans(images.shape[0], tile):
+        for c0, c1 in _spans(texts.shape[0], tile):
+            logits = _tile_dots(images[r0:r1], texts[c0:c1]).mul_(scale)
+            row_lse[r0:r1] = torch.logaddexp(row_lse[r0:r1], torch.logsumexp(logits, dim=1))
+            col_lse[c0:c1] = torch.logaddexp(col_lse[c0:c1], torch.logsumexp(logits, dim=0))
+
+
+def _softmax_grad_block(images, texts, scale, row_lse, col_lse, row_coef, col_coef, tile, d_images, d_texts):
+    """Add this block's gradients to ``d_images``/``d_texts`` (fp32) and return its scale gradient."""
+    d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    for r0, r1 in _spans(images.shape[0], tile):
+        for c0, c1 in _spans(texts.shape[0], tile):
+            dots = _tile_dots(images[r0:r1], texts[c0:c1])
+            logits = dots * scale
+            # d loss / d logits: softmax over the row (image-to-text) plus softmax over the column (text-to-image)
+            grad = torch.exp(logits - row_lse[r0:r1, None]).mul_(row_coef)
+            grad += logits.sub_(col_lse[None, c0:c1]).exp_().mul_(col_coef)
+            d_scale += torch.dot(grad.view(-1), dots.view(-1))
+            grad = grad.mul_(scale).to(images.dtype)
+            d_images[r0:r1] += (grad @ texts[c0:c1]).to(d_images.dtype)
+            d_texts[c0:c1] += (grad.T @ images[r0:r1]).to(d_texts.dtype)
+    return d_scale
+
+
+def _softmax_lse_ring(images, texts, scale, tile, collective):
+    n = images.shape[0]
+    row_lse = torch.full((n,), float("-inf"), dtype=logits_dtype(images), device=images.device)
+    block, block_lse = texts, torch.full_like(row_lse, float("-inf"))
+    for step in range(collective.world_size):
+        if step > 0:
+            block, block_lse = ring_pass([block, block_lse], collective)
+        _lse_block(images, block, scale, tile, row_lse, block_lse)
+    if collective.is_distributed:
+        # the visiting block is the right neighbour's: one more hop takes its finished column lse home
+        (block_lse,) = ring_pass([block_lse], collective)
+    return row_lse, block_lse
+
+
+def _softmax_grad_ring(images, texts, scale, row_lse, col_lse, grad_out, tile, collective):
+    n = images.shape[0]
+    coef = (grad_out.to(logits_dtype(images)) / (2 * n)).reshape(1)
+    d_images = torch.zeros(images.shape, dtype=logits_dtype(images), device=images.device)
+    d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    # a block carries its texts, their column lse, its owner's output gradient and the texts' gradient so far
+    block, block_lse, block_coef = texts, col_lse, coef
+    d_block = torch.zeros(texts.shape, dtype=logits_dtype(texts), device=texts.device)
+    for step in range(collective.world_size):
+        if step > 0:
+            block, block_lse, block_coef, d_block = ring_pass([block, block_lse, block_coef, d_block], collective)
+        d_scale += _softmax_grad_block(images, block, scale, row_lse, block_lse, coef, block_coef, tile,
+                                       d_images, d_block)
+    if collective.is_distributed:
+        (d_block,) = ring_pass([d_block], collective)
+    return d_images, d_block, d_scale
+
+
+class _TiledSoftmaxLSE(torch.autograd.Function):
+    """(sum of row lse + sum of column lse) / (2 B) of the logits ``scale * images @ texts.T``, tile by tile."""
+
+    @staticmethod
+    def forward(ctx, images, texts, scale, tile, collective):
+        row_lse, col_lse = _softmax_lse_ring(images, texts, scale.detach().to(logits_dtype(images)), tile, collective)
+        ctx.save_for_backward(images, texts, scale, row_lse, col_lse)
+        ctx.tile, ctx.collective = tile, collective
+        return (row_lse.sum() + col_lse.sum()) / (2 * images.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        images, texts, scale, row_lse, col_lse = ctx.saved_tensors
+        scale_value = scale.detach().to(logits_dtype(images))
+        d_images, d_texts, d_scale = _softmax_grad_ring(images, texts, scale_value, row_lse, col_lse, grad_out,
+                                                        ctx.tile, ctx.collective)
+        return d_images.to(images.dtype), d_texts.to(texts.dtype), d_scale.to(scale.dtype), None, None
+
+
+def _resolve(tile_size, collective, like):
+    tile = default_tile_size(like.device) if tile_size is None else int(tile_size)
+    if tile < 1:
+        raise ValueError(f"tile_size must be a positive integer (or None for the device default), got {tile_size}")
+    return tile, (collective if is_distributed(collective) else _SINGLE)
+
+
+def _positive_dots(image_features, text_features):
+    acc = logits_dtype(image_features)
+    return (image_features.to(acc) * text_features.to(acc)).sum(dim=1)  # (B,): <image_i, text_i>
+
+
+def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, *,
+                    tile_size: int | None = None, collective: Collective | None = None) -> torch.Tensor:
+    """``clip_loss`` computed tile by tile: memory O(B D + tile^2) instead of O(B^2).
+
+    tile_size: side of a logit tile (None: ``default_tile_size`` of the features' device); any value works,
+    it needs not divide the batch. collective: ranks to pass text blocks round (None: this process only).
+    """
+    scale, _ = check_inputs(image_features, text_features, logit_scale)
+    tile, collective = _resolve(tile_size, collective, image_features)
+    lse_term = _TiledSoftmaxLSE.apply(image_features, text_features, scale, tile, collective)
+    return lse_term - scale * _positive_dots(image_features, text_features).mean()
+
+
+# ---- SigLIP sigmoid -----------------------------------------------------------------------------------------------
+
+def _softplus_block(images, texts, scale, bias, tile):
+    total = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    for r0, r1 in _spans(images.shape[0], tile):
+        for c0, c1 in _spans(texts.shape[0], tile):
+            logits = _tile_dots(images[r0:r1], texts[c0:c1]).mul_(scale).add_(bias)
+            total += F.softplus(logits).sum()
+    return total
+
+
+def _sigmoid_grad_block(images, texts, scale, bias, coef, tile, d_images, d_texts):
+    """Add this block's gradients to ``d_images``/``d_texts`` and return (scale gradient, bias gradient)."""
+    d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    d_bias = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    for r0, r1 in _spans(images.shape[0], tile):
+        for c0, c1 in _spans(texts.shape[0], tile):
+            dots = _tile_dots(images[r0:r1], texts[c0:c1])
+            grad = (dots * scale).add_(bias).sigmoid_().mul_(coef)  # d softplus(logit) = sigmoid(logit)
+            d_bias += grad.sum()
+            d_scale += torch.dot(grad.view(-1), dots.view(-1))
+            grad = grad.mul_(scale).to(images.dtype)
+            d_images[r0:r1] += (grad @ texts[c0:c1]).to(d_images.dtype)
+            d_texts[c0:c1] += (grad.T @ images[r0:r1]).to(d_texts.dtype)
+    return d_scale, d_bias
+
+
+def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective):
+    coef = grad_out.to(logits_dtype(images)) / images.shape[0]
+    d_images = torch.zeros(images.shape, dtype=logits_dtype(images), device=images.device)
+    d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    d_bias = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    block, d_block = texts, torch.zeros(texts.shape, dtype=logits_dtype(texts), device=texts.device)
+    for step in range(collective.world_size):
+        if step > 0:
+            block, d_block = ring_pass([block, d_block], collective)
+        block_scale, block_bias = _sigmoid_grad_block(images, block, scale, bias, coef, tile, d_images, d_block)
+        d_scale += block_scale
+        d_bias += block_bias
+    if collective.is_distributed:
+        (d_block,) = ring_pass([d_block], collective)
+    return d_images, d_block, d_scale, d_bias
+
+
+class _TiledSoftplusSum(torch.autograd.Function):
+    """sum over all pairs of softplus(scale * <image, text> + bias) / B, tile by tile."""
+
+    @staticmethod
+    def forward(ctx, images, texts, scale, bias, tile, collective):
+        s, b = scale.detach().to(logits_dtype(images)), bias.detach().to(logits_dtype(images))
+        total = _softplus_block(images, texts, s, b, tile)
+        block = texts
+        for _ in range(collective.world_size - 1):
+            (block,) = ring_pass([block], collective)
+            total += _softplus_block(images, block, s, b, tile)
+        ctx.save_for_backward(images, texts, scale, bias)
+        ctx.tile, ctx.collective = tile, collective
+        return total / images.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        images, texts, scale, bias = ctx.saved_tensors
+        acc = logits_dtype(images)
+        d_images, d_texts, d_scale, d_bias = _sigmoid_grad_ring(
+            images, texts, scale.detach().to(acc), bias.detach().to(acc), grad_out, ctx.tile, ctx.collective)
+        return (d_images.to(images.dtype), d_texts.to(texts.dtype), d_scale.to(scale.dtype),
+                d_bias.to(bias.dtype), None, None)
+
+
+def tiled_siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias=None, *,
+                      tile_size: int | None = None, collective: Collective | None = None) -> torch.Tensor:
+    """``siglip_loss`` computed tile by tile, with exact gradients for the scale and the bias.
+
+    Uses -log sigmoid(-x) = softplus(x) for negatives and -log sigmoid(x) = softplus(x) - x for positives.
+    """
+    scale, bias = check_inputs(image_features, text_features, logit_scale, logit_bias)
+    tile, collective = _resolve(tile_size, collective, image_features)
+    if bias is None:
+        bias = torch.zeros((), dtype=logits_dtype(image_features), device=image_features.device)
+    softplus_term = _TiledSoftplusSum.apply(image_features, text_features, scale, bias, tile, collective)
+    positive_logits = scale * _positive_dots(image_features, text_features) + bias
+    return softplus_term - positive_logits.sum() / image_features.shape[0]
