@@ -37,46 +37,77 @@ def _spans(total: int, tile: int):
     return [(start, min(start + tile, total)) for start in range(0, total, tile)]
 
 
-def _tile_dots(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    return (rows @ cols.T).to(logits_dtype(rows))  # (tile_rows, tile_cols)
+def _tile_logits(scaled_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    # the scale is folded into the rows: a (tile, D) multiply instead of a (tile, tile) one
+    return (scaled_rows @ cols.T).to(logits_dtype(cols))  # (tile_rows, tile_cols)
+
+
+def _scaled(features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (features.to(scale.dtype) * scale).to(features.dtype)
 
 
 # ---- CLIP softmax -------------------------------------------------------------------------------------------------
 
-def _lse_block(images, texts, scale, tile, row_lse, col_lse):
+def _tile_lse(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row lse, column lse) of one tile with a single exp pass over it."""
+    row_max = logits.amax(dim=1)
+    probs = logits.sub(row_max[:, None]).exp_()  # exp(z_ij - max_i)
+    row_lse = probs.sum(dim=1).log_().add_(row_max)
+    top = row_max.max()
+    col_sum = (row_max - top).exp_() @ probs  # sum_i exp(z_ij - top)
+    col_lse = col_sum.log().add_(top)
+    # A column whose largest logit lies far below the tile's maximum loses precision in that shared-shift sum
+    # (subnormal terms): recompute those columns with their own maximum. Rare: needs a logit range above ~70.
+    finfo = torch.finfo(logits.dtype)
+    low = col_sum < finfo.tiny / finfo.eps
+    if bool(low.any()):
+        col_lse = torch.where(low, torch.logsumexp(logits, dim=0), col_lse)
+    return row_lse, col_lse
+
+
+def _lse_block(scaled_images, texts, tile, row_lse, col_lse):
     """Merge the log-sum-exp of every tile of images x texts into ``row_lse`` (images) and ``col_lse`` (texts)."""
-    for r0, r1 in _spans(images.shape[0], tile):
+    for r0, r1 in _spans(scaled_images.shape[0], tile):
         for c0, c1 in _spans(texts.shape[0], tile):
-            logits = _tile_dots(images[r0:r1], texts[c0:c1]).mul_(scale)
-            row_lse[r0:r1] = torch.logaddexp(row_lse[r0:r1], torch.logsumexp(logits, dim=1))
-            col_lse[c0:c1] = torch.logaddexp(col_lse[c0:c1], torch.logsumexp(logits, dim=0))
+            tile_rows, tile_cols = _tile_lse(_tile_logits(scaled_images[r0:r1], texts[c0:c1]))
+            row_lse[r0:r1] = torch.logaddexp(row_lse[r0:r1], tile_rows)
+            col_lse[c0:c1] = torch.logaddexp(col_lse[c0:c1], tile_cols)
 
 
-def _softmax_grad_block(images, texts, scale, row_lse, col_lse, row_coef, col_coef, tile, d_images, d_texts):
-    """Add this block's gradients to ``d_images``/``d_texts`` (fp32) and return its scale gradient."""
+def _accumulate(grad, images, scaled_images, texts, scale, d_images, d_texts):
+    """Add s * grad @ texts to ``d_images`` and s * grad.T @ images to ``d_texts``; return d loss / d scale."""
+    grad = grad.to(texts.dtype)
+    grad_texts = (grad @ texts).to(d_images.dtype)  # (tile_rows, D)
+    d_images += grad_texts * scale
+    d_texts += (grad.T @ scaled_images).to(d_texts.dtype)
+    # sum_ij grad_ij <image_i, text_j> = sum_i <image_i, (grad @ texts)_i>
+    return (images.to(grad_texts.dtype) * grad_texts).sum()
+
+
+def _softmax_grad_block(images, scaled_images, texts, scale, row_lse, col_lse, row_coef, col_coef, tile,
+                        d_images, d_texts):
+    """Add this block's gradients to ``d_images``/``d_texts`` and return its scale gradient."""
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     for r0, r1 in _spans(images.shape[0], tile):
         for c0, c1 in _spans(texts.shape[0], tile):
-            dots = _tile_dots(images[r0:r1], texts[c0:c1])
-            logits = dots * scale
+            logits = _tile_logits(scaled_images[r0:r1], texts[c0:c1])
             # d loss / d logits: softmax over the row (image-to-text) plus softmax over the column (text-to-image)
             grad = torch.exp(logits - row_lse[r0:r1, None]).mul_(row_coef)
-            grad += logits.sub_(col_lse[None, c0:c1]).exp_().mul_(col_coef)
-            d_scale += torch.dot(grad.view(-1), dots.view(-1))
-            grad = grad.mul_(scale).to(images.dtype)
-            d_images[r0:r1] += (grad @ texts[c0:c1]).to(d_images.dtype)
-            d_texts[c0:c1] += (grad.T @ images[r0:r1]).to(d_texts.dtype)
+            grad.addcmul_(logits.sub_(col_lse[None, c0:c1]).exp_(), col_coef)
+            d_scale += _accumulate(grad, images[r0:r1], scaled_images[r0:r1], texts[c0:c1], scale,
+                                   d_images[r0:r1], d_texts[c0:c1])
     return d_scale
 
 
 def _softmax_lse_ring(images, texts, scale, tile, collective):
     n = images.shape[0]
     row_lse = torch.full((n,), float("-inf"), dtype=logits_dtype(images), device=images.device)
+    scaled_images = _scaled(images, scale)
     block, block_lse = texts, torch.full_like(row_lse, float("-inf"))
     for step in range(collective.world_size):
         if step > 0:
             block, block_lse = ring_pass([block, block_lse], collective)
-        _lse_block(images, block, scale, tile, row_lse, block_lse)
+        _lse_block(scaled_images, block, tile, row_lse, block_lse)
     if collective.is_distributed:
         # the visiting block is the right neighbour's: one more hop takes its finished column lse home
         (block_lse,) = ring_pass([block_lse], collective)
@@ -88,14 +119,15 @@ def _softmax_grad_ring(images, texts, scale, row_lse, col_lse, grad_out, tile, c
     coef = (grad_out.to(logits_dtype(images)) / (2 * n)).reshape(1)
     d_images = torch.zeros(images.shape, dtype=logits_dtype(images), device=images.device)
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    scaled_images = _scaled(images, scale)
     # a block carries its texts, their column lse, its owner's output gradient and the texts' gradient so far
     block, block_lse, block_coef = texts, col_lse, coef
     d_block = torch.zeros(texts.shape, dtype=logits_dtype(texts), device=texts.device)
     for step in range(collective.world_size):
         if step > 0:
             block, block_lse, block_coef, d_block = ring_pass([block, block_lse, block_coef, d_block], collective)
-        d_scale += _softmax_grad_block(images, block, scale, row_lse, block_lse, coef, block_coef, tile,
-                                       d_images, d_block)
+        d_scale += _softmax_grad_block(images, scaled_images, block, scale, row_lse, block_lse, coef, block_coef,
+                                       tile, d_images, d_block)
     if collective.is_distributed:
         (d_block,) = ring_pass([d_block], collective)
     return d_images, d_block, d_scale
@@ -106,7 +138,8 @@ class _TiledSoftmaxLSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, images, texts, scale, tile, collective):
-        row_lse, col_lse = _softmax_lse_ring(images, texts, scale.detach().to(logits_dtype(images)), tile, collective)
+        scale_value = scale.detach().to(logits_dtype(images))
+        row_lse, col_lse = _softmax_lse_ring(images, texts, scale_value, tile, collective)
         ctx.save_for_backward(images, texts, scale, row_lse, col_lse)
         ctx.tile, ctx.collective = tile, collective
         return (row_lse.sum() + col_lse.sum()) / (2 * images.shape[0])
@@ -147,28 +180,25 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
 
 # ---- SigLIP sigmoid -----------------------------------------------------------------------------------------------
 
-def _softplus_block(images, texts, scale, bias, tile):
-    total = torch.zeros((), dtype=logits_dtype(images), device=images.device)
-    for r0, r1 in _spans(images.shape[0], tile):
+def _softplus_block(scaled_images, texts, bias, tile):
+    total = torch.zeros((), dtype=logits_dtype(texts), device=texts.device)
+    for r0, r1 in _spans(scaled_images.shape[0], tile):
         for c0, c1 in _spans(texts.shape[0], tile):
-            logits = _tile_dots(images[r0:r1], texts[c0:c1]).mul_(scale).add_(bias)
-            total += F.softplus(logits).sum()
+            total += F.softplus(_tile_logits(scaled_images[r0:r1], texts[c0:c1]).add_(bias)).sum()
     return total
 
 
-def _sigmoid_grad_block(images, texts, scale, bias, coef, tile, d_images, d_texts):
+def _sigmoid_grad_block(images, scaled_images, texts, scale, bias, coef, tile, d_images, d_texts):
     """Add this block's gradients to ``d_images``/``d_texts`` and return (scale gradient, bias gradient)."""
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     d_bias = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     for r0, r1 in _spans(images.shape[0], tile):
         for c0, c1 in _spans(texts.shape[0], tile):
-            dots = _tile_dots(images[r0:r1], texts[c0:c1])
-            grad = (dots * scale).add_(bias).sigmoid_().mul_(coef)  # d softplus(logit) = sigmoid(logit)
+            logits = _tile_logits(scaled_images[r0:r1], texts[c0:c1]).add_(bias)
+            grad = logits.sigmoid_().mul_(coef)  # d softplus(logit) / d logit = sigmoid(logit)
             d_bias += grad.sum()
-            d_scale += torch.dot(grad.view(-1), dots.view(-1))
-            grad = grad.mul_(scale).to(images.dtype)
-            d_images[r0:r1] += (grad @ texts[c0:c1]).to(d_images.dtype)
-            d_texts[c0:c1] += (grad.T @ images[r0:r1]).to(d_texts.dtype)
+            d_scale += _accumulate(grad, images[r0:r1], scaled_images[r0:r1], texts[c0:c1], scale,
+                                   d_images[r0:r1], d_texts[c0:c1])
     return d_scale, d_bias
 
 
@@ -177,11 +207,13 @@ def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective):
     d_images = torch.zeros(images.shape, dtype=logits_dtype(images), device=images.device)
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     d_bias = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    scaled_images = _scaled(images, scale)
     block, d_block = texts, torch.zeros(texts.shape, dtype=logits_dtype(texts), device=texts.device)
     for step in range(collective.world_size):
         if step > 0:
             block, d_block = ring_pass([block, d_block], collective)
-        block_scale, block_bias = _sigmoid_grad_block(images, block, scale, bias, coef, tile, d_images, d_block)
+        block_scale, block_bias = _sigmoid_grad_block(images, scaled_images, block, scale, bias, coef, tile,
+                                                      d_images, d_block)
         d_scale += block_scale
         d_bias += block_bias
     if collective.is_distributed:
@@ -195,11 +227,12 @@ class _TiledSoftplusSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, images, texts, scale, bias, tile, collective):
         s, b = scale.detach().to(logits_dtype(images)), bias.detach().to(logits_dtype(images))
-        total = _softplus_block(images, texts, s, b, tile)
+        scaled_images = _scaled(images, s)
+        total = _softplus_block(scaled_images, texts, b, tile)
         block = texts
         for _ in range(collective.world_size - 1):
             (block,) = ring_pass([block], collective)
-            total += _softplus_block(images, block, s, b, tile)
+            total += _softplus_block(scaled_images, block, b, tile)
         ctx.save_for_backward(images, texts, scale, bias)
         ctx.tile, ctx.collective = tile, collective
         return total / images.shape[0]
