@@ -14,7 +14,8 @@ def _run(loss_fn, images, texts, log_scale, bias, **kwargs):
     images, texts = images.clone().requires_grad_(), texts.clone().requires_grad_()
     log_scale = torch.tensor(log_scale, dtype=images.dtype, requires_grad=True)
     bias = torch.tensor(bias, dtype=images.dtype, requires_grad=True)
-    args = (images, texts, log_scale.exp()) + ((bias,) if loss_fn in (siglip_loss, tiled_siglip_loss) else ())
+    with_bias = "siglip" in getattr(loss_fn, "__name__", "") or getattr(loss_fn, "with_bias", False)
+    args = (images, texts, log_scale.exp()) + ((bias,) if with_bias else ())
     loss = loss_fn(*args, **kwargs)
     loss.backward()
     return {"loss": loss.detach(), "images": images.grad, "texts": texts.grad, "log_scale": log_scale.grad,
@@ -95,3 +96,16 @@ def test_default_tile_size_per_device_and_bad_tile():
     images, texts = _features(4, 8)
     with pytest.raises(ValueError, match="tile_size"):
         tiled_clip_loss(images, texts, 10.0, tile_size=0)
+
+
+@pytest.mark.parametrize("dense,tiled", PAIRS, ids=["clip", "siglip"])
+def test_output_gradient_is_honoured(dense, tiled):
+    """Backward scales by the incoming gradient (loss weights, AMP loss scaling), not just by one."""
+    images, texts = _features(11, 8)
+    def weighted(fn):
+        def loss(*args, **kwargs):
+            return -2.5 * fn(*args, **kwargs)
+        loss.with_bias = fn in (siglip_loss, tiled_siglip_loss)
+        return loss
+    _assert_matches(_run(weighted(tiled), images, texts, 3.0, -4.0, tile_size=4),
+                    _run(weighted(dense), images.double(), texts.double(), 3.0, -4.0), rtol=1e-5)

@@ -189,17 +189,19 @@ def _softplus_block(scaled_images, texts, bias, tile):
 
 
 def _sigmoid_grad_block(images, scaled_images, texts, scale, bias, coef, tile, d_images, d_texts):
-    """Add this block's gradients to ``d_images``/``d_texts`` and return (scale gradient, bias gradient)."""
+    """Add this block's gradients to ``d_images``/``d_texts``; return (scale grad, bias grad, sum of softplus)."""
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
-    d_bias = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    d_bias = torch.zeros_like(d_scale)
+    total = torch.zeros_like(d_scale)
     for r0, r1 in _spans(images.shape[0], tile):
         for c0, c1 in _spans(texts.shape[0], tile):
             logits = _tile_logits(scaled_images[r0:r1], texts[c0:c1]).add_(bias)
+            total += F.softplus(logits).sum()
             grad = logits.sigmoid_().mul_(coef)  # d softplus(logit) / d logit = sigmoid(logit)
             d_bias += grad.sum()
             d_scale += _accumulate(grad, images[r0:r1], scaled_images[r0:r1], texts[c0:c1], scale,
                                    d_images[r0:r1], d_texts[c0:c1])
-    return d_scale, d_bias
+    return d_scale, d_bias, total
 
 
 def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective):
@@ -212,8 +214,8 @@ def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective):
     for step in range(collective.world_size):
         if step > 0:
             block, d_block = ring_pass([block, d_block], collective)
-        block_scale, block_bias = _sigmoid_grad_block(images, scaled_images, block, scale, bias, coef, tile,
-                                                      d_images, d_block)
+        block_scale, block_bias, _ = _sigmoid_grad_block(images, scaled_images, block, scale, bias, coef, tile,
+                                                         d_images, d_block)
         d_scale += block_scale
         d_bias += block_bias
     if collective.is_distributed:
@@ -222,23 +224,42 @@ def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective):
 
 
 class _TiledSoftplusSum(torch.autograd.Function):
-    """sum over all pairs of softplus(scale * <image, text> + bias) / B, tile by tile."""
+    """sum over all pairs of softplus(scale * <image, text> + bias) / B, tile by tile.
+
+    In one process the gradient is linear in the output gradient, so forward computes it alongside the value
+    (three matmuls per tile, like the dense loss) and backward only scales it. Across ranks the remote
+    contributions must be weighted by each rank's own output gradient, so backward recomputes round the ring.
+    """
 
     @staticmethod
     def forward(ctx, images, texts, scale, bias, tile, collective):
-        s, b = scale.detach().to(logits_dtype(images)), bias.detach().to(logits_dtype(images))
+        acc = logits_dtype(images)
+        s, b = scale.detach().to(acc), bias.detach().to(acc)
         scaled_images = _scaled(images, s)
+        ctx.tile, ctx.collective = tile, collective
+        if not collective.is_distributed and any(ctx.needs_input_grad[:4]):
+            d_images = torch.zeros(images.shape, dtype=acc, device=images.device)
+            d_texts = torch.zeros(texts.shape, dtype=acc, device=texts.device)
+            coef = torch.ones((), dtype=acc, device=images.device) / images.shape[0]
+            d_scale, d_bias, total = _sigmoid_grad_block(images, scaled_images, texts, s, b, coef, tile,
+                                                         d_images, d_texts)
+            ctx.save_for_backward(d_images, d_texts, d_scale, d_bias)
+            ctx.precomputed, ctx.dtypes = True, (images.dtype, texts.dtype, scale.dtype, bias.dtype)
+            return total / images.shape[0]
         total = _softplus_block(scaled_images, texts, b, tile)
         block = texts
         for _ in range(collective.world_size - 1):
             (block,) = ring_pass([block], collective)
             total += _softplus_block(scaled_images, block, b, tile)
         ctx.save_for_backward(images, texts, scale, bias)
-        ctx.tile, ctx.collective = tile, collective
+        ctx.precomputed = False
         return total / images.shape[0]
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.precomputed:
+            grads = [(g * grad_out).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+            return (*grads, None, None)
         images, texts, scale, bias = ctx.saved_tensors
         acc = logits_dtype(images)
         d_images, d_texts, d_scale, d_bias = _sigmoid_grad_ring(
