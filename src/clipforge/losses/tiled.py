@@ -38,12 +38,13 @@ def _spans(total: int, tile: int):
 
 
 def _tile_logits(scaled_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    # the scale is folded into the rows: a (tile, D) multiply instead of a (tile, tile) one
     return (scaled_rows @ cols.T).to(logits_dtype(cols))  # (tile_rows, tile_cols)
 
 
-def _scaled(features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (features.to(scale.dtype) * scale).to(features.dtype)
+def _scaled(rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # The scale is folded into a row tile: a (tile, D) multiply instead of a (tile, tile) one, made once per row
+    # tile so that no scaled copy of the whole batch is kept.
+    return (rows.to(scale.dtype) * scale).to(rows.dtype)
 
 
 # ---- CLIP softmax -------------------------------------------------------------------------------------------------
@@ -65,11 +66,12 @@ def _tile_lse(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return row_lse, col_lse
 
 
-def _lse_block(scaled_images, texts, tile, row_lse, col_lse):
+def _lse_block(images, texts, scale, tile, row_lse, col_lse):
     """Merge the log-sum-exp of every tile of images x texts into ``row_lse`` (images) and ``col_lse`` (texts)."""
-    for r0, r1 in _spans(scaled_images.shape[0], tile):
+    for r0, r1 in _spans(images.shape[0], tile):
+        scaled_rows = _scaled(images[r0:r1], scale)
         for c0, c1 in _spans(texts.shape[0], tile):
-            tile_rows, tile_cols = _tile_lse(_tile_logits(scaled_images[r0:r1], texts[c0:c1]))
+            tile_rows, tile_cols = _tile_lse(_tile_logits(scaled_rows, texts[c0:c1]))
             row_lse[r0:r1] = torch.logaddexp(row_lse[r0:r1], tile_rows)
             col_lse[c0:c1] = torch.logaddexp(col_lse[c0:c1], tile_cols)
 
@@ -84,17 +86,18 @@ def _accumulate(grad, images, scaled_images, texts, scale, d_images, d_texts):
     return (images.to(grad_texts.dtype) * grad_texts).sum()
 
 
-def _softmax_grad_block(images, scaled_images, texts, scale, row_lse, col_lse, row_coef, col_coef, tile,
-                        d_images, d_texts):
+def _softmax_grad_block(images, texts, scale, row_lse, col_lse, row_coef, col_coef, tile, d_images, d_texts):
     """Add this block's gradients to ``d_images``/``d_texts`` and return its scale gradient."""
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     for r0, r1 in _spans(images.shape[0], tile):
+        scaled_rows = _scaled(images[r0:r1], scale)
         for c0, c1 in _spans(texts.shape[0], tile):
-            logits = _tile_logits(scaled_images[r0:r1], texts[c0:c1])
+            logits = _tile_logits(scaled_rows, texts[c0:c1])
             # d loss / d logits: softmax over the row (image-to-text) plus softmax over the column (text-to-image)
-            grad = torch.exp(logits - row_lse[r0:r1, None]).mul_(row_coef)
+            grad = logits.sub(row_lse[r0:r1, None]).exp_().mul_(row_coef)
             grad.addcmul_(logits.sub_(col_lse[None, c0:c1]).exp_(), col_coef)
-            d_scale += _accumulate(grad, images[r0:r1], scaled_images[r0:r1], texts[c0:c1], scale,
+            del logits
+            d_scale += _accumulate(grad, images[r0:r1], scaled_rows, texts[c0:c1], scale,
                                    d_images[r0:r1], d_texts[c0:c1])
     return d_scale
 
@@ -102,12 +105,11 @@ def _softmax_grad_block(images, scaled_images, texts, scale, row_lse, col_lse, r
 def _softmax_lse_ring(images, texts, scale, tile, collective):
     n = images.shape[0]
     row_lse = torch.full((n,), float("-inf"), dtype=logits_dtype(images), device=images.device)
-    scaled_images = _scaled(images, scale)
     block, block_lse = texts, torch.full_like(row_lse, float("-inf"))
     for step in range(collective.world_size):
         if step > 0:
             block, block_lse = ring_pass([block, block_lse], collective)
-        _lse_block(scaled_images, block, tile, row_lse, block_lse)
+        _lse_block(images, block, scale, tile, row_lse, block_lse)
     if collective.is_distributed:
         # the visiting block is the right neighbour's: one more hop takes its finished column lse home
         (block_lse,) = ring_pass([block_lse], collective)
@@ -119,15 +121,14 @@ def _softmax_grad_ring(images, texts, scale, row_lse, col_lse, grad_out, tile, c
     coef = (grad_out.to(logits_dtype(images)) / (2 * n)).reshape(1)
     d_images = torch.zeros(images.shape, dtype=logits_dtype(images), device=images.device)
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
-    scaled_images = _scaled(images, scale)
     # a block carries its texts, their column lse, its owner's output gradient and the texts' gradient so far
     block, block_lse, block_coef = texts, col_lse, coef
     d_block = torch.zeros(texts.shape, dtype=logits_dtype(texts), device=texts.device)
     for step in range(collective.world_size):
         if step > 0:
             block, block_lse, block_coef, d_block = ring_pass([block, block_lse, block_coef, d_block], collective)
-        d_scale += _softmax_grad_block(images, scaled_images, block, scale, row_lse, block_lse, coef, block_coef,
-                                       tile, d_images, d_block)
+        d_scale += _softmax_grad_block(images, block, scale, row_lse, block_lse, coef, block_coef, tile,
+                                       d_images, d_block)
     if collective.is_distributed:
         (d_block,) = ring_pass([d_block], collective)
     return d_images, d_block, d_scale
@@ -180,26 +181,28 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
 
 # ---- SigLIP sigmoid -----------------------------------------------------------------------------------------------
 
-def _softplus_block(scaled_images, texts, bias, tile):
+def _softplus_block(images, texts, scale, bias, tile):
     total = torch.zeros((), dtype=logits_dtype(texts), device=texts.device)
-    for r0, r1 in _spans(scaled_images.shape[0], tile):
+    for r0, r1 in _spans(images.shape[0], tile):
+        scaled_rows = _scaled(images[r0:r1], scale)
         for c0, c1 in _spans(texts.shape[0], tile):
-            total += F.softplus(_tile_logits(scaled_images[r0:r1], texts[c0:c1]).add_(bias)).sum()
+            total += F.softplus(_tile_logits(scaled_rows, texts[c0:c1]).add_(bias)).sum()
     return total
 
 
-def _sigmoid_grad_block(images, scaled_images, texts, scale, bias, coef, tile, d_images, d_texts):
+def _sigmoid_grad_block(images, texts, scale, bias, coef, tile, d_images, d_texts):
     """Add this block's gradients to ``d_images``/``d_texts``; return (scale grad, bias grad, sum of softplus)."""
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     d_bias = torch.zeros_like(d_scale)
     total = torch.zeros_like(d_scale)
     for r0, r1 in _spans(images.shape[0], tile):
+        scaled_rows = _scaled(images[r0:r1], scale)
         for c0, c1 in _spans(texts.shape[0], tile):
-            logits = _tile_logits(scaled_images[r0:r1], texts[c0:c1]).add_(bias)
+            logits = _tile_logits(scaled_rows, texts[c0:c1]).add_(bias)
             total += F.softplus(logits).sum()
             grad = logits.sigmoid_().mul_(coef)  # d softplus(logit) / d logit = sigmoid(logit)
             d_bias += grad.sum()
-            d_scale += _accumulate(grad, images[r0:r1], scaled_images[r0:r1], texts[c0:c1], scale,
+            d_scale += _accumulate(grad, images[r0:r1], scaled_rows, texts[c0:c1], scale,
                                    d_images[r0:r1], d_texts[c0:c1])
     return d_scale, d_bias, total
 
@@ -209,13 +212,11 @@ def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective):
     d_images = torch.zeros(images.shape, dtype=logits_dtype(images), device=images.device)
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     d_bias = torch.zeros((), dtype=logits_dtype(images), device=images.device)
-    scaled_images = _scaled(images, scale)
     block, d_block = texts, torch.zeros(texts.shape, dtype=logits_dtype(texts), device=texts.device)
     for step in range(collective.world_size):
         if step > 0:
             block, d_block = ring_pass([block, d_block], collective)
-        block_scale, block_bias, _ = _sigmoid_grad_block(images, scaled_images, block, scale, bias, coef, tile,
-                                                         d_images, d_block)
+        block_scale, block_bias, _ = _sigmoid_grad_block(images, block, scale, bias, coef, tile, d_images, d_block)
         d_scale += block_scale
         d_bias += block_bias
     if collective.is_distributed:
@@ -235,22 +236,20 @@ class _TiledSoftplusSum(torch.autograd.Function):
     def forward(ctx, images, texts, scale, bias, tile, collective):
         acc = logits_dtype(images)
         s, b = scale.detach().to(acc), bias.detach().to(acc)
-        scaled_images = _scaled(images, s)
         ctx.tile, ctx.collective = tile, collective
         if not collective.is_distributed and any(ctx.needs_input_grad[:4]):
             d_images = torch.zeros(images.shape, dtype=acc, device=images.device)
             d_texts = torch.zeros(texts.shape, dtype=acc, device=texts.device)
             coef = torch.ones((), dtype=acc, device=images.device) / images.shape[0]
-            d_scale, d_bias, total = _sigmoid_grad_block(images, scaled_images, texts, s, b, coef, tile,
-                                                         d_images, d_texts)
+            d_scale, d_bias, total = _sigmoid_grad_block(images, texts, s, b, coef, tile, d_images, d_texts)
             ctx.save_for_backward(d_images, d_texts, d_scale, d_bias)
             ctx.precomputed, ctx.dtypes = True, (images.dtype, texts.dtype, scale.dtype, bias.dtype)
             return total / images.shape[0]
-        total = _softplus_block(scaled_images, texts, b, tile)
+        total = _softplus_block(images, texts, s, b, tile)
         block = texts
         for _ in range(collective.world_size - 1):
             (block,) = ring_pass([block], collective)
-            total += _softplus_block(scaled_images, block, b, tile)
+            total += _softplus_block(images, block, s, b, tile)
         ctx.save_for_backward(images, texts, scale, bias)
         ctx.precomputed = False
         return total / images.shape[0]
