@@ -29,9 +29,9 @@ def _assert_matches(got, ref, rtol):
             continue
         err = (got[name].double() - value.double()).abs().max().item()
         size = value.double().abs().max().item()
-        # Relative to the tensor's largest entry. Scalars (the loss, the scale and bias gradients) are sums with
-        # cancellation (a batch of 1 has loss 0), so they get a floor of rtol in units of an O(1) loss.
-        floor = rtol * max(abs(ref["loss"].item()), 1.0) if value.ndim == 0 else 0.0
+        # Relative to the tensor's largest entry, with a floor of rtol in units of an O(1) loss: the scale and
+        # bias gradients are sums with cancellation, and a batch of 1 has loss and feature gradients exactly 0.
+        floor = rtol * max(abs(ref["loss"].item()), 1.0)
         assert err <= rtol * size + floor, f"{name}: max abs diff {err:.3g} vs size {size:.3g}"
 
 

@@ -134,23 +134,41 @@ def _softmax_grad_ring(images, texts, scale, row_lse, col_lse, grad_out, tile, c
     return d_images, d_block, d_scale
 
 
-class _TiledSoftmaxLSE(torch.autograd.Function):
-    """(sum of row lse + sum of column lse) / (2 B) of the logits ``scale * images @ texts.T``, tile by tile."""
+def _positive_dots(image_features, text_features):
+    acc = logits_dtype(image_features)
+    return (image_features.to(acc) * text_features.to(acc)).sum(dim=1)  # (B,): <image_i, text_i>
+
+
+def _add_positive_grads(d_images, d_texts, images, texts, factor):
+    """Gradient of ``factor * sum_i <image_i, text_i>``, added in place (no (B, D) temporaries)."""
+    d_images.addcmul_(texts.to(d_images.dtype), factor)
+    d_texts.addcmul_(images.to(d_texts.dtype), factor)
+
+
+class _TiledSoftmaxLoss(torch.autograd.Function):
+    """(sum of row lse + sum of column lse) / (2 B) - scale * mean_i <image_i, text_i>, tile by tile.
+
+    The positive pairs' term lives here too, so that backward writes all feature gradients into one buffer each.
+    """
 
     @staticmethod
     def forward(ctx, images, texts, scale, tile, collective):
         scale_value = scale.detach().to(logits_dtype(images))
         row_lse, col_lse = _softmax_lse_ring(images, texts, scale_value, tile, collective)
-        ctx.save_for_backward(images, texts, scale, row_lse, col_lse)
+        mean_positive = _positive_dots(images, texts).mean()
+        ctx.save_for_backward(images, texts, scale, row_lse, col_lse, mean_positive)
         ctx.tile, ctx.collective = tile, collective
-        return (row_lse.sum() + col_lse.sum()) / (2 * images.shape[0])
+        return (row_lse.sum() + col_lse.sum()) / (2 * images.shape[0]) - scale_value * mean_positive
 
     @staticmethod
     def backward(ctx, grad_out):
-        images, texts, scale, row_lse, col_lse = ctx.saved_tensors
+        images, texts, scale, row_lse, col_lse, mean_positive = ctx.saved_tensors
         scale_value = scale.detach().to(logits_dtype(images))
         d_images, d_texts, d_scale = _softmax_grad_ring(images, texts, scale_value, row_lse, col_lse, grad_out,
                                                         ctx.tile, ctx.collective)
+        grad_out = grad_out.to(d_scale.dtype)
+        _add_positive_grads(d_images, d_texts, images, texts, -grad_out * scale_value / images.shape[0])
+        d_scale -= grad_out * mean_positive
         return d_images.to(images.dtype), d_texts.to(texts.dtype), d_scale.to(scale.dtype), None, None
 
 
@@ -159,11 +177,6 @@ def _resolve(tile_size, collective, like):
     if tile < 1:
         raise ValueError(f"tile_size must be a positive integer (or None for the device default), got {tile_size}")
     return tile, (collective if is_distributed(collective) else _SINGLE)
-
-
-def _positive_dots(image_features, text_features):
-    acc = logits_dtype(image_features)
-    return (image_features.to(acc) * text_features.to(acc)).sum(dim=1)  # (B,): <image_i, text_i>
 
 
 def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, *,
@@ -175,8 +188,7 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
     """
     scale, _ = check_inputs(image_features, text_features, logit_scale)
     tile, collective = _resolve(tile_size, collective, image_features)
-    lse_term = _TiledSoftmaxLSE.apply(image_features, text_features, scale, tile, collective)
-    return lse_term - scale * _positive_dots(image_features, text_features).mean()
+    return _TiledSoftmaxLoss.apply(image_features, text_features, scale, tile, collective)
 
 
 # ---- SigLIP sigmoid -----------------------------------------------------------------------------------------------
@@ -190,8 +202,11 @@ def _softplus_block(images, texts, scale, bias, tile):
     return total
 
 
-def _sigmoid_grad_block(images, texts, scale, bias, coef, tile, d_images, d_texts):
-    """Add this block's gradients to ``d_images``/``d_texts``; return (scale grad, bias grad, sum of softplus)."""
+def _sigmoid_grad_block(images, texts, scale, bias, coef, tile, d_images, d_texts, with_value):
+    """Add this block's gradients to ``d_images``/``d_texts``; return (scale grad, bias grad, sum of softplus).
+
+    The softplus sum (the loss value) is only computed ``with_value``: backward does not need it.
+    """
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     d_bias = torch.zeros_like(d_scale)
     total = torch.zeros_like(d_scale)
@@ -199,7 +214,8 @@ def _sigmoid_grad_block(images, texts, scale, bias, coef, tile, d_images, d_text
         scaled_rows = _scaled(images[r0:r1], scale)
         for c0, c1 in _spans(texts.shape[0], tile):
             logits = _tile_logits(scaled_rows, texts[c0:c1]).add_(bias)
-            total += F.softplus(logits).sum()
+            if with_value:
+                total += F.softplus(logits).sum()
             grad = logits.sigmoid_().mul_(coef)  # d softplus(logit) / d logit = sigmoid(logit)
             d_bias += grad.sum()
             d_scale += _accumulate(grad, images[r0:r1], scaled_rows, texts[c0:c1], scale,
@@ -207,25 +223,45 @@ def _sigmoid_grad_block(images, texts, scale, bias, coef, tile, d_images, d_text
     return d_scale, d_bias, total
 
 
-def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective):
+def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective, with_value):
     coef = grad_out.to(logits_dtype(images)) / images.shape[0]
     d_images = torch.zeros(images.shape, dtype=logits_dtype(images), device=images.device)
     d_scale = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     d_bias = torch.zeros((), dtype=logits_dtype(images), device=images.device)
+    total = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     block, d_block = texts, torch.zeros(texts.shape, dtype=logits_dtype(texts), device=texts.device)
     for step in range(collective.world_size):
         if step > 0:
             block, d_block = ring_pass([block, d_block], collective)
-        block_scale, block_bias, _ = _sigmoid_grad_block(images, block, scale, bias, coef, tile, d_images, d_block)
+        block_scale, block_bias, block_total = _sigmoid_grad_block(images, block, scale, bias, coef, tile,
+                                                                   d_images, d_block, with_value)
         d_scale += block_scale
         d_bias += block_bias
+        total += block_total
     if collective.is_distributed:
         (d_block,) = ring_pass([d_block], collective)
-    return d_images, d_block, d_scale, d_bias
+    return d_images, d_block, d_scale, d_bias, total
 
 
-class _TiledSoftplusSum(torch.autograd.Function):
-    """sum over all pairs of softplus(scale * <image, text> + bias) / B, tile by tile.
+def _softplus_ring(images, texts, scale, bias, tile, collective):
+    total = _softplus_block(images, texts, scale, bias, tile)
+    block = texts
+    for _ in range(collective.world_size - 1):
+        (block,) = ring_pass([block], collective)
+        total += _softplus_block(images, block, scale, bias, tile)
+    return total
+
+
+def _sigmoid_grads(images, texts, scale, bias, grad_out, mean_positive, tile, collective, with_value=False):
+    """Gradients of the tiled SigLIP loss for output gradient ``grad_out``, and the softplus sum ``with_value``."""
+    d_images, d_texts, d_scale, d_bias, total = _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile,
+                                                                   collective, with_value)
+    _add_positive_grads(d_images, d_texts, images, texts, -grad_out * scale / images.shape[0])
+    return (d_images, d_texts, d_scale - grad_out * mean_positive, d_bias - grad_out), total
+
+
+class _TiledSigmoidLoss(torch.autograd.Function):
+    """sum over pairs of softplus(logit) / B - mean over positives of (logit), tile by tile.
 
     In one process the gradient is linear in the output gradient, so forward computes it alongside the value
     (three matmuls per tile, like the dense loss) and backward only scales it. Across ranks the remote
@@ -236,35 +272,30 @@ class _TiledSoftplusSum(torch.autograd.Function):
     def forward(ctx, images, texts, scale, bias, tile, collective):
         acc = logits_dtype(images)
         s, b = scale.detach().to(acc), bias.detach().to(acc)
+        mean_positive = _positive_dots(images, texts).mean()
         ctx.tile, ctx.collective = tile, collective
-        if not collective.is_distributed and any(ctx.needs_input_grad[:4]):
-            d_images = torch.zeros(images.shape, dtype=acc, device=images.device)
-            d_texts = torch.zeros(texts.shape, dtype=acc, device=texts.device)
-            coef = torch.ones((), dtype=acc, device=images.device) / images.shape[0]
-            d_scale, d_bias, total = _sigmoid_grad_block(images, texts, s, b, coef, tile, d_images, d_texts)
-            ctx.save_for_backward(d_images, d_texts, d_scale, d_bias)
-            ctx.precomputed, ctx.dtypes = True, (images.dtype, texts.dtype, scale.dtype, bias.dtype)
-            return total / images.shape[0]
-        total = _softplus_block(images, texts, s, b, tile)
-        block = texts
-        for _ in range(collective.world_size - 1):
-            (block,) = ring_pass([block], collective)
-            total += _softplus_block(images, block, s, b, tile)
-        ctx.save_for_backward(images, texts, scale, bias)
-        ctx.precomputed = False
-        return total / images.shape[0]
+        ctx.dtypes = (images.dtype, texts.dtype, scale.dtype, bias.dtype)
+        ctx.precomputed = not collective.is_distributed and any(ctx.needs_input_grad[:4])
+        if ctx.precomputed:
+            one = torch.ones((), dtype=acc, device=images.device)
+            grads, total = _sigmoid_grads(images, texts, s, b, one, mean_positive, tile, collective, with_value=True)
+            ctx.save_for_backward(*grads)
+        else:
+            total = _softplus_ring(images, texts, s, b, tile, collective)
+            ctx.save_for_backward(images, texts, scale, bias, mean_positive)
+        return total / images.shape[0] - s * mean_positive - b
 
     @staticmethod
     def backward(ctx, grad_out):
         if ctx.precomputed:
-            grads = [(g * grad_out).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
-            return (*grads, None, None)
-        images, texts, scale, bias = ctx.saved_tensors
-        acc = logits_dtype(images)
-        d_images, d_texts, d_scale, d_bias = _sigmoid_grad_ring(
-            images, texts, scale.detach().to(acc), bias.detach().to(acc), grad_out, ctx.tile, ctx.collective)
-        return (d_images.to(images.dtype), d_texts.to(texts.dtype), d_scale.to(scale.dtype),
-                d_bias.to(bias.dtype), None, None)
+            grads = ctx.saved_tensors
+        else:
+            images, texts, scale, bias, mean_positive = ctx.saved_tensors
+            acc = logits_dtype(images)
+            grads, _ = _sigmoid_grads(images, texts, scale.detach().to(acc), bias.detach().to(acc),
+                                      grad_out.to(acc), mean_positive, ctx.tile, ctx.collective)
+            grad_out = 1.0
+        return (*[(g * grad_out).to(dtype) for g, dtype in zip(grads, ctx.dtypes)], None, None)
 
 
 def tiled_siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias=None, *,
@@ -277,6 +308,4 @@ def tiled_siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     tile, collective = _resolve(tile_size, collective, image_features)
     if bias is None:
         bias = torch.zeros((), dtype=logits_dtype(image_features), device=image_features.device)
-    softplus_term = _TiledSoftplusSum.apply(image_features, text_features, scale, bias, tile, collective)
-    positive_logits = scale * _positive_dots(image_features, text_features) + bias
-    return softplus_term - positive_logits.sum() / image_features.shape[0]
+    return _TiledSigmoidLoss.apply(image_features, text_features, scale, bias, tile, collective)
