@@ -1,8 +1,9 @@
 """Peak memory and time of one forward+backward of the contrastive losses, clipforge tiled vs open_clip dense.
 
-Each (loss, batch size) runs in its own subprocess so that memory peaks do not mix: the loss memory is the growth
-of the process's peak RSS (``resource.getrusage``) from just before the loss to just after its backward, so it
-counts logits, temporaries and the feature gradients, not the inputs. open_clip runs only where its predicted
+Each (loss, batch size) runs in its own subprocess so that memory peaks do not mix: the loss memory is the peak
+resident memory during forward+backward (Linux VmHWM, reset just before) minus the resident memory just before, so
+it counts logits, temporaries and the feature gradients, not the inputs. Children run with glibc's
+MALLOC_MMAP_THRESHOLD_=1 MiB (override it in the environment) so that freed tiles do not linger as heap slack. open_clip runs only where its predicted
 memory fits ``--dense-limit-gib``; the batch that fits ``--budget-gib`` is extrapolated from the largest measured
 point by each loss's law (quadratic for dense, linear for tiled).
 
@@ -12,8 +13,10 @@ point by each loss's law (quadratic for dense, linear for tiled).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -25,8 +28,31 @@ LOSSES = ("open_clip.ClipLoss", "clipforge.tiled_clip", "open_clip.SigLipLoss", 
 DENSE_MATRICES = {"open_clip.ClipLoss": 4, "open_clip.SigLipLoss": 5}
 
 
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise KeyError(field)
+
+
+def _start_measuring() -> int:
+    """Resident bytes now, with the peak reset to it (Linux); freed heap memory is first handed back to the OS
+    so that memory left over from setting up the inputs cannot hide the loss's own allocations."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak resident set size
+        return _status_bytes("VmRSS")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    try:
+        return _status_bytes("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _make_loss(name: str, tile_size: int | None):
@@ -55,21 +81,24 @@ def child(name: str, batch: int, dim: int, tile_size: int | None) -> dict:
     bias = torch.tensor(-10.0, requires_grad=True)
     # warm up thread pools and matmul workspaces on a small batch, so they are not counted as loss memory
     loss_fn(images[:512], texts[:512], log_scale.exp(), bias).backward()
-    images.grad = texts.grad = None
-    before = _peak_bytes()
+    images.grad = texts.grad = log_scale.grad = bias.grad = None
+    before = _start_measuring()
     start, start_cpu = time.perf_counter(), time.process_time()
     loss = loss_fn(images, texts, log_scale.exp(), bias)
     loss.backward()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     return {"loss": name, "batch": batch, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "loss_bytes": _peak_bytes() - before, "value": float(loss)}
+            "loss_bytes": _peak_bytes() - before, "value": float(loss.detach())}
 
 
 def _run_child(name, batch, dim, tile_size) -> dict:
     cmd = [sys.executable, __file__, "--child", name, str(batch), "--dim", str(dim)]
     if tile_size:
         cmd += ["--tile-size", str(tile_size)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # A fixed mmap threshold makes glibc return every freed block above 1 MiB to the OS at once, so the peak
+    # measures what the loss allocates rather than heap slack left by freed tiles (same setting for every loss).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", str(2**20)))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"loss": name, "batch": batch, "error": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
