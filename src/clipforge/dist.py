@@ -1,0 +1,148 @@
+"""torch.distributed helpers used by the losses: who am I, gather with gradients, pass blocks around a ring.
+
+A ``Collective`` names the ranks a loss talks to (rank, world size, process group). Losses take one (or None for a
+single process) instead of reading global state, so the same function runs in tests, in DDP and in FSDP.
+
+All ranks must call these helpers in the same order with tensors of the same shape (equal local batch sizes).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as tdist
+
+
+def is_initialized() -> bool:
+    """True when a default process group exists."""
+    return tdist.is_available() and tdist.is_initialized()
+
+
+def get_rank(group: Any = None) -> int:
+    return tdist.get_rank(group) if is_initialized() else 0
+
+
+def get_world_size(group: Any = None) -> int:
+    return tdist.get_world_size(group) if is_initialized() else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """The ranks a loss exchanges features with. ``group=None`` means the default process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    group: Any = None
+
+    def __post_init__(self):
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"Collective: rank {self.rank} is not in [0, world_size={self.world_size}); "
+                             "pass the rank and world size of the initialised process group")
+        if self.world_size > 1 and not is_initialized():
+            raise RuntimeError(f"Collective: world_size={self.world_size} but torch.distributed is not initialised; "
+                               "call torch.distributed.init_process_group first (or use world_size=1)")
+
+    @classmethod
+    def current(cls, group: Any = None) -> "Collective":
+        """The collective of the initialised process group (a single process when none is)."""
+        return cls(rank=get_rank(group), world_size=get_world_size(group), group=group)
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def right(self) -> int:
+        return (self.rank + 1) % self.world_size
+
+    @property
+    def left(self) -> int:
+        return (self.rank - 1) % self.world_size
+
+
+def is_distributed(collective: Collective | None) -> bool:
+    return collective is not None and collective.is_distributed
+
+
+def _global_rank(collective: Collective, rank: int) -> int:
+    # point-to-point calls take ranks of the default group
+    if collective.group is None:
+        return rank
+    return tdist.get_global_rank(collective.group, rank)
+
+
+def all_gather_no_grad(tensor: torch.Tensor, collective: Collective) -> torch.Tensor:
+    """Concatenation along dim 0 of ``tensor`` from every rank, in rank order (no autograd)."""
+    tensor = tensor.contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(collective.world_size)]
+    tdist.all_gather(parts, tensor, group=collective.group)
+    return torch.cat(parts, dim=0)
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, collective):
+        ctx.collective = collective
+        ctx.local_size = tensor.shape[0]
+        return all_gather_no_grad(tensor, collective)
+
+    @staticmethod
+    def backward(ctx, grad):
+        collective, n = ctx.collective, ctx.local_size
+        grad = grad.contiguous()
+        # Every rank's loss used every rank's rows, so this rank's gradient is the sum over ranks.
+        if tdist.get_backend(collective.group) == "nccl":
+            out = torch.empty((n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            tdist.reduce_scatter_tensor(out, grad, group=collective.group)
+            return out, None
+        # gloo has no reduce-scatter: all-reduce, then keep this rank's slice
+        tdist.all_reduce(grad, group=collective.group)
+        return grad[collective.rank * n:(collective.rank + 1) * n].clone(), None
+
+
+def all_gather_with_grad(tensor: torch.Tensor, collective: Collective) -> torch.Tensor:
+    """All ranks' ``tensor`` concatenated along dim 0; gradients flow back to every rank's own rows.
+
+    The gradient a rank receives for its rows is the sum of what every rank's loss sends it, so that DDP's
+    average over ranks of the parameter gradients equals the gradient of the mean of the ranks' losses.
+    """
+    if not collective.is_distributed:
+        return tensor
+    return _AllGatherWithGrad.apply(tensor, collective)
+
+
+def ring_pass(tensors: Sequence[torch.Tensor], collective: Collective, *, backward: bool = False) -> list[torch.Tensor]:
+    """Send each tensor to the right neighbour and return what arrives from the left one (no autograd).
+
+    With ``backward=True`` the direction is reversed (send left, receive from right).
+    """
+    dst, src = (collective.left, collective.right) if backward else (collective.right, collective.left)
+    dst, src = _global_rank(collective, dst), _global_rank(collective, src)
+    received = [torch.empty_like(t) for t in tensors]
+    requests = []
+    for sent, recv in zip(tensors, received):
+        requests.append(tdist.isend(sent.contiguous(), dst, group=collective.group))
+        requests.append(tdist.irecv(recv, src, group=collective.group))
+    for request in requests:
+        request.wait()
+    return received
+
+
+class _RingShift(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, collective):
+        ctx.collective = collective
+        return ring_pass([tensor], collective)[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        # the gradient of a received block belongs to the sender, one step back round the ring
+        return ring_pass([grad], ctx.collective, backward=True)[0], None
+
+
+def ring_shift_with_grad(tensor: torch.Tensor, collective: Collective) -> torch.Tensor:
+    """The left neighbour's ``tensor``; its gradient is sent back to that neighbour in backward."""
+    if not collective.is_distributed:
+        return tensor
+    return _RingShift.apply(tensor, collective)
