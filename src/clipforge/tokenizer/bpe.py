@@ -1,0 +1,175 @@
+"""The CLIP byte-level BPE tokenizer (49,408 ids), id-for-id identical to open_clip's ``SimpleTokenizer``.
+
+A caption goes through four stages:
+
+1. cleaning (``clean.py``): ftfy repair only where it can change the text, HTML unescaping, whitespace, case;
+2. pre-tokenization with CLIP's regex (the Python ``regex`` module, so Unicode classes match the reference);
+3. BPE per word: a word -> ids dictionary, whose misses are encoded in one batch by a Rust ``tokenizers`` BPE
+   configured as CLIP's (byte-level alphabet, ``</w>`` end-of-word suffix, same merge ranks);
+4. sot + ids + eot, truncated with eot kept in the last position, packed into a ``(N, L)`` LongTensor.
+
+Captions repeat words heavily, so after a few thousand captions stage 3 is mostly dictionary hits.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from importlib import resources
+
+import regex
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from clipforge.tokenizer._inputs import as_text_list, check_context_length
+from clipforge.tokenizer.clean import get_clean_fn
+from clipforge.tokenizer.reduction import get_reduction, truncate_ids
+
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+SOT_TOKEN = "<start_of_text>"
+EOT_TOKEN = "<end_of_text>"
+NUM_MERGES = 49152 - 256 - 2  # the merges CLIP was trained with; the file holds more
+EOW = "</w>"
+
+# CLIP's pre-tokenizer. The special tokens come first so that a caption quoting them yields their ids, as in CLIP.
+_WORD_RE = regex.compile(
+    "<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+",
+    regex.IGNORECASE,
+)
+_CACHE_LIMIT = 1_000_000  # words; cleared when full so that an endless stream of rare words cannot grow it forever
+
+
+def default_vocab_path() -> str:
+    return str(resources.files("clipforge.tokenizer") / VOCAB_FILE)
+
+
+@functools.lru_cache()
+def byte_alphabet() -> dict[int, str]:
+    """Byte -> printable character, the reversible map that lets BPE run on text without whitespace or controls.
+
+    Insertion order matters: the first 256 vocabulary ids follow it (bytes that are printable Latin-1 first, keeping
+    their own character, then the other 68 bytes, moved to U+0100 onwards).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    mapping = {b: chr(b) for b in printable}
+    mapping.update({b: chr(256 + i) for i, b in enumerate(others)})
+    return mapping
+
+
+@functools.lru_cache(maxsize=4)
+def load_vocab(path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(token -> id, merges in rank order) from a CLIP merges file (gzipped text, one merge per line)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CLIP BPE vocabulary not found at {path}; the package data file {VOCAB_FILE} "
+                                "ships with clipforge, so reinstall it or pass the path of a copy")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]  # line 0 is a version header
+    bad = [i for i, m in enumerate(merges) if len(m) != 2]
+    if len(merges) != NUM_MERGES or bad:
+        raise ValueError(f"{path} is not a CLIP merges file: expected {NUM_MERGES} pairs after the header")
+    alphabet = list(byte_alphabet().values())
+    tokens = alphabet + [c + EOW for c in alphabet] + ["".join(m) for m in merges] + [SOT_TOKEN, EOT_TOKEN]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+    """A ``tokenizers`` pipeline that encodes one pre-split word the way CLIP's BPE does."""
+    tokenizer = Tokenizer(models.BPE(vocab, merges, end_of_word_suffix=EOW))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return tokenizer
+
+
+class ClipTokenizer:
+    """CLIP's tokenizer: ``tok(texts) -> (N, context_length)`` LongTensor, identical ids to open_clip's."""
+
+    def __init__(self, vocab_path: str | None = None, *, context_length: int = 77,
+                 max_context_length: int | None = None, clean: str = "lower", reduction: str | None = None):
+        self.max_context_length = max_context_length
+        self.context_length = check_context_length(context_length, max_context_length, minimum=2)
+        self.clean_mode = clean
+        self._clean = get_clean_fn(clean)
+        self.reduction = reduction
+        self._reduce = get_reduction(reduction) if reduction else None
+        vocab, merges = load_vocab(vocab_path or default_vocab_path())
+        self._rust = _rust_bpe(vocab, merges)
+        self._id_to_token = list(vocab)
+        self._byte_of = {c: b for b, c in byte_alphabet().items()}
+        self.vocab_size = len(vocab)
+        self.sot_token_id = vocab[SOT_TOKEN]
+        self.eot_token_id = vocab[EOT_TOKEN]
+        self.all_special_ids = [self.sot_token_id, self.eot_token_id]
+        self._specials = {SOT_TOKEN: (self.sot_token_id,), EOT_TOKEN: (self.eot_token_id,)}
+        self._word_ids: dict[str, tuple[int, ...]] = dict(self._specials)
+
+    def __repr__(self) -> str:
+        return (f"ClipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
+                f"clean={self.clean_mode!r}, reduction={self.reduction!r})")
+
+    def _add_words(self, words: set[str]) -> None:
+        if len(self._word_ids) + len(words) > _CACHE_LIMIT:
+            self._word_ids = dict(self._specials)
+        batch = sorted(words)
+        encodings = self._rust.encode_batch_fast(batch, add_special_tokens=False)
+        self._word_ids.update(zip(batch, (tuple(e.ids) for e in encodings)))
+
+    def encode_batch(self, texts) -> list[list[int]]:
+        """Ids of each caption, without start/end tokens."""
+        clean, split = self._clean, _WORD_RE.findall
+        words_per_text = [split(clean(text)) for text in as_text_list(texts)]
+        known = self._word_ids
+        missing = {word for words in words_per_text for word in words if word not in known}
+        if missing:
+            self._add_words(missing)
+            known = self._word_ids
+        out = []
+        for words in words_per_text:
+            ids: list[int] = []
+            for word in words:
+                ids += known[word]
+            out.append(ids)
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of one caption, without start/end tokens."""
+        if not isinstance(text, str):
+            as_text_list(text)  # raises the TypeError that names what is accepted
+            raise TypeError(f"encode takes one str, got {type(text).__name__}; use encode_batch for a list")
+        return self.encode_batch([text])[0]
+
+    def __call__(self, texts, context_length: int | None = None) -> torch.Tensor:
+        """``(N, context_length)`` LongTensor: sot, ids, eot, zero padding; eot stays last when truncated."""
+        texts = as_text_list(texts)
+        if context_length is None:
+            context_length = self.context_length
+        check_context_length(context_length, self.max_context_length, minimum=2)
+        if self._reduce is not None:
+            return self._reduce(texts, context_length, self.sot_token_id, self.eot_token_id, self.encode_batch)
+        return truncate_ids(self.encode_batch(texts), context_length, self.sot_token_id, self.eot_token_id)
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """Text of a 1-D id sequence. With ``skip_special_tokens`` it returns the cleaned words between sot and
+        eot (padding dropped); without, every id is rendered, as open_clip's ``decode`` does."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise ValueError(f"decode takes one sequence of ids (1-D), got shape {tuple(ids.shape)}; "
+                                 "decode rows one by one: [tok.decode(row) for row in tokens]")
+            ids = ids.tolist()
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        if skip_special_tokens:
+            ids = self._between_specials(ids)
+        text = "".join(self._id_to_token[i] for i in ids)
+        # Every vocabulary entry, "</w>" included, is spelled in the byte alphabet, so this inverts exactly.
+        text = bytes(self._byte_of[c] for c in text).decode("utf-8", errors="replace").replace(EOW, " ")
+        return text.rstrip(" ") if skip_special_tokens else text
+
+    def _between_specials(self, ids: list[int]) -> list[int]:
+        if ids and ids[0] == self.sot_token_id:
+            ids = ids[1:]
+        if self.eot_token_id in ids:
+            ids = ids[:ids.index(self.eot_token_id)]
+        return [i for i in ids if i not in self.all_special_ids]
