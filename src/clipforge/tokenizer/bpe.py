@@ -108,8 +108,6 @@ class ClipTokenizer:
                 f"clean={self.clean_mode!r}, reduction={self.reduction!r})")
 
     def _add_words(self, words: set[str]) -> None:
-        if len(self._word_ids) + len(words) > _CACHE_LIMIT:
-            self._word_ids = dict(self._specials)
         batch = sorted(words)
         encodings = self._rust.encode_batch_fast(batch, add_special_tokens=False)
         self._word_ids.update(zip(batch, (tuple(e.ids) for e in encodings)))
@@ -120,9 +118,11 @@ class ClipTokenizer:
         words_per_text = [split(clean(text)) for text in as_text_list(texts)]
         known = self._word_ids
         missing = {word for words in words_per_text for word in words if word not in known}
+        if missing and len(known) + len(missing) > _CACHE_LIMIT:
+            known = self._word_ids = dict(self._specials)
+            missing = {word for words in words_per_text for word in words if word not in known}
         if missing:
             self._add_words(missing)
-            known = self._word_ids
         out = []
         for words in words_per_text:
             ids: list[int] = []

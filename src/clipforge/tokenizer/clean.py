@@ -16,8 +16,8 @@ repair runs only on the captions it can change. Why the test is sound, step by s
   characters. The trigger class is built from ftfy's own tables, so it follows ftfy if they change.
 * NFC normalisation: checked with ``unicodedata.is_normalized``.
 * ``fix_text`` fixes line by line, and ``is_bad`` on a whole text need not equal ``is_bad`` on each line, so a
-  newline in non-ASCII text sends it to ftfy. ASCII text may keep its newlines and carriage returns: ftfy would only
-  turn ``\\r`` into ``\\n``, and whitespace collapsing erases that difference (the modes here all collapse it).
+  newline in non-ASCII text sends it to ftfy. ASCII text may keep its newlines: ftfy skips mojibake detection on
+  ASCII lines, and without ``&`` nothing else depends on where the lines break.
 
 When every step leaves the text unchanged on its first pass, ``fix_text`` returns it as is. The test suite checks
 the claim on every Basic Multilingual Plane code point and on a 10,000-caption corpus.
@@ -48,7 +48,7 @@ def _quote_class(pattern: re.Pattern) -> str:
     return body[1:-1]
 
 
-_ASCII_TRIGGERS = {ord("&")} | {c for c in chardata.CONTROL_CHARS if c < 0x80}
+_ASCII_TRIGGERS = {ord("&"), ord("\r")} | {c for c in chardata.CONTROL_CHARS if c < 0x80}  # \r: line breaks
 _ASCII_TRIGGER_RE = re.compile("[" + _char_class(_ASCII_TRIGGERS) + "]")
 _UNICODE_TRIGGER_RE = re.compile(
     "["
