@@ -64,7 +64,8 @@ def test_word_cache_reset_keeps_results_exact(corpus, reference, monkeypatch):
     subset = corpus[:400]
     halves = torch.cat([tok(subset[:200]), tok(subset[200:])])
     second_half_words = {w for text in subset[200:] for w in bpe._WORD_RE.findall(tok._clean(text))}
-    assert len(tok._word_ids) <= len(second_half_words) + 2  # the cache was reset, not grown past its limit
+    # The cache was reset to its seed (whole-word vocabulary entries), not grown past its limit.
+    assert len(tok._word_ids) <= len(tok._seed_words) + len(second_half_words)
     assert torch.equal(halves, reference(subset))
 
 
@@ -76,3 +77,13 @@ def test_decode_roundtrip_and_open_clip_rendering(corpus, clip_tokenizer, refere
         assert clip_tokenizer.decode(ids, skip_special_tokens=False) == reference.decode(ids)
     row = clip_tokenizer("a dog")[0]
     assert clip_tokenizer.decode(row, skip_special_tokens=False) == reference.decode(row.tolist())
+
+
+def test_whole_word_vocabulary_entries_are_their_own_bpe():
+    """The shortcut that skips BPE for whole-word tokens is exact for the shipped vocabulary: check every entry."""
+    from clipforge.tokenizer import bpe
+
+    path = bpe.default_vocab_path()
+    trusted = bpe.whole_word_ids(path, verify=False)
+    verified = bpe.whole_word_ids(path, verify=True)
+    assert len(trusted) > 30_000 and trusted == verified

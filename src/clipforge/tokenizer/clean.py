@@ -100,11 +100,20 @@ def canonicalize(text: str) -> str:
     return collapse_whitespace(text)
 
 
+_ascii_trigger = _ASCII_TRIGGER_RE.search
+
+
+# The two common modes inline the ASCII case (no repair, nothing to unescape, split/join also strips): the function
+# call overhead of the general path is a large share of a tokenizer call on short captions.
 def clean_lower(text: str) -> str:
+    if text.isascii() and _ascii_trigger(text) is None:
+        return " ".join(text.split()).lower()
     return collapse_whitespace(basic_clean(text)).lower()
 
 
 def clean_whitespace(text: str) -> str:
+    if text.isascii() and _ascii_trigger(text) is None:
+        return " ".join(text.split())
     return collapse_whitespace(basic_clean(text))
 
 
