@@ -10,7 +10,8 @@ repair runs only on the captions it can change. Why the test is sound, step by s
 
 * ``unescape_html`` rewrites only ``&...;`` entities: ``&`` is a trigger character.
 * ``fix_encoding`` returns pure-ASCII text unchanged, and any other text unless ``ftfy.badness.is_bad`` finds a
-  mojibake pattern in it: non-ASCII text is checked with ``is_bad`` itself.
+  mojibake pattern in it: non-ASCII text is checked with ``is_bad`` itself, unless it holds none of the few
+  hundred characters that every pattern of ``is_bad`` needs (Latin-1 letters, box drawing, some punctuation...).
 * ``fix_c1_controls``, ``fix_latin_ligatures``, ``fix_character_width``, ``uncurl_quotes``, ``fix_line_breaks``,
   ``fix_surrogates``, ``remove_terminal_escapes`` and ``remove_control_chars`` each touch only a fixed set of
   characters. The trigger class is built from ftfy's own tables, so it follows ftfy if they change.
@@ -30,7 +31,7 @@ import string
 import unicodedata
 
 import ftfy
-from ftfy import chardata
+from ftfy import badness, chardata
 from ftfy.badness import is_bad
 
 CLEAN_MODES = ("lower", "whitespace", "canonicalize")
@@ -67,6 +68,24 @@ _UNICODE_TRIGGER_RE = re.compile(
 )
 
 
+def _mojibake_chars() -> str:
+    """Every character that ``ftfy.badness.BADNESS_RE`` names: its category classes, expanded over the Basic
+    Multilingual Plane (where all of them lie), plus the characters it spells out literally or as escapes."""
+    categories = re.compile("[" + "".join(badness.MOJIBAKE_CATEGORIES.values()) + "]")
+    bmp = "".join(chr(c) for c in range(0x80, 0x10000) if not 0xD800 <= c <= 0xDFFF)
+    chars = set(categories.findall(bmp))
+    pattern = badness.BADNESS_RE.pattern
+    chars.update(c for c in pattern if not c.isascii())
+    chars.update(chr(int(h, 16)) for h in re.findall(r"\\x([0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})", pattern) for h in h if h)
+    chars.update(unicodedata.lookup(name) for name in re.findall(r"\\N\{([^}]+)\}", pattern))
+    return "".join(sorted(chars))
+
+
+# Each alternative of BADNESS_RE has a part that only these characters can match (a category class or a literal),
+# so a text without any of them is not "bad" and the costly regex can be skipped.
+_MOJIBAKE_CHAR_RE = re.compile("[" + "".join(re.escape(c) for c in _mojibake_chars()) + "]")
+
+
 def needs_repair(text: str) -> bool:
     """False only when ``ftfy.fix_text(text)`` is certain to return ``text`` unchanged (see module docstring)."""
     if text.isascii():
@@ -74,7 +93,7 @@ def needs_repair(text: str) -> bool:
     return (
         _UNICODE_TRIGGER_RE.search(text) is not None
         or not unicodedata.is_normalized("NFC", text)
-        or is_bad(text)
+        or (_MOJIBAKE_CHAR_RE.search(text) is not None and is_bad(text))
     )
 
 
