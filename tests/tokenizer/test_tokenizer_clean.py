@@ -61,3 +61,20 @@ def test_clean_modes_match_open_clip(mode, corpus):
 def test_unknown_clean_mode_names_the_choices():
     with pytest.raises(ValueError, match="lower, whitespace, canonicalize"):
         clean.get_clean_fn("lowercase")
+
+
+def test_ascii_entity_shortcut_equals_ftfy():
+    import random
+
+    pieces = ["&amp;", "&amp;amp;", "&lt;", "&gt;", "&quot;", "&#39;", "&#x27;", "&#0;", "&#13;", "&#10;", "&EACUTE;",
+              "&eacute;", "&nbsp;", "&#x1F600;", "&#150;", "&#x26;", "amp;", "lt;", "#39;", "&", "&;", "&#;", "<",
+              ">", "<b>", " ", "x", "AT&T", "&copy", "&notanentity;", "&#x41;", "&#65", "&AMP;", "&LT;"]
+    rng = random.Random(5)
+    used = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        repaired = clean._repair_ascii_entities(text)
+        if repaired is not None:
+            used += 1
+            assert repaired == ftfy.fix_text(text), text
+    assert used > 1000

@@ -32,6 +32,7 @@ import unicodedata
 
 import ftfy
 from ftfy import badness, chardata
+from ftfy import fixes as ftfy_fixes
 from ftfy.badness import is_bad
 
 CLEAN_MODES = ("lower", "whitespace", "canonicalize")
@@ -97,10 +98,35 @@ def needs_repair(text: str) -> bool:
     )
 
 
+_ascii_trigger_but_amp = re.compile("[" + _char_class(_ASCII_TRIGGERS - {ord("&")}) + "]").search
+
+
+def _repair_ascii_entities(text: str) -> str | None:
+    """``ftfy.fix_text(text)`` for one-line ASCII text whose only trigger is ``&``, or None when that is not the case.
+
+    On such text every pass of ftfy's fixing loop changes nothing but HTML entities (the other fixes find nothing in
+    ASCII, and characters an entity turns into are never consumed later), unless an entity yields a non-ASCII or
+    control character: then ftfy itself runs. ftfy disables unescaping for a line holding a literal ``<``, and a
+    single line means one fixing loop. HTML entities are the most frequent repair in web captions, and this path
+    costs a few microseconds instead of a few hundred.
+    """
+    if not text.isascii() or "\n" in text or _ascii_trigger_but_amp(text) is not None:
+        return None
+    if "<" in text:
+        return text
+    while True:
+        fixed = ftfy_fixes.unescape_html(text)
+        if fixed == text:
+            break
+        text = fixed
+    return text if text.isascii() and _ascii_trigger_but_amp(text) is None else None
+
+
 def basic_clean(text: str) -> str:
     """Mojibake repair, HTML unescaped twice, outer whitespace stripped: open_clip's first cleaning stage."""
     if needs_repair(text):
-        text = ftfy.fix_text(text)
+        repaired = _repair_ascii_entities(text)
+        text = ftfy.fix_text(text) if repaired is None else repaired
     if "&" in text:
         text = html.unescape(html.unescape(text))
     return text.strip()
