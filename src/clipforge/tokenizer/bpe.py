@@ -14,7 +14,9 @@ Captions repeat words heavily, so after a few thousand captions stage 3 is mostl
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import gzip
 import os
 import re
@@ -110,6 +112,19 @@ def whole_word_ids(path: str, verify: bool) -> dict[str, tuple[int]]:
     return words
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector: a batch allocates ~10 lists per caption and creates no cycles, yet the
+    allocations trigger full collections over the large caches, a third of the time of a cold batch."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
     """A ``tokenizers`` pipeline that encodes one pre-split word the way CLIP's BPE does."""
     tokenizer = Tokenizer(models.BPE(vocab, merges, end_of_word_suffix=EOW))
@@ -175,6 +190,10 @@ class ClipTokenizer:
 
     def encode_batch(self, texts) -> list[list[int]]:
         """Ids of each caption, without start/end tokens."""
+        with _gc_paused():
+            return self._encode_batch(texts)
+
+    def _encode_batch(self, texts) -> list[list[int]]:
         clean, chunk_ids = self._clean, self._chunk_ids
         rows: list = []
         pending = []  # rows that still hold chunks, some of them not in the cache yet
