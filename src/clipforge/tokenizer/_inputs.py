@@ -12,6 +12,8 @@ def as_text_list(texts) -> list[str]:
         raise TypeError(f"the tokenizer takes {_ACCEPTED}, got bytes; decode them first, e.g. data.decode('utf-8')")
     if not isinstance(texts, (list, tuple)):
         raise TypeError(f"the tokenizer takes {_ACCEPTED}, got {type(texts).__name__}")
+    if set(map(type, texts)) <= {str}:  # the common case, checked at C speed
+        return list(texts)
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             hint = "; decode bytes first, e.g. data.decode('utf-8')" if isinstance(text, (bytes, bytearray)) else ""

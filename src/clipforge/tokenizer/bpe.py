@@ -28,7 +28,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from clipforge.tokenizer._inputs import as_text_list, check_context_length
-from clipforge.tokenizer.clean import get_clean_fn
+from clipforge.tokenizer.clean import get_chunk_fn, get_clean_fn
 from clipforge.tokenizer.reduction import get_reduction, truncate_ids
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -53,6 +53,14 @@ _CACHE_LIMIT = 1_000_000  # words; cleared when full so that an endless stream o
 
 def default_vocab_path() -> str:
     return str(resources.files("clipforge.tokenizer") / VOCAB_FILE)
+
+
+def _split_words(chunk: str) -> list[str]:
+    """CLIP's pre-tokens of one space-free chunk of cleaned text."""
+    if chunk.isascii():
+        # An all-letter ASCII chunk is one pre-token: no other alternative of the regex starts with a letter.
+        return [chunk] if chunk.isalpha() else _ASCII_WORD_RE.findall(chunk)
+    return _WORD_RE.findall(chunk)
 
 
 @functools.lru_cache()
@@ -141,6 +149,7 @@ class ClipTokenizer:
         self.context_length = check_context_length(context_length, max_context_length, minimum=2)
         self.clean_mode = clean
         self._clean = get_clean_fn(clean)
+        self._chunks = get_chunk_fn(clean)
         self.reduction = reduction
         self._reduce = get_reduction(reduction) if reduction else None
         vocab, merges = load_vocab(vocab_path or default_vocab_path())
@@ -180,27 +189,30 @@ class ClipTokenizer:
         if len(chunk_ids) + len(missing) > _CACHE_LIMIT:
             chunk_ids = self._chunk_ids = {}
             missing = {chunk for i in pending for chunk in rows[i]}
-        ascii_words, unicode_words = _ASCII_WORD_RE.findall, _WORD_RE.findall
-        words_of = {chunk: ascii_words(chunk) if chunk.isascii() else unicode_words(chunk) for chunk in missing}
+        words_of = {chunk: _split_words(chunk) for chunk in missing}
         known = self._learn_words({word for words in words_of.values() for word in words})
         for chunk, words in words_of.items():
-            chunk_ids[chunk] = tuple(chain.from_iterable(map(known.__getitem__, words)))
+            if len(words) == 1:
+                chunk_ids[chunk] = known[words[0]]
+            else:
+                chunk_ids[chunk] = tuple(chain.from_iterable(map(known.__getitem__, words)))
         for i in pending:
             rows[i] = list(chain.from_iterable(map(chunk_ids.__getitem__, rows[i])))
 
     def encode_batch(self, texts) -> list[list[int]]:
         """Ids of each caption, without start/end tokens."""
+        texts = as_text_list(texts)
         with _gc_paused():
             return self._encode_batch(texts)
 
-    def _encode_batch(self, texts) -> list[list[int]]:
-        clean, chunk_ids = self._clean, self._chunk_ids
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        to_chunks, chunk_ids = self._chunks, self._chunk_ids
         rows: list = []
         pending = []  # rows that still hold chunks, some of them not in the cache yet
-        for text in as_text_list(texts):
+        for text in texts:
             # Cleaned text is single-spaced and no pre-token spans a space, so space-separated chunks can be
             # encoded (and cached) independently: most chunks are common words seen before.
-            chunks = clean(text).split(" ")
+            chunks = to_chunks(text)
             try:
                 rows.append(list(chain.from_iterable(map(chunk_ids.__getitem__, chunks))))
             except KeyError:
@@ -225,7 +237,9 @@ class ClipTokenizer:
         check_context_length(context_length, self.max_context_length, minimum=2)
         if self._reduce is not None:
             return self._reduce(texts, context_length, self.sot_token_id, self.eot_token_id, self.encode_batch)
-        return truncate_ids(self.encode_batch(texts), context_length, self.sot_token_id, self.eot_token_id)
+        with _gc_paused():
+            rows = self._encode_batch(texts)
+        return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of a 1-D id sequence. With ``skip_special_tokens`` it returns the cleaned words between sot and

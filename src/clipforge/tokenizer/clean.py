@@ -169,6 +169,34 @@ def clean_canonicalize(text: str) -> str:
 _CLEAN_FNS = {"lower": clean_lower, "whitespace": clean_whitespace, "canonicalize": clean_canonicalize}
 
 
+def _lower_chunks(text: str) -> list[str]:
+    if text.isascii() and _ascii_trigger(text) is None:
+        return text.lower().split()
+    return clean_lower(text).split(" ")
+
+
+def _whitespace_chunks(text: str) -> list[str]:
+    if text.isascii() and _ascii_trigger(text) is None:
+        return text.split()
+    return clean_whitespace(text).split(" ")
+
+
+def _canonicalize_chunks(text: str) -> list[str]:
+    return clean_canonicalize(text).split(" ")
+
+
+_CHUNK_FNS = {"lower": _lower_chunks, "whitespace": _whitespace_chunks, "canonicalize": _canonicalize_chunks}
+
+
+def get_chunk_fn(mode: str):
+    """``text -> clean_text(text, mode).split(" ")``, without building the joined string on the common path.
+
+    (An empty text gives ``[]`` or ``[""]``; both hold no words.)
+    """
+    get_clean_fn(mode)  # validates the mode
+    return _CHUNK_FNS[mode]
+
+
 def get_clean_fn(mode: str):
     """The cleaning function of open_clip's clean mode ``mode`` ("lower", "whitespace" or "canonicalize")."""
     if mode not in _CLEAN_FNS:
