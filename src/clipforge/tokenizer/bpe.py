@@ -1,0 +1,268 @@
+"""The CLIP byte-level BPE tokenizer (49,408 ids), id-for-id identical to open_clip's ``SimpleTokenizer``.
+
+A caption goes through four stages:
+
+1. cleaning (``clean.py``): ftfy repair only where it can change the text, HTML unescaping, whitespace, case;
+2. pre-tokenization with CLIP's regex (the Python ``regex`` module, so Unicode classes match the reference);
+3. BPE per word: a word -> ids dictionary, whose misses are encoded in one batch by a Rust ``tokenizers`` BPE
+   configured as CLIP's (byte-level alphabet, ``</w>`` end-of-word suffix, same merge ranks), seeded with the
+   vocabulary's whole words; a second dictionary maps whole space-separated chunks ("dog," -> ids) so that a
+   known chunk skips stages 2 and 3;
+4. sot + ids + eot, truncated with eot kept in the last position, packed into a ``(N, L)`` LongTensor.
+
+Captions repeat words heavily, so after a few thousand captions stage 3 is mostly dictionary hits.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import gzip
+import os
+import re
+from itertools import chain
+from importlib import resources
+
+import regex
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from clipforge.tokenizer._inputs import as_text_list, check_context_length
+from clipforge.tokenizer.clean import get_chunk_fn, get_clean_fn
+from clipforge.tokenizer.reduction import get_reduction, truncate_ids
+
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+SOT_TOKEN = "<start_of_text>"
+EOT_TOKEN = "<end_of_text>"
+NUM_MERGES = 49152 - 256 - 2  # the merges CLIP was trained with; the file holds more
+EOW = "</w>"
+
+# CLIP's pre-tokenizer. The special tokens come first so that a caption quoting them yields their ids, as in CLIP.
+_WORD_RE = regex.compile(
+    "<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+",
+    regex.IGNORECASE,
+)
+# The same split for ASCII text, in the faster stdlib engine: on ASCII, \p{L} is [A-Za-z], \p{N} is [0-9] and the
+# regex module's \s is [\t\n\v\f\r ] (stdlib's \s would also take \x1c-\x1f, hence the explicit class).
+_ASCII_WORD_RE = re.compile(
+    "<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[A-Za-z]+|[0-9]|[^\t\n\x0b\x0c\r A-Za-z0-9]+",
+    re.IGNORECASE,
+)
+_CACHE_LIMIT = 1_000_000  # words; cleared when full so that an endless stream of rare words cannot grow it forever
+
+
+def default_vocab_path() -> str:
+    return str(resources.files("clipforge.tokenizer") / VOCAB_FILE)
+
+
+def _split_words(chunk: str) -> list[str]:
+    """CLIP's pre-tokens of one space-free chunk of cleaned text."""
+    if chunk.isascii():
+        # An all-letter ASCII chunk is one pre-token: no other alternative of the regex starts with a letter.
+        return [chunk] if chunk.isalpha() else _ASCII_WORD_RE.findall(chunk)
+    return _WORD_RE.findall(chunk)
+
+
+@functools.lru_cache()
+def byte_alphabet() -> dict[int, str]:
+    """Byte -> printable character, the reversible map that lets BPE run on text without whitespace or controls.
+
+    Insertion order matters: the first 256 vocabulary ids follow it (bytes that are printable Latin-1 first, keeping
+    their own character, then the other 68 bytes, moved to U+0100 onwards).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    mapping = {b: chr(b) for b in printable}
+    mapping.update({b: chr(256 + i) for i, b in enumerate(others)})
+    return mapping
+
+
+@functools.lru_cache(maxsize=4)
+def load_vocab(path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(token -> id, merges in rank order) from a CLIP merges file (gzipped text, one merge per line)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CLIP BPE vocabulary not found at {path}; the package data file {VOCAB_FILE} "
+                                "ships with clipforge, so reinstall it or pass the path of a copy")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]  # line 0 is a version header
+    bad = [i for i, m in enumerate(merges) if len(m) != 2]
+    if len(merges) != NUM_MERGES or bad:
+        raise ValueError(f"{path} is not a CLIP merges file: expected {NUM_MERGES} pairs after the header")
+    alphabet = list(byte_alphabet().values())
+    tokens = alphabet + [c + EOW for c in alphabet] + ["".join(m) for m in merges] + [SOT_TOKEN, EOT_TOKEN]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+@functools.lru_cache(maxsize=4)
+def whole_word_ids(path: str, verify: bool) -> dict[str, tuple[int]]:
+    """Words whose BPE is one vocabulary token, read straight from the vocabulary: ``"photo" -> (1125,)``.
+
+    A token ``w</w>`` is the BPE of the word ``w`` only if the merge order actually builds it, which BPE does not
+    promise in general. For the shipped vocabulary every one of its 34,483 whole-word tokens is built this way (a
+    test checks all of them); a custom vocabulary is checked here, once, and tokens that fail are left out.
+    """
+    vocab, merges = load_vocab(path)
+    byte_of = {c: b for b, c in byte_alphabet().items()}
+    words = {}
+    for token, token_id in vocab.items():
+        if token.endswith(EOW) and len(token) > len(EOW):
+            try:
+                words[bytes(byte_of[c] for c in token[:-len(EOW)]).decode("utf-8")] = (token_id,)
+            except UnicodeDecodeError:  # a token holding part of a multi-byte character is never a whole word
+                continue
+    if verify:
+        rust = _rust_bpe(vocab, merges)
+        batch = list(words)
+        for word, encoding in zip(batch, rust.encode_batch_fast(batch, add_special_tokens=False)):
+            if tuple(encoding.ids) != words[word]:
+                del words[word]
+    return words
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector: a batch allocates ~10 lists per caption and creates no cycles, yet the
+    allocations trigger full collections over the large caches, a third of the time of a cold batch."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+    """A ``tokenizers`` pipeline that encodes one pre-split word the way CLIP's BPE does."""
+    tokenizer = Tokenizer(models.BPE(vocab, merges, end_of_word_suffix=EOW))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return tokenizer
+
+
+class ClipTokenizer:
+    """CLIP's tokenizer: ``tok(texts) -> (N, context_length)`` LongTensor, identical ids to open_clip's."""
+
+    def __init__(self, vocab_path: str | None = None, *, context_length: int = 77,
+                 max_context_length: int | None = None, clean: str = "lower", reduction: str | None = None):
+        self.max_context_length = max_context_length
+        self.context_length = check_context_length(context_length, max_context_length, minimum=2)
+        self.clean_mode = clean
+        self._clean = get_clean_fn(clean)
+        self._chunks = get_chunk_fn(clean)
+        self.reduction = reduction
+        self._reduce = get_reduction(reduction) if reduction else None
+        vocab, merges = load_vocab(vocab_path or default_vocab_path())
+        self._rust = _rust_bpe(vocab, merges)
+        self._id_to_token = list(vocab)
+        self._byte_of = {c: b for b, c in byte_alphabet().items()}
+        self.vocab_size = len(vocab)
+        self.sot_token_id = vocab[SOT_TOKEN]
+        self.eot_token_id = vocab[EOT_TOKEN]
+        self.all_special_ids = [self.sot_token_id, self.eot_token_id]
+        # Words known without running BPE: the special tokens, and every whole-word vocabulary entry.
+        self._seed_words = {**whole_word_ids(vocab_path or default_vocab_path(), verify=vocab_path is not None),
+                            SOT_TOKEN: (self.sot_token_id,), EOT_TOKEN: (self.eot_token_id,)}
+        self._word_ids: dict[str, tuple[int, ...]] = dict(self._seed_words)
+        self._chunk_ids: dict[str, tuple[int, ...]] = {}  # space-separated chunk of cleaned text -> ids
+
+    def __repr__(self) -> str:
+        return (f"ClipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
+                f"clean={self.clean_mode!r}, reduction={self.reduction!r})")
+
+    def _learn_words(self, words: set[str]) -> dict[str, tuple[int, ...]]:
+        """The word cache, after BPE-encoding in one Rust batch the ``words`` it lacks."""
+        known = self._word_ids
+        missing = {word for word in words if word not in known}
+        if len(known) + len(missing) > _CACHE_LIMIT:
+            known = self._word_ids = dict(self._seed_words)
+            missing = {word for word in words if word not in known}
+        batch = sorted(missing)
+        encodings = self._rust.encode_batch_fast(batch, add_special_tokens=False)
+        known.update(zip(batch, (tuple(e.ids) for e in encodings)))
+        return known
+
+    def _resolve(self, rows: list, pending: list[int]) -> None:
+        """Replace the chunk lists at ``pending`` by ids, filling both caches for the chunks not seen before."""
+        chunk_ids = self._chunk_ids
+        missing = {chunk for i in pending for chunk in rows[i] if chunk not in chunk_ids}
+        if len(chunk_ids) + len(missing) > _CACHE_LIMIT:
+            chunk_ids = self._chunk_ids = {}
+            missing = {chunk for i in pending for chunk in rows[i]}
+        words_of = {chunk: _split_words(chunk) for chunk in missing}
+        known = self._learn_words({word for words in words_of.values() for word in words})
+        for chunk, words in words_of.items():
+            if len(words) == 1:
+                chunk_ids[chunk] = known[words[0]]
+            else:
+                chunk_ids[chunk] = tuple(chain.from_iterable(map(known.__getitem__, words)))
+        for i in pending:
+            rows[i] = list(chain.from_iterable(map(chunk_ids.__getitem__, rows[i])))
+
+    def encode_batch(self, texts) -> list[list[int]]:
+        """Ids of each caption, without start/end tokens."""
+        texts = as_text_list(texts)
+        with _gc_paused():
+            return self._encode_batch(texts)
+
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        to_chunks, chunk_ids = self._chunks, self._chunk_ids
+        rows: list = []
+        pending = []  # rows that still hold chunks, some of them not in the cache yet
+        for text in texts:
+            # Cleaned text is single-spaced and no pre-token spans a space, so space-separated chunks can be
+            # encoded (and cached) independently: most chunks are common words seen before.
+            chunks = to_chunks(text)
+            try:
+                rows.append(list(chain.from_iterable(map(chunk_ids.__getitem__, chunks))))
+            except KeyError:
+                pending.append(len(rows))
+                rows.append(chunks)
+        if pending:
+            self._resolve(rows, pending)
+        return rows
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of one caption, without start/end tokens."""
+        if not isinstance(text, str):
+            as_text_list(text)  # raises the TypeError that names what is accepted
+            raise TypeError(f"encode takes one str, got {type(text).__name__}; use encode_batch for a list")
+        return self.encode_batch([text])[0]
+
+    def __call__(self, texts, context_length: int | None = None) -> torch.Tensor:
+        """``(N, context_length)`` LongTensor: sot, ids, eot, zero padding; eot stays last when truncated."""
+        texts = as_text_list(texts)
+        if context_length is None:
+            context_length = self.context_length
+        check_context_length(context_length, self.max_context_length, minimum=2)
+        if self._reduce is not None:
+            return self._reduce(texts, context_length, self.sot_token_id, self.eot_token_id, self.encode_batch)
+        with _gc_paused():
+            rows = self._encode_batch(texts)
+        return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """Text of a 1-D id sequence. With ``skip_special_tokens`` it returns the cleaned words between sot and
+        eot (padding dropped); without, every id is rendered, as open_clip's ``decode`` does."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise ValueError(f"decode takes one sequence of ids (1-D), got shape {tuple(ids.shape)}; "
+                                 "decode rows one by one: [tok.decode(row) for row in tokens]")
+            ids = ids.tolist()
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        if skip_special_tokens:
+            ids = self._between_specials(ids)
+        text = "".join(self._id_to_token[i] for i in ids)
+        # Every vocabulary entry, "</w>" included, is spelled in the byte alphabet, so this inverts exactly.
+        text = bytes(self._byte_of[c] for c in text).decode("utf-8", errors="replace").replace(EOW, " ")
+        return text.rstrip(" ") if skip_special_tokens else text
+
+    def _between_specials(self, ids: list[int]) -> list[int]:
+        if ids and ids[0] == self.sot_token_id:
+            ids = ids[1:]
+        if self.eot_token_id in ids:
+            ids = ids[:ids.index(self.eot_token_id)]
+        return [i for i in ids if i not in self.all_special_ids]

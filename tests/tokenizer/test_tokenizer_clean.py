@@ -1,0 +1,80 @@
+"""The ftfy gate and the clean modes, checked against ftfy and open_clip's own cleaning functions."""
+import sys
+
+import ftfy
+import pytest
+
+from clipforge.tokenizer import clean
+
+
+def _safe_chunks(codepoints, size=48):
+    safe = [chr(c) for c in codepoints if not 0xD800 <= c <= 0xDFFF and not clean.needs_repair("a" + chr(c))]
+    return [" ".join(safe[i:i + size]) for i in range(0, len(safe), size)], len(safe)
+
+
+@pytest.mark.parametrize("codepoints", [range(0, 0x10000), range(0x10000, sys.maxunicode + 1, 23)],
+                         ids=["bmp", "astral-sample"])
+def test_gate_never_skips_a_text_ftfy_would_change(codepoints):
+    chunks, n_safe = _safe_chunks(codepoints)
+    checked = 0
+    for text in chunks:
+        if not clean.needs_repair(text):
+            assert ftfy.fix_text(text) == text, f"ftfy changes a text the gate let through: {text!r}"
+            checked += 1
+    # The gate must stay useful, not just sound: most single characters pass it.
+    assert n_safe > 0.8 * len(codepoints)
+    assert checked > 0.3 * len(chunks)
+
+
+@pytest.mark.parametrize("text", [
+    "cafÃ©", "â€œquotedâ€\x9d", "x &amp; y", "AT&T", "\u201ccurly\u201d", "ｆｕｌｌ", "ﬁne", "ctrl\x00", "\x1b[31mred",
+    "c1\x85", "cafe\u0301", "lone\ud800", "bom\ufeff", "ǅemal", "é\nline", "é\rline", "ascii\rcr",
+])
+def test_gate_sends_repairable_text_to_ftfy(text):
+    assert clean.needs_repair(text)
+
+
+@pytest.mark.parametrize("text", ["a photo of a cat", "Tabs\tand\nnew lines", "东京的夜景 😀", "नमस्ते", "café"])
+def test_gate_lets_ordinary_text_through(text):
+    assert not clean.needs_repair(text)
+
+
+def test_plain_captions_never_call_ftfy(monkeypatch):
+    def _fail(text, *args, **kwargs):
+        raise AssertionError(f"ftfy called on {text!r}")
+
+    monkeypatch.setattr(clean.ftfy, "fix_text", _fail)
+    assert clean.clean_text("  A Photo of\tTWO  dogs, 3 cats & more  ".replace("&", "and")) == \
+        "a photo of two dogs, 3 cats and more"
+    assert clean.clean_text("東京の夜景 😀 Über café") == "東京の夜景 😀 über café"
+
+
+@pytest.mark.parametrize("mode", ["lower", "whitespace", "canonicalize"])
+def test_clean_modes_match_open_clip(mode, corpus):
+    reference = pytest.importorskip("open_clip.tokenizer").get_clean_fn(mode)
+    ours = clean.get_clean_fn(mode)
+    subset = corpus[::3]
+    diffs = [text for text in subset if ours(text) != reference(text)]
+    assert not diffs, f"{len(diffs)} captions clean differently, e.g. {diffs[:3]!r}"
+
+
+def test_unknown_clean_mode_names_the_choices():
+    with pytest.raises(ValueError, match="lower, whitespace, canonicalize"):
+        clean.get_clean_fn("lowercase")
+
+
+def test_ascii_entity_shortcut_equals_ftfy():
+    import random
+
+    pieces = ["&amp;", "&amp;amp;", "&lt;", "&gt;", "&quot;", "&#39;", "&#x27;", "&#0;", "&#13;", "&#10;", "&EACUTE;",
+              "&eacute;", "&nbsp;", "&#x1F600;", "&#150;", "&#x26;", "amp;", "lt;", "#39;", "&", "&;", "&#;", "<",
+              ">", "<b>", " ", "x", "AT&T", "&copy", "&notanentity;", "&#x41;", "&#65", "&AMP;", "&LT;"]
+    rng = random.Random(5)
+    used = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        repaired = clean._repair_ascii_entities(text)
+        if repaired is not None:
+            used += 1
+            assert repaired == ftfy.fix_text(text), text
+    assert used > 1000
