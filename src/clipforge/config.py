@@ -134,22 +134,40 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def replace_path(obj: T, path: str, value: Any, _prefix: str = "") -> T:
-    """Return a copy of dataclass ``obj`` with the field at dotted ``path`` set to ``value`` (type-checked)."""
-    head, _, rest = path.partition(".")
+def _typed_value(obj: Any, name: str, value: Any, full: str) -> Any:
+    return _coerce(value, _type_hints(type(obj))[name], full)
+
+
+def _replace_tree(obj: T, tree: Mapping[str, Any], prefix: str) -> T:
+    """Replace several fields of ``obj`` at once (one ``__post_init__`` per section, so checks that span
+    fields see all the new values together)."""
     names = {f.name for f in dataclasses.fields(obj)}
-    full = _prefix + path
-    if head not in names:
-        raise ConfigError(f"unknown config key '{full}' in {type(obj).__name__}.{_closest(head, names)} "
-                          f"Known keys: {', '.join(sorted(names))}")
-    current = getattr(obj, head)
-    if rest:
-        if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"'{_prefix}{head}' is a value, not a section: cannot set '{full}'")
-        new = replace_path(current, rest, value, _prefix=f"{_prefix}{head}.")
-    else:
-        new = _coerce(value, _type_hints(type(obj))[head], full)
-    return dataclasses.replace(obj, **{head: new})
+    changes = {}
+    for head, value in tree.items():
+        full = prefix + head
+        if head not in names:
+            raise ConfigError(f"unknown config key '{full}' in {type(obj).__name__}.{_closest(head, names)} "
+                              f"Known keys: {', '.join(sorted(names))}")
+        if isinstance(value, _Subtree):
+            current = getattr(obj, head)
+            if not dataclasses.is_dataclass(current):
+                raise ConfigError(f"'{full}' is a value, not a section: cannot set '{full}.{next(iter(value))}'")
+            changes[head] = _replace_tree(current, value, full + ".")
+        else:
+            changes[head] = _typed_value(obj, head, value, full)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix.rstrip('.') or type(obj).__name__}: {e}") from None
+
+
+class _Subtree(dict):
+    """Marks a nested group of overrides (as opposed to a dict-valued field)."""
+
+
+def replace_path(obj: T, path: str, value: Any) -> T:
+    """Return a copy of dataclass ``obj`` with the field at dotted ``path`` set to ``value`` (type-checked)."""
+    return apply_overrides(obj, {path: value})
 
 
 def apply_overrides(obj: T, overrides: Iterable[str] | Mapping[str, Any]) -> T:
@@ -163,6 +181,14 @@ def apply_overrides(obj: T, overrides: Iterable[str] | Mapping[str, Any]) -> T:
             if not sep:
                 raise ConfigError(f"override '{item}' must look like key=value (e.g. optim.lr=3e-4)")
             items.append((key.strip(), parse_value(raw)))
+    tree: _Subtree = _Subtree()
     for key, value in items:
-        obj = replace_path(obj, key, value)
-    return obj
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            child = node.setdefault(part, _Subtree())
+            if not isinstance(child, _Subtree):
+                raise ConfigError(f"'{key}' conflicts with another override of '{part}'")
+            node = child
+        node[leaf] = value
+    return _replace_tree(obj, tree, "") if tree else obj

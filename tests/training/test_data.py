@@ -151,7 +151,7 @@ def test_bad_input_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="batch_size must be positive"):
         DataConfig(kind="csv", train=str(table), batch_size=0)
     with pytest.raises(ConfigError, match="needs data.num_samples"):
-        DataConfig(kind="synthetic")
+        DataConfig(kind="synthetic").check_ready()
     with pytest.raises(ConfigError, match="text_mask_prob"):
         DataConfig(kind="csv", train=str(table), text_mask_prob=1.0)
     bad_tokenizer = DataConfig(kind="csv", train=str(table), batch_size=4)

@@ -209,7 +209,7 @@ def test_bad_input_is_reported_before_reading(tmp_path):
     with pytest.raises(FileNotFoundError, match="do not exist"):
         loader(f"{tmp_path}/s-{{0000..0003}}.tar")
     with pytest.raises(ConfigError, match="data.train is empty"):
-        DataConfig(kind="webdataset", train="  ")
+        DataConfig(kind="webdataset", train="  ").check_ready()
     with pytest.raises(ConfigError, match="empty shard list"):
         loader("::", num_samples=8)
     make_shards(tmp_path / "nosizes", [2], sizes_json=False)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from clipforge.config import apply_overrides, to_dict
-from clipforge.models import convert, registry, weights
+from clipforge.models import convert, convert_config, registry, weights
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ClipConfig
 from clipforge.transforms import (AugmentConfig, PreprocessConfig, create_eval_transform, create_train_transform,
@@ -57,9 +57,9 @@ def parse_model_spec(model_name: str, pretrained: str | None = None) -> ModelSpe
 def _config_from_weights(local: weights.LocalWeights) -> ClipConfig | None:
     """The architecture a self-describing checkpoint declares (hub/dir configs), if any."""
     if local.open_clip_config is not None and "model_cfg" in local.open_clip_config:
-        return convert.config_from_open_clip(local.open_clip_config["model_cfg"])
+        return convert_config.config_from_open_clip(local.open_clip_config["model_cfg"])
     if local.hf_config is not None:
-        return convert.config_from_hf(local.hf_config)
+        return convert_config.config_from_hf(local.hf_config)
     return None
 
 
@@ -104,7 +104,7 @@ def load_weights_into(model: CLIP, local: weights.LocalWeights) -> None:
     """Read, convert and strictly load a checkpoint; any missing, unexpected or mis-shaped key is an error."""
     state_dict = weights.read_state_dict(local.weights_path, local.format_hint)
     state_dict = convert.convert_state_dict(state_dict, model.config)
-    state_dict = convert.resize_pos_embed_state_dict(state_dict, model)
+    state_dict = convert.resize_state_dict_pos_embed(state_dict, model.config)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -202,7 +202,7 @@ def save_pretrained(model: CLIP, directory: str | Path, *, preprocess: Preproces
     preprocess = preprocess or getattr(model, "preprocess_config", None) or PreprocessConfig(
         image_size=model.config.vision.image_size)
     state_dict = convert.to_open_clip_state_dict(model.state_dict(), model.config)
-    open_clip_config = {"model_cfg": convert.config_to_open_clip(model.config),
+    open_clip_config = {"model_cfg": convert_config.config_to_open_clip(model.config),
                         "preprocess_cfg": preprocess.to_open_clip()}
     weights.save_hub_layout(Path(directory), state_dict, open_clip_config)
     return Path(directory)

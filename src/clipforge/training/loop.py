@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, evaluate=None) -> RunResult:
         state.step += 1
         samples = images.shape[0] * ctx.world_size
         logger.step(state.step, {"loss": out.loss, **out.parts, "lr": lr,
-                                 "logit_scale": float(unwrap(model).logit_scale.exp()),
+                                 "logit_scale": float(unwrap(model).logit_scale.detach().exp()),
                                  "samples_per_s": samples / max(1e-9, time.perf_counter() - start)})
         if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
             path = _save(ctx, cfg, model, optimizer, scaler, state)

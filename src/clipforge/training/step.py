@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as torch_dist
 
-from clipforge.training.grad_cache import grad_cache_backward
+from clipforge.training.grad_cache import grad_cache_step
 
 _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
 
@@ -53,6 +53,41 @@ def _features(model, images, tokens):
     return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
 
 
+def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler) -> dict:
+    """Exact large-batch gradient with activations of one chunk at a time (gradient caching).
+
+    The encoders are called on the unwrapped model, so under DDP the gradients are averaged here by hand.
+    """
+    if images.shape[0] % accum_steps:
+        raise ValueError(f"batch size {images.shape[0]} is not divisible by optim.accum_steps={accum_steps}")
+    inner = unwrap(model)
+    device_type = images.device.type
+
+    def encode_image(x):
+        with autocast(device_type, precision):
+            return inner.encode_image(x, normalize=True).float()
+
+    def encode_text(t):
+        with autocast(device_type, precision):
+            return inner.encode_text(t, normalize=True).float()
+
+    def loss(image_features, text_features):
+        if not _all_finite(torch.stack([image_features.sum(), text_features.sum()]).detach()):
+            return {"loss": (image_features.sum() + text_features.sum()) * float("nan")}  # the step is skipped
+        bias = inner.logit_bias.float() if getattr(inner, "logit_bias", None) is not None else None
+        return loss_fn(image_features, text_features, inner.logit_scale.float().exp(), bias)
+
+    losses = grad_cache_step(encode_image, encode_text, images, tokens, loss,
+                             chunk_size=images.shape[0] // accum_steps, scaler=scaler)
+    if torch_dist.is_available() and torch_dist.is_initialized() and inner is not model:
+        world = torch_dist.get_world_size()
+        for param in inner.parameters():
+            if param.grad is not None:
+                torch_dist.all_reduce(param.grad)
+                param.grad.div_(world)
+    return losses
+
+
 def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, loss_fn: Callable,
                optimizer: torch.optim.Optimizer, *, accum_steps: int = 1, precision: str = "fp32",
                scaler: Optional[torch.amp.GradScaler] = None, grad_clip: Optional[float] = None) -> StepOutput:
@@ -60,21 +95,23 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
     model.train()
     optimizer.zero_grad(set_to_none=True)
     if accum_steps > 1:
-        with autocast(device_type, precision):
-            losses = grad_cache_backward(model, images, tokens, loss_fn, chunks=accum_steps,
-                                         backward=(scaler.scale if scaler else None))
+        losses = _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler)
         total = losses["loss"]
         if not _all_finite(total):
             optimizer.zero_grad(set_to_none=True)
-            return StepOutput(float("nan"), {k: float(v) for k, v in losses.items()}, skipped=True)
+            return StepOutput(float("nan"), {k: float(v.detach()) for k, v in losses.items()}, skipped=True)
     else:
         with autocast(device_type, precision):
             image_features, text_features, logit_scale, logit_bias = _features(model, images, tokens)
+        features_ok = _all_finite(torch.stack([image_features.sum(), text_features.sum(), logit_scale]).detach())
+        if not features_ok:  # a diverged model: skip rather than let the loss raise
+            return StepOutput(float("nan"), {}, skipped=True)
+        with autocast(device_type, precision):
             losses = loss_fn(image_features.float(), text_features.float(), logit_scale.float(),
                              None if logit_bias is None else logit_bias.float())
         total = losses["loss"]
         if not _all_finite(total):
-            return StepOutput(float("nan"), {k: float(v) for k, v in losses.items()}, skipped=True)
+            return StepOutput(float("nan"), {k: float(v.detach()) for k, v in losses.items()}, skipped=True)
         (scaler.scale(total) if scaler else total).backward()
     grad_norm = None
     if scaler is not None:

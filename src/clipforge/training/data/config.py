@@ -51,10 +51,6 @@ class DataConfig:
              f"data.text_mask_prob must be in [0, 1), got {self.text_mask_prob}"),
             (self.num_samples is None or self.num_samples > 0,
              f"data.num_samples must be positive when set, got {self.num_samples}"),
-            (self.kind == "synthetic" or self.train.strip() != "",
-             f"data.train is empty: set it to the {self.kind} path(s) to read (e.g. data.train=/data/train.tsv)"),
-            (self.kind != "synthetic" or self.num_samples is not None,
-             "data.kind='synthetic' needs data.num_samples (how many samples make an epoch)"),
             (self.train_weights is None or self.kind == "webdataset",
              "data.train_weights only applies to data.kind='webdataset'"),
             (self.train_weights is None or self.resampled,
@@ -65,6 +61,14 @@ class DataConfig:
                 raise ConfigError(message)
         if self.train_weights is not None:
             self.source_weights()  # validates the weight spec early
+
+    def check_ready(self) -> None:
+        """Checks that need the whole section filled in (run when a loader is made, not at each override)."""
+        if self.kind != "synthetic" and not self.train.strip():
+            raise ConfigError(f"data.train is empty: set it to the {self.kind} path(s) to read "
+                              "(e.g. data.train=/data/train.tsv)")
+        if self.kind == "synthetic" and self.num_samples is None:
+            raise ConfigError("data.kind='synthetic' needs data.num_samples (how many samples make an epoch)")
 
     def sources(self) -> list[str]:
         """The ``::``-separated source specs of ``train`` (braces not yet expanded)."""

@@ -102,6 +102,7 @@ def create_train_loader(cfg: DataConfig, *, image_transform: ImageTransform, tok
         raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
+    cfg.check_ready()
     if cfg.kind == "webdataset":
         dataset, plan, initial = _tar_dataset(cfg, image_transform, tokenize, rank, world_size, epoch, start_batch)
         sampler = None
