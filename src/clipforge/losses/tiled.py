@@ -6,9 +6,12 @@ Same results as the dense losses (contrastive.py, sigmoid.py) to float rounding;
 - CLIP softmax: each logit tile updates the running log-sum-exp of its rows (image-to-text) and of its columns
   (text-to-image), merged with logaddexp from minus infinity. Only the two (B,) log-sum-exp vectors are kept for
   backward, which recomputes each tile and turns it into gradients of both feature sets and of the scale.
-- SigLIP: pairs are independent, so a tile's loss is a plain sum and backward recomputes it without a normaliser.
+- SigLIP: pairs are independent, so a tile's loss is a plain sum and its gradient needs no normaliser. In one
+  process the gradient is computed in the same pass as the value (it is linear in the output gradient); across
+  ranks backward recomputes the tiles.
 
-The positive pairs' term is computed outside the custom backward with ordinary autograd (it is O(B D)).
+Both write the positive pairs' term (O(B D)) into the same gradient buffers, so the loss allocates one (B, D)
+gradient per feature set plus two tiles. Logits are accumulated in fp32 (fp64 for fp64 features).
 
 Distributed form: each rank keeps its image features and passes its text features round a ring of ranks, one
 block per step; every rank computes the tiles of its images against the visiting block. For the softmax loss the
