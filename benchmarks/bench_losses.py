@@ -3,9 +3,10 @@
 Each (loss, batch size) runs in its own subprocess so that memory peaks do not mix: the loss memory is the peak
 resident memory during forward+backward (Linux VmHWM, reset just before) minus the resident memory just before, so
 it counts logits, temporaries and the feature gradients, not the inputs. Children run with glibc's
-MALLOC_MMAP_THRESHOLD_=1 MiB (override it in the environment) so that freed tiles do not linger as heap slack. open_clip runs only where its predicted
-memory fits ``--dense-limit-gib``; the batch that fits ``--budget-gib`` is extrapolated from the largest measured
-point by each loss's law (quadratic for dense, linear for tiled).
+MALLOC_MMAP_THRESHOLD_=1 MiB (override it in the environment) so that freed tiles do not linger as heap slack.
+open_clip runs only where its predicted memory fits ``--dense-limit-gib``; the batch that fits ``--budget-gib`` is
+extrapolated from the largest measured points by each loss's law (quadratic for dense, linear for tiled).
+Time is reported as wall and CPU seconds: on a shared machine the CPU time is the steadier of the two.
 
     python benchmarks/bench_losses.py                      # 4,096 .. 16,384, a few minutes on 2 cores
     python benchmarks/bench_losses.py --sizes 32768 65536  # the large sizes (open_clip skipped there)
