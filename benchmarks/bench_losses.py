@@ -3,9 +3,10 @@
 Each (loss, batch size) runs in its own subprocess so that memory peaks do not mix: the loss memory is the peak
 resident memory during forward+backward (Linux VmHWM, reset just before) minus the resident memory just before, so
 it counts logits, temporaries and the feature gradients, not the inputs. Children run with glibc's
-MALLOC_MMAP_THRESHOLD_=1 MiB (override it in the environment) so that freed tiles do not linger as heap slack. open_clip runs only where its predicted
-memory fits ``--dense-limit-gib``; the batch that fits ``--budget-gib`` is extrapolated from the largest measured
-point by each loss's law (quadratic for dense, linear for tiled).
+MALLOC_MMAP_THRESHOLD_=1 MiB (override it in the environment) so that freed tiles do not linger as heap slack.
+open_clip runs only where its predicted memory fits ``--dense-limit-gib``; the batch that fits ``--budget-gib`` is
+extrapolated from the largest measured points by each loss's law (quadratic for dense, linear for tiled).
+Time is reported as wall and CPU seconds: on a shared machine the CPU time is the steadier of the two.
 
     python benchmarks/bench_losses.py                      # 4,096 .. 16,384, a few minutes on 2 cores
     python benchmarks/bench_losses.py --sizes 32768 65536  # the large sizes (open_clip skipped there)
@@ -70,29 +71,38 @@ def _make_loss(name: str, tile_size: int | None):
     return lambda i, t, s, b: tiled_siglip_loss(i, t, s, b, tile_size=tile_size)
 
 
-def child(name: str, batch: int, dim: int, tile_size: int | None) -> dict:
-    """Run one forward+backward in this process and return its figures."""
+def child(name: str, batch: int, dim: int, tile_size: int | None, device: str = "cpu") -> dict:
+    """Run one forward+backward in this process and return its figures (on CUDA: allocator peak)."""
     import torch
     torch.manual_seed(0)
     loss_fn = _make_loss(name, tile_size)
-    images = torch.nn.functional.normalize(torch.randn(batch, dim), dim=-1).requires_grad_()
-    texts = torch.nn.functional.normalize(torch.randn(batch, dim), dim=-1).requires_grad_()
-    log_scale = torch.tensor(math.log(10.0), requires_grad=True)
-    bias = torch.tensor(-10.0, requires_grad=True)
+    cuda = device.startswith("cuda")
+    make = lambda: torch.nn.functional.normalize(torch.randn(batch, dim, device=device), dim=-1)  # noqa: E731
+    images, texts = make().requires_grad_(), make().requires_grad_()
+    log_scale = torch.tensor(math.log(10.0), device=device, requires_grad=True)
+    bias = torch.tensor(-10.0, device=device, requires_grad=True)
     # warm up thread pools and matmul workspaces on a small batch, so they are not counted as loss memory
     loss_fn(images[:512], texts[:512], log_scale.exp(), bias).backward()
     images.grad = texts.grad = log_scale.grad = bias.grad = None
-    before = _start_measuring()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _start_measuring()
     start, start_cpu = time.perf_counter(), time.process_time()
     loss = loss_fn(images, texts, log_scale.exp(), bias)
     loss.backward()
+    if cuda:
+        torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    peak = torch.cuda.max_memory_allocated() if cuda else _peak_bytes()
     return {"loss": name, "batch": batch, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "loss_bytes": _peak_bytes() - before, "value": float(loss.detach())}
+            "loss_bytes": peak - before, "value": float(loss.detach())}
 
 
-def _run_child(name, batch, dim, tile_size) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, str(batch), "--dim", str(dim)]
+def _run_child(name, batch, dim, tile_size, device) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, str(batch), "--dim", str(dim), "--device", device]
     if tile_size:
         cmd += ["--tile-size", str(tile_size)]
     # A fixed mmap threshold makes glibc return every freed block above 1 MiB to the OS at once, so the peak
@@ -148,6 +158,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--tile-size", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (memory is then the allocator's peak)")
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--budget-gib", type=float, default=16.0)
     parser.add_argument("--dense-limit-gib", type=float, default=8.0,
@@ -156,7 +167,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.dim, args.tile_size)))
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.dim, args.tile_size, args.device)))
         return
     rows = []
     for batch in args.sizes:
@@ -165,7 +176,7 @@ def main(argv=None) -> None:
             if predicted > args.dense_limit_gib * 2**30:
                 rows.append({"loss": name, "batch": batch, "skipped": f"skipped: needs ~{predicted / 2**30:.0f} GiB"})
                 continue
-            rows.append(_run_child(name, batch, args.dim, args.tile_size))
+            rows.append(_run_child(name, batch, args.dim, args.tile_size, args.device))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     _print_table(rows)
     budget = args.budget_gib * 2**30

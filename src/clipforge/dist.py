@@ -112,10 +112,24 @@ def all_gather_with_grad(tensor: torch.Tensor, collective: Collective) -> torch.
     return _AllGatherWithGrad.apply(tensor, collective)
 
 
-def ring_pass(tensors: Sequence[torch.Tensor], collective: Collective, *, backward: bool = False) -> list[torch.Tensor]:
-    """Send each tensor to the right neighbour and return what arrives from the left one (no autograd).
+class PendingPass:
+    """A ring pass in flight: ``wait()`` returns the received tensors once both transfers are done."""
 
-    With ``backward=True`` the direction is reversed (send left, receive from right).
+    def __init__(self, received: list[torch.Tensor], requests: list[Any]):
+        self._received, self._requests = received, requests
+
+    def wait(self) -> list[torch.Tensor]:
+        for request in self._requests:
+            request.wait()
+        return self._received
+
+
+def start_ring_pass(tensors: Sequence[torch.Tensor], collective: Collective, *,
+                    backward: bool = False) -> PendingPass:
+    """Start sending each tensor to the right neighbour and receiving the left one's (reversed ``backward``).
+
+    The sent tensors must not be modified until ``wait()`` returns; computing with them meanwhile is what
+    lets the transfer overlap the work.
     """
     dst, src = (collective.left, collective.right) if backward else (collective.right, collective.left)
     dst, src = _global_rank(collective, dst), _global_rank(collective, src)
@@ -124,9 +138,15 @@ def ring_pass(tensors: Sequence[torch.Tensor], collective: Collective, *, backwa
     for sent, recv in zip(tensors, received):
         requests.append(tdist.isend(sent.contiguous(), dst, group=collective.group))
         requests.append(tdist.irecv(recv, src, group=collective.group))
-    for request in requests:
-        request.wait()
-    return received
+    return PendingPass(received, requests)
+
+
+def ring_pass(tensors: Sequence[torch.Tensor], collective: Collective, *, backward: bool = False) -> list[torch.Tensor]:
+    """Send each tensor to the right neighbour and return what arrives from the left one (no autograd).
+
+    With ``backward=True`` the direction is reversed (send left, receive from right).
+    """
+    return start_ring_pass(tensors, collective, backward=backward).wait()
 
 
 class _RingShift(torch.autograd.Function):

@@ -109,3 +109,11 @@ def test_output_gradient_is_honoured(dense, tiled):
         return loss
     _assert_matches(_run(weighted(tiled), images, texts, 3.0, -4.0, tile_size=4),
                     _run(weighted(dense), images.double(), texts.double(), 3.0, -4.0), rtol=1e-5)
+
+
+def test_one_element_scale_parameter_gets_its_gradient():
+    images, texts = _features(6, 8)
+    for loss_fn, extra in ((tiled_clip_loss, ()), (tiled_siglip_loss, (torch.tensor([-10.0]),))):
+        log_scale = torch.full((1,), 2.0, requires_grad=True)  # some checkpoints store it with shape (1,)
+        loss_fn(images, texts, log_scale.exp(), *extra, tile_size=4).backward()
+        assert log_scale.grad.shape == (1,) and torch.isfinite(log_scale.grad).all()

@@ -5,7 +5,7 @@ import torch
 
 
 def as_scalar(value, name: str, like: torch.Tensor) -> torch.Tensor:
-    """``value`` (a float or a one-element tensor) as a 0-dim tensor; autograd flows through the reshape."""
+    """``value`` (a float or a one-element tensor) as a 0-dim tensor on ``like``'s device; autograd flows through."""
     if not isinstance(value, torch.Tensor):
         try:
             value = float(value)
@@ -16,7 +16,8 @@ def as_scalar(value, name: str, like: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{name} must hold one value, got a tensor of shape {tuple(value.shape)}")
     if not value.is_floating_point():
         value = value.float()
-    return value.reshape(())
+    # same device as the features (a CPU scale with CUDA features is common); autograd follows the copy
+    return value.reshape(()).to(like.device)
 
 
 def check_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
@@ -42,7 +43,8 @@ def check_features(image_features: torch.Tensor, text_features: torch.Tensor) ->
 def check_finite(**named: torch.Tensor | None) -> None:
     """One device sync for all tensors; on failure, name the ones holding NaN or inf."""
     tensors = {k: v for k, v in named.items() if v is not None}
-    flags = torch.stack([torch.isfinite(t.detach()).all() for t in tensors.values()])
+    device = next(iter(tensors.values())).device
+    flags = torch.stack([torch.isfinite(t.detach()).all().to(device) for t in tensors.values()])
     if bool(flags.all()):
         return
     bad = [k for k, ok in zip(tensors, flags.tolist()) if not ok]

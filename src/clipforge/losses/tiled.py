@@ -6,15 +6,19 @@ Same results as the dense losses (contrastive.py, sigmoid.py) to float rounding;
 - CLIP softmax: each logit tile updates the running log-sum-exp of its rows (image-to-text) and of its columns
   (text-to-image), merged with logaddexp from minus infinity. Only the two (B,) log-sum-exp vectors are kept for
   backward, which recomputes each tile and turns it into gradients of both feature sets and of the scale.
-- SigLIP: pairs are independent, so a tile's loss is a plain sum and backward recomputes it without a normaliser.
+- SigLIP: pairs are independent, so a tile's loss is a plain sum and its gradient needs no normaliser. In one
+  process the gradient is computed in the same pass as the value (it is linear in the output gradient); across
+  ranks backward recomputes the tiles.
 
-The positive pairs' term is computed outside the custom backward with ordinary autograd (it is O(B D)).
+Both write the positive pairs' term (O(B D)) into the same gradient buffers, so the loss allocates one (B, D)
+gradient per feature set plus two tiles. Logits are accumulated in fp32 (fp64 for fp64 features).
 
 Distributed form: each rank keeps its image features and passes its text features round a ring of ranks, one
 block per step; every rank computes the tiles of its images against the visiting block. For the softmax loss the
 block carries the running column log-sum-exp of its texts, so each logit is computed once over the whole ring.
-In backward the blocks travel again, carrying the gradient of their texts, and arrive home with it complete. No
-rank ever holds more than one tile of logits. Each rank returns the loss of its own rows, like the dense forms;
+In backward the blocks travel again, carrying the gradient of their texts, and arrive home with it complete. A
+block's texts are sent on while the rank computes with them, so the larger transfer overlaps the work. No rank ever
+holds more than one tile of logits. Each rank returns the loss of its own rows, like the dense forms;
 the scale (and bias) gradient is split differently between ranks, but its sum over ranks, which DDP uses, is exact.
 """
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clipforge.dist import Collective, is_distributed, ring_pass
+from clipforge.dist import Collective, is_distributed, ring_pass, start_ring_pass
 from clipforge.losses._checks import check_inputs, logits_dtype
 
 _SINGLE = Collective()
@@ -107,9 +111,12 @@ def _softmax_lse_ring(images, texts, scale, tile, collective):
     row_lse = torch.full((n,), float("-inf"), dtype=logits_dtype(images), device=images.device)
     block, block_lse = texts, torch.full_like(row_lse, float("-inf"))
     for step in range(collective.world_size):
-        if step > 0:
-            block, block_lse = ring_pass([block, block_lse], collective)
+        # the texts travel while this rank computes on them; their lse can only leave once updated
+        pending = start_ring_pass([block], collective) if step < collective.world_size - 1 else None
         _lse_block(images, block, scale, tile, row_lse, block_lse)
+        if pending is not None:
+            (block_lse,) = ring_pass([block_lse], collective)
+            (block,) = pending.wait()
     if collective.is_distributed:
         # the visiting block is the right neighbour's: one more hop takes its finished column lse home
         (block_lse,) = ring_pass([block_lse], collective)
@@ -125,10 +132,13 @@ def _softmax_grad_ring(images, texts, scale, row_lse, col_lse, grad_out, tile, c
     block, block_lse, block_coef = texts, col_lse, coef
     d_block = torch.zeros(texts.shape, dtype=logits_dtype(texts), device=texts.device)
     for step in range(collective.world_size):
-        if step > 0:
-            block, block_lse, block_coef, d_block = ring_pass([block, block_lse, block_coef, d_block], collective)
+        is_last = step == collective.world_size - 1
+        pending = None if is_last else start_ring_pass([block, block_lse, block_coef], collective)
         d_scale += _softmax_grad_block(images, block, scale, row_lse, block_lse, coef, block_coef, tile,
                                        d_images, d_block)
+        if not is_last:
+            (d_block,) = ring_pass([d_block], collective)
+            block, block_lse, block_coef = pending.wait()
     if collective.is_distributed:
         (d_block,) = ring_pass([d_block], collective)
     return d_images, d_block, d_scale
@@ -231,10 +241,13 @@ def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective, w
     total = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     block, d_block = texts, torch.zeros(texts.shape, dtype=logits_dtype(texts), device=texts.device)
     for step in range(collective.world_size):
-        if step > 0:
-            block, d_block = ring_pass([block, d_block], collective)
+        is_last = step == collective.world_size - 1
+        pending = None if is_last else start_ring_pass([block], collective)
         block_scale, block_bias, block_total = _sigmoid_grad_block(images, block, scale, bias, coef, tile,
                                                                    d_images, d_block, with_value)
+        if not is_last:
+            (d_block,) = ring_pass([d_block], collective)
+            (block,) = pending.wait()
         d_scale += block_scale
         d_bias += block_bias
         total += block_total
@@ -244,11 +257,13 @@ def _sigmoid_grad_ring(images, texts, scale, bias, grad_out, tile, collective, w
 
 
 def _softplus_ring(images, texts, scale, bias, tile, collective):
-    total = _softplus_block(images, texts, scale, bias, tile)
+    total = torch.zeros((), dtype=logits_dtype(images), device=images.device)
     block = texts
-    for _ in range(collective.world_size - 1):
-        (block,) = ring_pass([block], collective)
+    for step in range(collective.world_size):
+        pending = start_ring_pass([block], collective) if step < collective.world_size - 1 else None
         total += _softplus_block(images, block, scale, bias, tile)
+        if pending is not None:
+            (block,) = pending.wait()
     return total
 
 
