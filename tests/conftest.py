@@ -7,7 +7,9 @@ import torch
 
 # Tests never touch the network: every download path is exercised on files the tests create.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread per test process: the suite runs under xdist (-n 2) on 2 cores, and more threads than cores make
+# OpenMP's spin-waiting slow every step down by an order of magnitude.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

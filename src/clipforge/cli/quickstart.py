@@ -18,6 +18,8 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default="tiny-vit", help="architecture (a tiny preset by default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra training config overrides")
 
 
@@ -33,7 +35,7 @@ def quickstart_config(args, info: dict):
         seed=args.seed,
         model=ModelSection(name=args.model, image_size=info["image_size"]),
         data=DataConfig(kind="webdataset", train=info["train"], batch_size=args.batch_size,
-                        num_samples=info["sizes"]["train"], workers=0, seed=args.seed, shuffle_buffer=1000),
+                        num_samples=info["num_train"], workers=0, seed=args.seed, shuffle_buffer=1000),
         augment=AugmentConfig(scale=(0.9, 1.0)),
         optim=OptimConfig(lr=2e-3, weight_decay=0.1, beta2=0.98),
         schedule=ScheduleConfig(kind="cosine", steps=args.steps, warmup_steps=max(1, args.steps // 20)),
@@ -51,11 +53,15 @@ def run(args) -> int:
     from clipforge.training.loop import train
     from clipforge.training.shapes import generate_shapes_dataset
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data_dir = Path(args.workdir) / "data"
     info = generate_shapes_dataset(str(data_dir), n_train=args.train_size, n_val=args.val_size, image_size=64,
                                    seed=args.seed)
-    print(f"[1/3] dataset: {info['sizes']['train']} train / {info['sizes']['val']} val images of "
+    print(f"[1/3] dataset: {info['num_train']} train / {info['num_val']} val images of "
           f"{len(info['classnames'])} classes in {data_dir} ({time.perf_counter() - start:.1f}s)")
     cfg = quickstart_config(args, info)
     evaluate = heldout_evaluator(cfg.eval, get_tokenizer(cfg.model.name))

@@ -73,14 +73,30 @@ def wrap_model(model: torch.nn.Module, ctx: RunContext, cfg: DistConfig) -> torc
     if cfg.strategy == "ddp":
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    # Shard each transformer/residual block, then the root: blocks are the natural unit of communication.
+    # Shard each transformer/residual block (the members of every ModuleList), then the root: blocks are the
+    # natural unit of communication and of activation memory.
+    # FSDP2 cannot shard 0-d parameters (the temperature and bias): they stay replicated and train_step averages
+    # their gradients itself (see `replicated_params`).
+    scalars = {p for p in model.parameters() if p.ndim == 0}
     for module in list(model.modules()):
-        if getattr(module, "is_fsdp_unit", False):
-            fully_shard(module)
-    fully_shard(model)
+        if isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                fully_shard(block)
+                _register_methods(block, ("forward_token",), register_fsdp_forward_method)
+    fully_shard(model, ignored_params=scalars)
+    # entry points other than forward() must gather the parameters too (the last block's single-token path,
+    # and encode_image / encode_text called by evaluation hooks)
+    _register_methods(model, ("encode_image", "encode_text"), register_fsdp_forward_method)
+    model.replicated_params = sorted(scalars, key=id)
     return model
+
+
+def _register_methods(module, names, register) -> None:
+    for name in names:
+        if callable(getattr(module, name, None)):
+            register(module, name)
 
 
 def barrier() -> None:

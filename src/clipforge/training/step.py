@@ -53,6 +53,17 @@ def _features(model, images, tokens):
     return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
 
 
+def _average_replicated_grads(model: torch.nn.Module) -> None:
+    """Parameters FSDP2 leaves unsharded (0-d ones, see training.launch) get their gradients averaged here."""
+    params = getattr(model, "replicated_params", ())
+    if params and torch_dist.is_initialized():
+        world = torch_dist.get_world_size()
+        for param in params:
+            if param.grad is not None:
+                torch_dist.all_reduce(param.grad)
+                param.grad.div_(world)
+
+
 def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler) -> dict:
     """Exact large-batch gradient with activations of one chunk at a time (gradient caching).
 
@@ -113,6 +124,7 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
         if not _all_finite(total):
             return StepOutput(float("nan"), {k: float(v.detach()) for k, v in losses.items()}, skipped=True)
         (scaler.scale(total) if scaler else total).backward()
+    _average_replicated_grads(model)
     grad_norm = None
     if scaler is not None:
         scaler.unscale_(optimizer)
