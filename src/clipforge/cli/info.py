@@ -17,12 +17,12 @@ def run(args) -> int:
     config = registry.get_model_config(spec.arch)
     stats = profile.profile_model(config)
     rows = [("architecture", spec.arch),
-            ("parameters", f"{stats['params_total'] / 1e6:.2f} M (image {stats['params_image'] / 1e6:.2f} M, "
-                           f"text {stats['params_text'] / 1e6:.2f} M)"),
-            ("GFLOPs per image", f"{stats['gflops_image']:.2f}"),
-            ("GFLOPs per text", f"{stats['gflops_text']:.2f}"),
-            ("size on disk", f"{stats['params_total'] * 4 / 2**20:.0f} MiB fp32, "
-                             f"{stats['params_total'] * 2 / 2**20:.0f} MiB fp16/bf16"),
+            ("parameters", f"{stats.params_total / 1e6:.2f} M (image {stats.params_image / 1e6:.2f} M, "
+                           f"text {stats.params_text / 1e6:.2f} M)"),
+            ("GFLOPs per image", f"{stats.gflops_image:.2f}"),
+            ("GFLOPs per text", f"{stats.gflops_text:.2f}"),
+            ("size on disk", f"{stats.size_on_disk('fp32') / 2**20:.0f} MiB fp32, "
+                             f"{stats.size_on_disk('fp16') / 2**20:.0f} MiB fp16/bf16"),
             ("image size", str(config.vision.image_size)),
             ("context length", str(config.text.context_length)),
             ("embedding dim", str(config.embed_dim))]

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except (UserError, ValueError, FileNotFoundError, KeyError) as e:
         # Library errors are written to be read by people: show the message, not a traceback.
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

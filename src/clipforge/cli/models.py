@@ -5,11 +5,15 @@ from __future__ import annotations
 def add_arguments(parser):
     parser.add_argument("filter", nargs="?", default="", help="only architectures whose name contains this text")
     parser.add_argument("--tags", action="store_true", help="one line per (architecture, tag) pair")
+    parser.add_argument("--arch", help="the full weight table of one architecture (source, image size, changes)")
 
 
 def run(args) -> int:
     from clipforge.models import registry, weights
 
+    if args.arch:
+        print(weights.format_pretrained_table(args.arch))
+        return 0
     needle = args.filter.lower()
     archs = [a for a in registry.list_models() if needle in a.lower()]
     if not archs:
