@@ -1,0 +1,103 @@
+"""Training throughput on CPU: one full step (forward, loss, backward, AdamW) of clipforge against open_clip's
+training step on the same architecture, weights and batch, in one run.
+
+    python benchmarks/bench_train.py                 # ViT-S-32 at batch 32, RN50 at 128 px batch 16
+    python benchmarks/bench_train.py --repeats 5
+
+open_clip's side reproduces the inner loop of open_clip_train's train_one_epoch: model(images, texts) ->
+ClipLoss -> backward -> AdamW step -> clamp of logit_scale. clipforge's side is `clipforge.training.step.train_step`
+(the function the trainer calls). Steps of both are interleaved and the best of N is kept (shared machine).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+
+def build_pair(name: str, image_size: int | None):
+    import open_clip
+
+    from clipforge.models.clip import CLIP
+    from clipforge.models.convert import convert_state_dict
+    from clipforge.models.convert_config import config_from_open_clip
+
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    reference = open_clip.create_model(name, **kwargs)
+    model_cfg = open_clip.get_model_config(name)
+    if image_size:
+        model_cfg = {**model_cfg, "vision_cfg": {**model_cfg["vision_cfg"], "image_size": image_size}}
+    config = config_from_open_clip(model_cfg)
+    model = CLIP(config)
+    model.load_state_dict(convert_state_dict(reference.state_dict(), config))
+    return reference.train(), model.train(), config
+
+
+def adamw(model):
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "logit" not in n)]
+    return torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.2}],
+                             lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
+
+
+def open_clip_step(model, optimizer, loss_fn, images, tokens):
+    optimizer.zero_grad(set_to_none=True)
+    image_features, text_features, logit_scale = model(images, tokens)[:3]
+    loss = loss_fn(image_features, text_features, logit_scale)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return float(loss.detach())
+
+
+def run_pair(name, image_size, batch, repeats):
+    import open_clip
+
+    from clipforge.losses.config import LossConfig, create_loss
+    from clipforge.training.step import train_step
+
+    reference, model, config = build_pair(name, image_size)
+    size = config.vision.image_size
+    images = torch.randn(batch, 3, size, size)
+    tokens = torch.randint(1, 49000, (batch, config.text.context_length))
+    ref_opt, opt = adamw(reference), adamw(model)
+    ref_loss, loss_fn = open_clip.ClipLoss(), create_loss(LossConfig(kind="clip"))
+    times = {"open_clip": [], "clipforge": []}
+    losses = {}
+    for _ in range(repeats + 1):  # the first round warms up both
+        start = time.perf_counter()
+        losses["open_clip"] = open_clip_step(reference, ref_opt, ref_loss, images, tokens)
+        times["open_clip"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        losses["clipforge"] = train_step(model, images, tokens, loss_fn, opt).loss
+        times["clipforge"].append(time.perf_counter() - start)
+    best = {k: min(v[1:]) for k, v in times.items()}
+    return {k: batch / v for k, v in best.items()}, losses
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'model':<22} {'batch':>5} {'open_clip/s':>12} {'clipforge/s':>12} {'ratio':>6}  first losses (oc / cf)")
+    for name, image_size, batch in (("ViT-S-32", None, 32), ("RN50", 128, 16)):
+        rates, losses = run_pair(name, image_size, batch, args.repeats)
+        label = f"{name}" + (f" @{image_size}px" if image_size else "")
+        print(f"{label:<22} {batch:>5} {rates['open_clip']:>12.1f} {rates['clipforge']:>12.1f} "
+              f"{rates['clipforge'] / rates['open_clip']:>5.2f}x  {losses['open_clip']:.4f} / {losses['clipforge']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
