@@ -9,7 +9,7 @@ PY=.venv/bin/python
 stamp=".venv/.clipforge-installed-$extras-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   # torch first, pinned to the versions this project is tested with (CPU machines use the same wheels).
-  $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  $PY -m pip install -q -e ".[$extras]"
+  $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2> >(grep -v "is ignored: it is neither" >&2)
+  $PY -m pip install -q -e ".[$extras]" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$stamp"
 fi
