@@ -23,13 +23,14 @@ import re
 from itertools import chain
 from importlib import resources
 
+import numpy as np
 import regex
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from clipforge.tokenizer._inputs import as_text_list, check_context_length
-from clipforge.tokenizer.clean import get_chunk_fn, get_clean_fn
-from clipforge.tokenizer.reduction import get_reduction, truncate_ids
+from clipforge.tokenizer.clean import SEPARATOR, bulk_chunks, fast_path_ok, get_chunk_fn, get_clean_fn
+from clipforge.tokenizer.reduction import get_reduction, pack, truncate_ids
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 SOT_TOKEN = "<start_of_text>"
@@ -164,7 +165,11 @@ class ClipTokenizer:
         self._seed_words = {**whole_word_ids(vocab_path or default_vocab_path(), verify=vocab_path is not None),
                             SOT_TOKEN: (self.sot_token_id,), EOT_TOKEN: (self.eot_token_id,)}
         self._word_ids: dict[str, tuple[int, ...]] = dict(self._seed_words)
-        self._chunk_ids: dict[str, tuple[int, ...]] = {}  # space-separated chunk of cleaned text -> ids
+        # Space-separated chunk of cleaned text -> ids. Seeded with the whole words that are one pre-token (so
+        # "photo" but not "2019", which splits into digits), and the batch separator, which maps to -1.
+        self._seed_chunks = {word: ids for word, ids in self._seed_words.items() if _split_words(word) == [word]}
+        self._seed_chunks[SEPARATOR] = (-1,)
+        self._chunk_ids: dict[str, tuple[int, ...]] = dict(self._seed_chunks)
 
     def __repr__(self) -> str:
         return (f"ClipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
@@ -182,20 +187,25 @@ class ClipTokenizer:
         known.update(zip(batch, (tuple(e.ids) for e in encodings)))
         return known
 
-    def _resolve(self, rows: list, pending: list[int]) -> None:
-        """Replace the chunk lists at ``pending`` by ids, filling both caches for the chunks not seen before."""
-        chunk_ids = self._chunk_ids
-        missing = {chunk for i in pending for chunk in rows[i] if chunk not in chunk_ids}
-        if len(chunk_ids) + len(missing) > _CACHE_LIMIT:
-            chunk_ids = self._chunk_ids = {}
-            missing = {chunk for i in pending for chunk in rows[i]}
-        words_of = {chunk: _split_words(chunk) for chunk in missing}
+    def _learn_chunks(self, chunks: set[str]) -> None:
+        """Add ``chunks`` (not yet cached) to the chunk cache, through the word cache and Rust BPE."""
+        words_of = {chunk: _split_words(chunk) for chunk in chunks}
         known = self._learn_words({word for words in words_of.values() for word in words})
+        chunk_ids = self._chunk_ids
         for chunk, words in words_of.items():
             if len(words) == 1:
                 chunk_ids[chunk] = known[words[0]]
             else:
                 chunk_ids[chunk] = tuple(chain.from_iterable(map(known.__getitem__, words)))
+
+    def _resolve(self, rows: list, pending: list[int]) -> None:
+        """Replace the chunk lists at ``pending`` by ids, filling both caches for the chunks not seen before."""
+        chunk_ids = self._chunk_ids
+        missing = {chunk for i in pending for chunk in rows[i] if chunk not in chunk_ids}
+        if len(chunk_ids) + len(missing) > _CACHE_LIMIT:
+            chunk_ids = self._chunk_ids = dict(self._seed_chunks)
+            missing = {chunk for i in pending for chunk in rows[i] if chunk not in chunk_ids}
+        self._learn_chunks(missing)
         for i in pending:
             rows[i] = list(chain.from_iterable(map(chunk_ids.__getitem__, rows[i])))
 
@@ -238,8 +248,48 @@ class ClipTokenizer:
         if self._reduce is not None:
             return self._reduce(texts, context_length, self.sot_token_id, self.eot_token_id, self.encode_batch)
         with _gc_paused():
-            rows = self._encode_batch(texts)
-        return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
+            return torch.from_numpy(self._encode_packed(texts, context_length))
+
+    def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:
+        """``(N, L)`` ids: texts that clean by whitespace and case alone go through the batched stream path, the
+        others (repairs, non-ASCII, canonicalize mode) through the per-text path."""
+        fast = [fast_path_ok(text) for text in texts] if self.clean_mode != "canonicalize" else [False] * len(texts)
+        if all(fast):
+            return self._encode_stream(texts, context_length)
+        out = np.zeros((len(texts), context_length), dtype=np.int64)
+        fast_index = [i for i, ok in enumerate(fast) if ok]
+        slow_index = [i for i, ok in enumerate(fast) if not ok]
+        if fast_index:
+            out[fast_index] = self._encode_stream([texts[i] for i in fast_index], context_length)
+        rows = self._encode_batch([texts[i] for i in slow_index])
+        out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
+        return out
+
+    def _encode_stream(self, texts: list[str], context_length: int) -> np.ndarray:
+        """``(N, L)`` ids of fast-path texts, from one chunk stream and vectorised packing (no per-text Python)."""
+        chunks = bulk_chunks(texts, self.clean_mode)
+        try:
+            flat = list(chain.from_iterable(map(self._chunk_ids.__getitem__, chunks)))
+        except KeyError:
+            distinct = set(chunks)
+            missing = distinct.difference(self._chunk_ids)
+            if len(self._chunk_ids) + len(missing) > _CACHE_LIMIT:
+                self._chunk_ids = dict(self._seed_chunks)
+                missing = distinct.difference(self._chunk_ids)
+            self._learn_chunks(missing)
+            flat = list(chain.from_iterable(map(self._chunk_ids.__getitem__, chunks)))
+        ids = np.array(flat, dtype=np.int64)  # (T,) every text's ids, -1 between texts
+        is_separator = ids < 0
+        text_of = np.cumsum(is_separator)[~is_separator]  # (T - N + 1,) text index of each id
+        ids = ids[~is_separator]
+        counts = np.bincount(text_of, minlength=len(texts))  # (N,) ids per text
+        offset = np.arange(len(ids)) - (np.cumsum(counts) - counts)[text_of]  # position of each id in its text
+        keep = offset < context_length - 2  # truncation: eot then takes the last position
+        out = np.zeros((len(texts), context_length), dtype=np.int64)
+        out[:, 0] = self.sot_token_id
+        out[text_of[keep], offset[keep] + 1] = ids[keep]
+        out[np.arange(len(texts)), np.minimum(counts, context_length - 2) + 1] = self.eot_token_id
+        return out
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of a 1-D id sequence. With ``skip_special_tokens`` it returns the cleaned words between sot and

@@ -219,6 +219,27 @@ def _canonicalize_chunks(text: str) -> list[str]:
 _CHUNK_FNS = {"lower": _lower_chunks, "whitespace": _whitespace_chunks, "canonicalize": _canonicalize_chunks}
 
 
+SEPARATOR = "\x01"  # a control character: never in cleaned text, and a text holding it is not fast_path_ok
+
+
+def fast_path_ok(text: str) -> bool:
+    """True for ASCII text that needs no repair and no unescaping: it cleans by whitespace and case alone."""
+    return text.isascii() and _ascii_trigger(text) is None
+
+
+def bulk_chunks(texts: list[str], mode: str) -> list[str] | None:
+    """The space-separated chunks of every cleaned text in one stream, texts separated by a ``SEPARATOR`` chunk,
+    for texts that are all ``fast_path_ok``; None for a mode without a fast path ("canonicalize").
+
+    Equal to ``[SEPARATOR].join(clean_text(t, mode).split(" "))`` without the empty chunks, with three C-level
+    string operations for the whole batch instead of a few per text.
+    """
+    if mode not in ("lower", "whitespace"):
+        return None
+    joined = f" {SEPARATOR} ".join(texts)
+    return (joined.lower() if mode == "lower" else joined).split()
+
+
 def get_chunk_fn(mode: str):
     """``text -> clean_text(text, mode).split(" ")``, without building the joined string on the common path.
 
