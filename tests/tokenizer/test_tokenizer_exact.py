@@ -87,3 +87,13 @@ def test_whole_word_vocabulary_entries_are_their_own_bpe():
     trusted = bpe.whole_word_ids(path, verify=False)
     verified = bpe.whole_word_ids(path, verify=True)
     assert len(trusted) > 30_000 and trusted == verified
+
+
+def test_batched_path_matches_per_text_path_on_case_and_script_edges(reference):
+    texts = ["ΟΔΟΣ", "ΟΔΟΣ ΟΔΟΣ", "ΣΑΣ", "Σ", "ΑΣ.", "İSTANBUL", "ǅemal", "ﬁne", "ΑΣ", "", "東京 ΑΣ", "x\u0345Σ",
+             "STRASSE ß", "ΌΣΟΣ 😀", "A\u00a0B", "tab\there"]
+    tok = ClipTokenizer()
+    batched = tok(texts)
+    assert torch.equal(batched, reference(texts))
+    for i, text in enumerate(texts):
+        assert torch.equal(tok(text)[0], batched[i]), text

@@ -252,7 +252,7 @@ class ClipTokenizer:
 
     def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids: texts that clean by whitespace and case alone go through the batched stream path, the
-        others (repairs, non-ASCII, canonicalize mode) through the per-text path."""
+        others (ftfy repairs, HTML entities, canonicalize mode) through the per-text path."""
         fast = [fast_path_ok(text) for text in texts] if self.clean_mode != "canonicalize" else [False] * len(texts)
         if all(fast):
             return self._encode_stream(texts, context_length)

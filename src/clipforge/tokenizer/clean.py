@@ -219,12 +219,14 @@ def _canonicalize_chunks(text: str) -> list[str]:
 _CHUNK_FNS = {"lower": _lower_chunks, "whitespace": _whitespace_chunks, "canonicalize": _canonicalize_chunks}
 
 
-SEPARATOR = "\x01"  # a control character: never in cleaned text, and a text holding it is not fast_path_ok
+SEPARATOR = "\x01"  # a control character: a text holding it needs repair, so it never reaches bulk_chunks
 
 
 def fast_path_ok(text: str) -> bool:
-    """True for ASCII text that needs no repair and no unescaping: it cleans by whitespace and case alone."""
-    return text.isascii() and _ascii_trigger(text) is None
+    """True for text that needs no repair; it holds no ``&`` either, so it cleans by whitespace and case alone."""
+    if text.isascii():
+        return _ascii_trigger(text) is None
+    return not needs_repair(text)
 
 
 def bulk_chunks(texts: list[str], mode: str) -> list[str] | None:
@@ -232,7 +234,9 @@ def bulk_chunks(texts: list[str], mode: str) -> list[str] | None:
     for texts that are all ``fast_path_ok``; None for a mode without a fast path ("canonicalize").
 
     Equal to ``[SEPARATOR].join(clean_text(t, mode).split(" "))`` without the empty chunks, with three C-level
-    string operations for the whole batch instead of a few per text.
+    string operations for the whole batch instead of a few per text. Lower-casing the joined string is the same as
+    lower-casing each text: the one context rule of ``str.lower`` (final sigma) looks at neighbouring cased
+    letters, and texts are joined with spaces around the separator.
     """
     if mode not in ("lower", "whitespace"):
         return None
