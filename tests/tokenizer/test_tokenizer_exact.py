@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from clipforge.tokenizer import ClipTokenizer
+from clipforge.tokenizer import ClipTokenizer, clean_text
 from tokenizer_corpus import FRAGMENTS, make_corpus
 
 
@@ -63,7 +63,7 @@ def test_word_cache_reset_keeps_results_exact(corpus, reference, monkeypatch):
     tok = ClipTokenizer()
     subset = corpus[:400]
     halves = torch.cat([tok(subset[:200]), tok(subset[200:])])
-    second_half_words = {w for text in subset[200:] for w in bpe._WORD_RE.findall(tok._clean(text))}
+    second_half_words = {w for text in subset[200:] for w in bpe._WORD_RE.findall(clean_text(text))}
     # The cache was reset to its seed (whole-word vocabulary entries), not grown past its limit.
     assert len(tok._word_ids) <= len(tok._seed_words) + len(second_half_words)
     assert torch.equal(halves, reference(subset))

@@ -3,14 +3,16 @@
 A caption goes through four stages:
 
 1. cleaning (``clean.py``): ftfy repair only where it can change the text, HTML unescaping, whitespace, case;
-2. pre-tokenization with CLIP's regex (the Python ``regex`` module, so Unicode classes match the reference);
-3. BPE per word: a word -> ids dictionary, whose misses are encoded in one batch by a Rust ``tokenizers`` BPE
-   configured as CLIP's (byte-level alphabet, ``</w>`` end-of-word suffix, same merge ranks), seeded with the
-   vocabulary's whole words; a second dictionary maps whole space-separated chunks ("dog," -> ids) so that a
-   known chunk skips stages 2 and 3;
+2. pre-tokenization with CLIP's regex (the ``regex`` module, or an equivalent stdlib pattern on ASCII text);
+3. BPE per word, through a word -> ids dictionary seeded with the vocabulary's whole words; its misses are encoded
+   in one batch by a Rust ``tokenizers`` BPE configured as CLIP's (byte-level alphabet, ``</w>`` suffix, same
+   merge ranks);
 4. sot + ids + eot, truncated with eot kept in the last position, packed into a ``(N, L)`` LongTensor.
 
-Captions repeat words heavily, so after a few thousand captions stage 3 is mostly dictionary hits.
+Cleaned text is single-spaced and no pre-token spans a space, so each space-separated chunk ("dog,") can be
+encoded once and cached: a second dictionary maps chunks to ids and skips stages 2 and 3 for chunks seen before.
+Captions that need no repair (nearly all) are cleaned, split and looked up as one stream for the whole batch and
+packed with numpy; the others go through the same steps one caption at a time.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from clipforge.tokenizer._inputs import as_text_list, check_context_length
-from clipforge.tokenizer.clean import SEPARATOR, bulk_chunks, fast_path_ok, get_chunk_fn, get_clean_fn
-from clipforge.tokenizer.reduction import get_reduction, pack, truncate_ids
+from clipforge.tokenizer.clean import BULK_MODES, SEPARATOR, bulk_chunks, fast_path_ok, get_chunk_fn
+from clipforge.tokenizer.reduction import get_reduction, truncate_ids
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 SOT_TOKEN = "<start_of_text>"
@@ -49,7 +51,7 @@ _ASCII_WORD_RE = re.compile(
     "<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[A-Za-z]+|[0-9]|[^\t\n\x0b\x0c\r A-Za-z0-9]+",
     re.IGNORECASE,
 )
-_CACHE_LIMIT = 1_000_000  # words; cleared when full so that an endless stream of rare words cannot grow it forever
+_CACHE_LIMIT = 1_000_000  # entries per cache; reset when full, so an endless stream of rare words is harmless
 
 
 def default_vocab_path() -> str:
@@ -149,7 +151,6 @@ class ClipTokenizer:
         self.max_context_length = max_context_length
         self.context_length = check_context_length(context_length, max_context_length, minimum=2)
         self.clean_mode = clean
-        self._clean = get_clean_fn(clean)
         self._chunks = get_chunk_fn(clean)
         self.reduction = reduction
         self._reduce = get_reduction(reduction) if reduction else None
@@ -253,7 +254,7 @@ class ClipTokenizer:
     def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids: texts that clean by whitespace and case alone go through the batched stream path, the
         others (ftfy repairs, HTML entities, canonicalize mode) through the per-text path."""
-        fast = [fast_path_ok(text) for text in texts] if self.clean_mode != "canonicalize" else [False] * len(texts)
+        fast = [fast_path_ok(text) for text in texts] if self.clean_mode in BULK_MODES else [False] * len(texts)
         if all(fast):
             return self._encode_stream(texts, context_length)
         out = np.zeros((len(texts), context_length), dtype=np.int64)

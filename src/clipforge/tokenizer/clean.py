@@ -219,6 +219,7 @@ def _canonicalize_chunks(text: str) -> list[str]:
 _CHUNK_FNS = {"lower": _lower_chunks, "whitespace": _whitespace_chunks, "canonicalize": _canonicalize_chunks}
 
 
+BULK_MODES = ("lower", "whitespace")  # the clean modes that bulk_chunks supports
 SEPARATOR = "\x01"  # a control character: a text holding it needs repair, so it never reaches bulk_chunks
 
 
@@ -238,7 +239,7 @@ def bulk_chunks(texts: list[str], mode: str) -> list[str] | None:
     lower-casing each text: the one context rule of ``str.lower`` (final sigma) looks at neighbouring cased
     letters, and texts are joined with spaces around the separator.
     """
-    if mode not in ("lower", "whitespace"):
+    if mode not in BULK_MODES:
         return None
     joined = f" {SEPARATOR} ".join(texts)
     return (joined.lower() if mode == "lower" else joined).split()
