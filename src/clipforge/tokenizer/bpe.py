@@ -254,14 +254,15 @@ class ClipTokenizer:
     def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids: texts that clean by whitespace and case alone go through the batched stream path, the
         others (ftfy repairs, HTML entities, canonicalize mode) through the per-text path."""
-        fast = [fast_path_ok(text) for text in texts] if self.clean_mode in BULK_MODES else [False] * len(texts)
+        if self.clean_mode not in BULK_MODES:
+            rows = self._encode_batch(texts)
+            return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
+        fast = [fast_path_ok(text) for text in texts]
         if all(fast):
             return self._encode_stream(texts, context_length)
-        out = np.zeros((len(texts), context_length), dtype=np.int64)
-        fast_index = [i for i, ok in enumerate(fast) if ok]
+        # Slow texts stand in as empty ones in the stream, then their rows are overwritten.
+        out = self._encode_stream([text if ok else "" for text, ok in zip(texts, fast)], context_length)
         slow_index = [i for i, ok in enumerate(fast) if not ok]
-        if fast_index:
-            out[fast_index] = self._encode_stream([texts[i] for i in fast_index], context_length)
         rows = self._encode_batch([texts[i] for i in slow_index])
         out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
         return out
