@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from clipforge.tokenizer import ClipTokenizer, clean_text
-from tokenizer_corpus import FRAGMENTS, make_corpus
+from tokenizer_corpus import FRAGMENTS
 
 
 def _mismatches(corpus, ours, theirs):

@@ -22,8 +22,8 @@ import gc
 import gzip
 import os
 import re
-from itertools import chain
 from importlib import resources
+from itertools import chain
 
 import numpy as np
 import regex
