@@ -22,6 +22,7 @@ import gc
 import gzip
 import os
 import re
+from array import array
 from importlib import resources
 from itertools import chain
 
@@ -143,6 +144,36 @@ def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer
     return tokenizer
 
 
+class _ChunkTable:
+    """Chunk -> row of a flat id store, so that a whole stream of chunks is turned into ids by numpy gathers.
+    Row 0 is the separator between texts and holds no ids."""
+
+    def __init__(self):
+        self.index = {SEPARATOR: 0}
+        self.starts, self.lengths, self.ids = array("q", [0]), array("q", [0]), array("q")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, chunks, ids_of: dict[str, tuple[int, ...]]) -> None:
+        for chunk in chunks:
+            ids = ids_of[chunk]
+            self.index[chunk] = len(self.starts)
+            self.starts.append(len(self.ids))
+            self.lengths.append(len(ids))
+            self.ids.extend(ids)
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of all the rows one after the other, number of ids of each row)."""
+        lengths = np.frombuffer(self.lengths, dtype=np.int64)[rows]  # (C,)
+        starts = np.frombuffer(self.starts, dtype=np.int64)[rows]  # (C,)
+        total = int(lengths.sum())
+        if total == 0:  # also keeps np.frombuffer away from an empty store
+            return np.zeros(0, dtype=np.int64), lengths
+        inside = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (T,) offset in its chunk
+        return np.frombuffer(self.ids, dtype=np.int64)[np.repeat(starts, lengths) + inside], lengths
+
+
 class ClipTokenizer:
     """CLIP's tokenizer: ``tok(texts) -> (N, context_length)`` LongTensor, identical ids to open_clip's."""
 
@@ -167,10 +198,10 @@ class ClipTokenizer:
                             SOT_TOKEN: (self.sot_token_id,), EOT_TOKEN: (self.eot_token_id,)}
         self._word_ids: dict[str, tuple[int, ...]] = dict(self._seed_words)
         # Space-separated chunk of cleaned text -> ids. Seeded with the whole words that are one pre-token (so
-        # "photo" but not "2019", which splits into digits), and the batch separator, which maps to -1.
+        # "photo" but not "2019", which splits into digits).
         self._seed_chunks = {word: ids for word, ids in self._seed_words.items() if _split_words(word) == [word]}
-        self._seed_chunks[SEPARATOR] = (-1,)
         self._chunk_ids: dict[str, tuple[int, ...]] = dict(self._seed_chunks)
+        self._table = _ChunkTable()  # the chunks of the batched path, filled from _chunk_ids
 
     def __repr__(self) -> str:
         return (f"ClipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
@@ -267,23 +298,25 @@ class ClipTokenizer:
         out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
         return out
 
+    def _learn_stream(self, distinct: set[str]) -> None:
+        if len(self._chunk_ids) + len(distinct) > _CACHE_LIMIT:
+            self._chunk_ids = dict(self._seed_chunks)
+        if len(self._table) + len(distinct) > _CACHE_LIMIT:
+            self._table = _ChunkTable()
+        self._learn_chunks(distinct.difference(self._chunk_ids, (SEPARATOR,)))
+        self._table.add(distinct.difference(self._table.index), self._chunk_ids)
+
     def _encode_stream(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids of fast-path texts, from one chunk stream and vectorised packing (no per-text Python)."""
         chunks = bulk_chunks(texts, self.clean_mode)
         try:
-            flat = list(chain.from_iterable(map(self._chunk_ids.__getitem__, chunks)))
+            rows = list(map(self._table.index.__getitem__, chunks))
         except KeyError:
-            distinct = set(chunks)
-            missing = distinct.difference(self._chunk_ids)
-            if len(self._chunk_ids) + len(missing) > _CACHE_LIMIT:
-                self._chunk_ids = dict(self._seed_chunks)
-                missing = distinct.difference(self._chunk_ids)
-            self._learn_chunks(missing)
-            flat = list(chain.from_iterable(map(self._chunk_ids.__getitem__, chunks)))
-        ids = np.array(flat, dtype=np.int64)  # (T,) every text's ids, -1 between texts
-        is_separator = ids < 0
-        text_of = np.cumsum(is_separator)[~is_separator]  # (T - N + 1,) text index of each id
-        ids = ids[~is_separator]
+            self._learn_stream(set(chunks))
+            rows = list(map(self._table.index.__getitem__, chunks))
+        rows = np.array(rows, dtype=np.int64)  # (C,) table row of each chunk, 0 between texts
+        ids, lengths = self._table.gather(rows)  # (T,) ids, (C,) ids per chunk
+        text_of = np.repeat(np.cumsum(rows == 0), lengths)  # (T,) text index of each id
         counts = np.bincount(text_of, minlength=len(texts))  # (N,) ids per text
         offset = np.arange(len(ids)) - (np.cumsum(counts) - counts)[text_of]  # position of each id in its text
         keep = offset < context_length - 2  # truncation: eot then takes the last position
