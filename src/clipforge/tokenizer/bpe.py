@@ -24,7 +24,7 @@ import os
 import re
 from array import array
 from importlib import resources
-from itertools import chain
+from itertools import accumulate, chain
 
 import numpy as np
 import regex
@@ -156,12 +156,13 @@ class _ChunkTable:
         return len(self.index)
 
     def add(self, chunks, ids_of: dict[str, tuple[int, ...]]) -> None:
-        for chunk in chunks:
-            ids = ids_of[chunk]
-            self.index[chunk] = len(self.starts)
-            self.starts.append(len(self.ids))
-            self.lengths.append(len(ids))
-            self.ids.extend(ids)
+        chunks = list(chunks)
+        values = list(map(ids_of.__getitem__, chunks))
+        lengths = list(map(len, values))
+        self.index.update(zip(chunks, range(len(self.starts), len(self.starts) + len(chunks))))
+        self.starts.extend(list(accumulate(lengths, initial=len(self.ids)))[:-1])
+        self.lengths.extend(lengths)
+        self.ids.extend(chain.from_iterable(values))
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids of all the rows one after the other, number of ids of each row)."""
