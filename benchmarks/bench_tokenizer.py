@@ -1,13 +1,14 @@
 """Captions per second: clipforge's CLIP tokenizer against open_clip's, on the same captions in the same run.
 
-    python benchmarks/bench_tokenizer.py [--captions 20000] [--repeats 3]
+    python benchmarks/bench_tokenizer.py [--captions 20000] [--repeats 5] [--harsh]
 
-The captions imitate web alt-text: words drawn with a Zipf law from a list of ~30,000 words, the more frequent half
-English words of CLIP's vocabulary, the rarer half made-up words outside it (compounds, typos, product codes;
-``--harsh`` mixes them into the frequent words too); mostly plain ASCII, about 10% with accents, emoji or CJK/Arabic/Hindi text, about 2% with HTML
-entities or mojibake (the captions ftfy repairs). "cold" starts each tokenizer fresh (empty word caches); "warm"
-runs the same captions again on the same instance, as happens when a zero-shot classifier or a training epoch
-sees the same words again. Outputs are checked to be identical before any time is reported.
+The captions imitate web alt-text. Words follow a Zipf law over ~30,000 words: the more frequent half are English
+words from CLIP's vocabulary, and the rarer half are made-up words outside it (compounds, typos, product codes).
+``--harsh`` mixes the made-up words in among the frequent ones too. Most captions are plain ASCII; about 10% have
+accents, emoji or CJK/Arabic/Hindi text, and about 2% have HTML entities or mojibake (the captions ftfy repairs).
+"cold" starts each tokenizer fresh, with empty word caches. "warm" runs the same captions again on the same
+instance, as happens when a zero-shot classifier or a training epoch sees the same words again. Both tokenizers
+must give identical ids before any time is reported.
 """
 from __future__ import annotations
 
