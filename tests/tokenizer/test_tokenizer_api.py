@@ -69,3 +69,13 @@ def test_decode_rejects_batches_and_unknown_ids(clip_tokenizer):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         clip_tokenizer.decode([49408])
     assert [clip_tokenizer.decode(row) for row in batch] == ["a", "b"]
+
+
+def test_tokenizer_pickles_for_dataloader_workers():
+    import pickle
+
+    tok = ClipTokenizer(context_length=16)
+    texts = ["a photo of a cat", "zqxjv unseen wordz", "café 😀"]
+    expected = tok(texts)
+    clone = pickle.loads(pickle.dumps(tok))
+    assert clone.context_length == 16 and torch.equal(clone(texts), expected)

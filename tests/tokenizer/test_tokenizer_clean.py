@@ -1,4 +1,5 @@
 """The ftfy gate and the clean modes, checked against ftfy and open_clip's own cleaning functions."""
+import re
 import sys
 
 import ftfy
@@ -78,3 +79,31 @@ def test_ascii_entity_shortcut_equals_ftfy():
             used += 1
             assert repaired == ftfy.fix_text(text), text
     assert used > 1000
+
+
+def test_badness_shortcut_never_misses_a_bad_text():
+    import random
+
+    from ftfy.badness import is_bad
+
+    rng = random.Random(11)
+    needed = set(clean._mojibake_chars())
+    pool = "".join(sorted(needed)) + "abcxyz AZ.,!?09\t" + "東京😀éß"
+    bad = 0
+    for _ in range(20_000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 30)))
+        if is_bad(text):
+            bad += 1
+            assert clean._looks_bad(text), text
+        if needed.isdisjoint(text):
+            assert not is_bad(text), text
+    assert bad > 5_000
+
+
+def test_badness_categories_have_no_characters_outside_the_bmp():
+    from ftfy import badness
+
+    categories = re.compile("[" + "".join(badness.MOJIBAKE_CATEGORIES.values()) + "]")
+    astral = "".join(chr(c) for c in range(0x10000, sys.maxunicode + 1))
+    assert categories.search(astral) is None
+    assert categories.search("".join(chr(c) for c in range(0x80))) is None  # nor ASCII ones

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from clipforge.tokenizer import ClipTokenizer
-from tokenizer_corpus import FRAGMENTS, make_corpus
+from clipforge.tokenizer import ClipTokenizer, clean_text
+from tokenizer_corpus import FRAGMENTS
 
 
 def _mismatches(corpus, ours, theirs):
@@ -63,7 +63,7 @@ def test_word_cache_reset_keeps_results_exact(corpus, reference, monkeypatch):
     tok = ClipTokenizer()
     subset = corpus[:400]
     halves = torch.cat([tok(subset[:200]), tok(subset[200:])])
-    second_half_words = {w for text in subset[200:] for w in bpe._WORD_RE.findall(tok._clean(text))}
+    second_half_words = {w for text in subset[200:] for w in bpe._WORD_RE.findall(clean_text(text))}
     # The cache was reset to its seed (whole-word vocabulary entries), not grown past its limit.
     assert len(tok._word_ids) <= len(tok._seed_words) + len(second_half_words)
     assert torch.equal(halves, reference(subset))
@@ -87,3 +87,13 @@ def test_whole_word_vocabulary_entries_are_their_own_bpe():
     trusted = bpe.whole_word_ids(path, verify=False)
     verified = bpe.whole_word_ids(path, verify=True)
     assert len(trusted) > 30_000 and trusted == verified
+
+
+def test_batched_path_matches_per_text_path_on_case_and_script_edges(reference):
+    texts = ["ΟΔΟΣ", "ΟΔΟΣ ΟΔΟΣ", "ΣΑΣ", "Σ", "ΑΣ.", "İSTANBUL", "ǅemal", "ﬁne", "ΑΣ", "", "東京 ΑΣ", "x\u0345Σ",
+             "STRASSE ß", "ΌΣΟΣ 😀", "A\u00a0B", "tab\there"]
+    tok = ClipTokenizer()
+    batched = tok(texts)
+    assert torch.equal(batched, reference(texts))
+    for i, text in enumerate(texts):
+        assert torch.equal(tok(text)[0], batched[i]), text

@@ -3,14 +3,16 @@
 A caption goes through four stages:
 
 1. cleaning (``clean.py``): ftfy repair only where it can change the text, HTML unescaping, whitespace, case;
-2. pre-tokenization with CLIP's regex (the Python ``regex`` module, so Unicode classes match the reference);
-3. BPE per word: a word -> ids dictionary, whose misses are encoded in one batch by a Rust ``tokenizers`` BPE
-   configured as CLIP's (byte-level alphabet, ``</w>`` end-of-word suffix, same merge ranks), seeded with the
-   vocabulary's whole words; a second dictionary maps whole space-separated chunks ("dog," -> ids) so that a
-   known chunk skips stages 2 and 3;
+2. pre-tokenization with CLIP's regex (the ``regex`` module, or an equivalent stdlib pattern on ASCII text);
+3. BPE per word, through a word -> ids dictionary seeded with the vocabulary's whole words; its misses are encoded
+   in one batch by a Rust ``tokenizers`` BPE configured as CLIP's (byte-level alphabet, ``</w>`` suffix, same
+   merge ranks);
 4. sot + ids + eot, truncated with eot kept in the last position, packed into a ``(N, L)`` LongTensor.
 
-Captions repeat words heavily, so after a few thousand captions stage 3 is mostly dictionary hits.
+Cleaned text is single-spaced and no pre-token spans a space, so each space-separated chunk ("dog,") can be
+encoded once and cached: a second dictionary maps chunks to ids and skips stages 2 and 3 for chunks seen before.
+Captions that need no repair (nearly all) are cleaned, split and looked up as one stream for the whole batch and
+packed with numpy; the others go through the same steps one caption at a time.
 """
 from __future__ import annotations
 
@@ -20,15 +22,17 @@ import gc
 import gzip
 import os
 import re
-from itertools import chain
+from array import array
 from importlib import resources
+from itertools import accumulate, chain
 
+import numpy as np
 import regex
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from clipforge.tokenizer._inputs import as_text_list, check_context_length
-from clipforge.tokenizer.clean import get_chunk_fn, get_clean_fn
+from clipforge.tokenizer.clean import BULK_MODES, SEPARATOR, bulk_chunks, fast_path_ok, get_chunk_fn
 from clipforge.tokenizer.reduction import get_reduction, truncate_ids
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -48,7 +52,7 @@ _ASCII_WORD_RE = re.compile(
     "<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[A-Za-z]+|[0-9]|[^\t\n\x0b\x0c\r A-Za-z0-9]+",
     re.IGNORECASE,
 )
-_CACHE_LIMIT = 1_000_000  # words; cleared when full so that an endless stream of rare words cannot grow it forever
+_CACHE_LIMIT = 1_000_000  # entries per cache; reset when full, so an endless stream of rare words is harmless
 
 
 def default_vocab_path() -> str:
@@ -140,6 +144,37 @@ def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer
     return tokenizer
 
 
+class _ChunkTable:
+    """Chunk -> row of a flat id store, so that a whole stream of chunks is turned into ids by numpy gathers.
+    Row 0 is the separator between texts and holds no ids."""
+
+    def __init__(self):
+        self.index = {SEPARATOR: 0}
+        self.starts, self.lengths, self.ids = array("q", [0]), array("q", [0]), array("q")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, chunks, ids_of: dict[str, tuple[int, ...]]) -> None:
+        chunks = list(chunks)
+        values = list(map(ids_of.__getitem__, chunks))
+        lengths = list(map(len, values))
+        self.index.update(zip(chunks, range(len(self.starts), len(self.starts) + len(chunks))))
+        self.starts.extend(list(accumulate(lengths, initial=len(self.ids)))[:-1])
+        self.lengths.extend(lengths)
+        self.ids.extend(chain.from_iterable(values))
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of all the rows one after the other, number of ids of each row)."""
+        lengths = np.frombuffer(self.lengths, dtype=np.int64)[rows]  # (C,)
+        starts = np.frombuffer(self.starts, dtype=np.int64)[rows]  # (C,)
+        total = int(lengths.sum())
+        if total == 0:  # also keeps np.frombuffer away from an empty store
+            return np.zeros(0, dtype=np.int64), lengths
+        inside = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (T,) offset in its chunk
+        return np.frombuffer(self.ids, dtype=np.int64)[np.repeat(starts, lengths) + inside], lengths
+
+
 class ClipTokenizer:
     """CLIP's tokenizer: ``tok(texts) -> (N, context_length)`` LongTensor, identical ids to open_clip's."""
 
@@ -148,7 +183,6 @@ class ClipTokenizer:
         self.max_context_length = max_context_length
         self.context_length = check_context_length(context_length, max_context_length, minimum=2)
         self.clean_mode = clean
-        self._clean = get_clean_fn(clean)
         self._chunks = get_chunk_fn(clean)
         self.reduction = reduction
         self._reduce = get_reduction(reduction) if reduction else None
@@ -164,7 +198,11 @@ class ClipTokenizer:
         self._seed_words = {**whole_word_ids(vocab_path or default_vocab_path(), verify=vocab_path is not None),
                             SOT_TOKEN: (self.sot_token_id,), EOT_TOKEN: (self.eot_token_id,)}
         self._word_ids: dict[str, tuple[int, ...]] = dict(self._seed_words)
-        self._chunk_ids: dict[str, tuple[int, ...]] = {}  # space-separated chunk of cleaned text -> ids
+        # Space-separated chunk of cleaned text -> ids. Seeded with the whole words that are one pre-token (so
+        # "photo" but not "2019", which splits into digits).
+        self._seed_chunks = {word: ids for word, ids in self._seed_words.items() if _split_words(word) == [word]}
+        self._chunk_ids: dict[str, tuple[int, ...]] = dict(self._seed_chunks)
+        self._table = _ChunkTable()  # the chunks of the batched path, filled from _chunk_ids
 
     def __repr__(self) -> str:
         return (f"ClipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
@@ -182,20 +220,25 @@ class ClipTokenizer:
         known.update(zip(batch, (tuple(e.ids) for e in encodings)))
         return known
 
-    def _resolve(self, rows: list, pending: list[int]) -> None:
-        """Replace the chunk lists at ``pending`` by ids, filling both caches for the chunks not seen before."""
-        chunk_ids = self._chunk_ids
-        missing = {chunk for i in pending for chunk in rows[i] if chunk not in chunk_ids}
-        if len(chunk_ids) + len(missing) > _CACHE_LIMIT:
-            chunk_ids = self._chunk_ids = {}
-            missing = {chunk for i in pending for chunk in rows[i]}
-        words_of = {chunk: _split_words(chunk) for chunk in missing}
+    def _learn_chunks(self, chunks: set[str]) -> None:
+        """Add ``chunks`` (not yet cached) to the chunk cache, through the word cache and Rust BPE."""
+        words_of = {chunk: _split_words(chunk) for chunk in chunks}
         known = self._learn_words({word for words in words_of.values() for word in words})
+        chunk_ids = self._chunk_ids
         for chunk, words in words_of.items():
             if len(words) == 1:
                 chunk_ids[chunk] = known[words[0]]
             else:
                 chunk_ids[chunk] = tuple(chain.from_iterable(map(known.__getitem__, words)))
+
+    def _resolve(self, rows: list, pending: list[int]) -> None:
+        """Replace the chunk lists at ``pending`` by ids, filling both caches for the chunks not seen before."""
+        chunk_ids = self._chunk_ids
+        missing = {chunk for i in pending for chunk in rows[i] if chunk not in chunk_ids}
+        if len(chunk_ids) + len(missing) > _CACHE_LIMIT:
+            chunk_ids = self._chunk_ids = dict(self._seed_chunks)
+            missing = {chunk for i in pending for chunk in rows[i] if chunk not in chunk_ids}
+        self._learn_chunks(missing)
         for i in pending:
             rows[i] = list(chain.from_iterable(map(chunk_ids.__getitem__, rows[i])))
 
@@ -238,8 +281,51 @@ class ClipTokenizer:
         if self._reduce is not None:
             return self._reduce(texts, context_length, self.sot_token_id, self.eot_token_id, self.encode_batch)
         with _gc_paused():
+            return torch.from_numpy(self._encode_packed(texts, context_length))
+
+    def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:
+        """``(N, L)`` ids: texts that clean by whitespace and case alone go through the batched stream path, the
+        others (ftfy repairs, HTML entities, canonicalize mode) through the per-text path."""
+        if self.clean_mode not in BULK_MODES:
             rows = self._encode_batch(texts)
-        return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
+            return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
+        fast = [fast_path_ok(text) for text in texts]
+        if all(fast):
+            return self._encode_stream(texts, context_length)
+        # Slow texts stand in as empty ones in the stream, then their rows are overwritten.
+        out = self._encode_stream([text if ok else "" for text, ok in zip(texts, fast)], context_length)
+        slow_index = [i for i, ok in enumerate(fast) if not ok]
+        rows = self._encode_batch([texts[i] for i in slow_index])
+        out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
+        return out
+
+    def _learn_stream(self, distinct: set[str]) -> None:
+        if len(self._chunk_ids) + len(distinct) > _CACHE_LIMIT:
+            self._chunk_ids = dict(self._seed_chunks)
+        if len(self._table) + len(distinct) > _CACHE_LIMIT:
+            self._table = _ChunkTable()
+        self._learn_chunks(distinct.difference(self._chunk_ids, (SEPARATOR,)))
+        self._table.add(distinct.difference(self._table.index), self._chunk_ids)
+
+    def _encode_stream(self, texts: list[str], context_length: int) -> np.ndarray:
+        """``(N, L)`` ids of fast-path texts, from one chunk stream and vectorised packing (no per-text Python)."""
+        chunks = bulk_chunks(texts, self.clean_mode)
+        try:
+            rows = list(map(self._table.index.__getitem__, chunks))
+        except KeyError:
+            self._learn_stream(set(chunks))
+            rows = list(map(self._table.index.__getitem__, chunks))
+        rows = np.array(rows, dtype=np.int64)  # (C,) table row of each chunk, 0 between texts
+        ids, lengths = self._table.gather(rows)  # (T,) ids, (C,) ids per chunk
+        text_of = np.repeat(np.cumsum(rows == 0), lengths)  # (T,) text index of each id
+        counts = np.bincount(text_of, minlength=len(texts))  # (N,) ids per text
+        offset = np.arange(len(ids)) - (np.cumsum(counts) - counts)[text_of]  # position of each id in its text
+        keep = offset < context_length - 2  # truncation: eot then takes the last position
+        out = np.zeros((len(texts), context_length), dtype=np.int64)
+        out[:, 0] = self.sot_token_id
+        out[text_of[keep], offset[keep] + 1] = ids[keep]
+        out[np.arange(len(texts)), np.minimum(counts, context_length - 2) + 1] = self.eot_token_id
+        return out
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of a 1-D id sequence. With ``skip_special_tokens`` it returns the cleaned words between sot and
