@@ -106,3 +106,29 @@ def test_non_finite_losses_skip_then_stop(tmp_path):
     cfg = _tiny(tmp_path, **{"optim.lr": float("inf"), "checkpoint.max_nonfinite": 2, "schedule.warmup_steps": 0})
     with pytest.raises(NonFiniteLossError, match="non-finite losses in a row"):
         train(cfg)
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"model.name": "tiny-vitt"}, "Closest: tiny-vit"),
+    ({"optim.accum_steps": 3}, "not divisible by optim.accum_steps=3"),
+    ({"loss.kind": "siglip"}, "needs a model with a learned logit bias"),
+    ({"loss.kind": "distill"}, "model.teacher go together"),
+    ({"data.kind": "csv", "data.train": "/nonexistent/train.tsv"}, "nonexistent"),
+])
+def test_bad_runs_fail_before_any_work(tmp_path, over, needle):
+    with pytest.raises((ValueError, FileNotFoundError), match=needle):
+        train(_tiny(tmp_path, **over))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("over", [
+    {"model.name": "tiny-siglip", "loss.kind": "siglip",  # SigLIP's hub tokenizer is not reachable offline
+     "model.overrides": {"tokenizer": "clip", "tokenizer_clean": None, "text.vocab_size": 49408}},
+    {"loss.kind": "distill", "model.teacher": "tiny-vit"},
+    {"tokenize.reduction": "random", "tokenize.context_length": 8, "data.text_mask_prob": 0.2},
+    {"optim.accum_steps": 2, "model.grad_checkpointing": True, "model.overrides": {"vision.patch_dropout": 0.5}},
+    {"model.lock_image": True, "model.lock_image_unlocked_groups": 1},
+])
+def test_recipes_train(tmp_path, over):
+    result = train(_tiny(tmp_path, **{"schedule.steps": 2, "checkpoint.every_steps": 0, **over}))
+    assert result.steps == 2 and math.isfinite(result.final_loss) and result.checkpoint.exists()

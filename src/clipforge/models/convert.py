@@ -287,6 +287,9 @@ def _to_open_clip_visual(name: str, tensor: torch.Tensor, config: ClipConfig) ->
             tensor = tensor.view(1, 1, -1)
         return {renamed: tensor}
     renamed = _rename(name, _OC_VIT, reverse=True)
+    if renamed is None:
+        raise ConversionError(f"visual.{name} has no counterpart in open_clip's own VisionTransformer (this tower "
+                              "exists in open_clip only as a timm model: set open_clip_timm_model in the config)")
     return {renamed: tensor.t() if name == "proj.weight" else tensor}
 
 

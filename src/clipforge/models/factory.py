@@ -181,8 +181,6 @@ def create_model_from_pretrained(model_name: str, pretrained: str | None = None,
 def get_tokenizer(model_name: str, context_length: int | None = None, *, cache_dir: str | Path | None = None,
                   local_files_only: bool = False, **kwargs):
     """The tokenizer a model's weights need: CLIP BPE, or the hub tokenizer of SigLIP weights."""
-    from clipforge.tokenizer import create_tokenizer  # deferred: keeps `import clipforge.models` light
-
     spec = parse_model_spec(model_name)
     if spec.arch is not None:
         config = registry.get_model_config(spec.arch)
@@ -191,10 +189,17 @@ def get_tokenizer(model_name: str, context_length: int | None = None, *, cache_d
         config = _config_from_weights(local)
         if config is None:
             raise ModelLoadError(f"cannot tell which tokenizer '{model_name}' needs: no config file found")
+    return tokenizer_for_config(config, context_length, cache_dir=cache_dir, local_files_only=local_files_only,
+                                **kwargs)
+
+
+def tokenizer_for_config(config: ClipConfig, context_length: int | None = None, **kwargs):
+    """The tokenizer named by an architecture config, limited to its positional embedding."""
+    from clipforge.tokenizer import create_tokenizer  # deferred: keeps `import clipforge.models` light
+
     max_len = config.text.context_length
     return create_tokenizer(config.tokenizer, context_length=context_length or max_len, max_context_length=max_len,
-                            clean=config.tokenizer_clean, cache_dir=cache_dir, local_files_only=local_files_only,
-                            **kwargs)
+                            clean=config.tokenizer_clean, **kwargs)
 
 
 def save_pretrained(model: CLIP, directory: str | Path, *, preprocess: PreprocessConfig | None = None) -> Path:

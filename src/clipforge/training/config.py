@@ -31,6 +31,14 @@ class ModelSection:
     lock_image_unlocked_groups: int = 0       # ... except its last N groups
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
+    teacher: Optional[str] = None             # frozen teacher for loss.kind=distill, e.g. "ViT-L-14::openai"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeConfig:
+    """Training-time text handling (evaluation always uses the plain tokenizer)."""
+    context_length: Optional[int] = None      # None: the model's full context
+    reduction: Optional[Literal["simple", "random", "shuffle", "syntax"]] = None  # shorten long captions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +99,7 @@ class TrainConfig:
     model: ModelSection = ModelSection()
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()

@@ -16,7 +16,7 @@ import torch
 
 from clipforge.losses.config import create_loss
 from clipforge.models import convert
-from clipforge.models.factory import create_model, get_tokenizer
+from clipforge.models.factory import create_model, tokenizer_for_config
 from clipforge.training import checkpoint as ckpt
 from clipforge.training.config import TrainConfig, config_to_json
 from clipforge.training.data import create_train_loader
@@ -50,6 +50,39 @@ class RunResult:
     metrics: dict[str, float]
 
 
+def validate(cfg: TrainConfig) -> None:
+    """Every input problem that can be seen from the config alone, before any model or data is touched."""
+    from clipforge.models.factory import parse_model_spec
+    from clipforge.models.registry import get_model_config
+
+    spec = parse_model_spec(cfg.model.name, cfg.model.pretrained)
+    arch = get_model_config(spec.arch) if spec.arch is not None else None  # unknown name: lists close ones
+    cfg.data.check_ready()
+    if cfg.data.batch_size % cfg.optim.accum_steps:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by optim.accum_steps="
+                         f"{cfg.optim.accum_steps}; pick a batch size that is a multiple of it")
+    if cfg.loss.kind == "siglip" and arch is not None and arch.init_logit_bias is None \
+            and "init_logit_bias" not in cfg.model.overrides:
+        raise ValueError(f"loss.kind=siglip needs a model with a learned logit bias, and {spec.arch} has none: use "
+                         "a SigLIP architecture or set model.overrides={'init_logit_bias': -10.0}")
+    if (cfg.loss.kind == "distill") != (cfg.model.teacher is not None):
+        raise ValueError("loss.kind=distill and model.teacher go together: set both (e.g. model.teacher="
+                         "'ViT-L-14::openai') or neither")
+    if cfg.schedule.steps < 1:
+        raise ValueError(f"schedule.steps must be >= 1, got {cfg.schedule.steps}")
+
+
+def build_teacher(cfg: TrainConfig, ctx: RunContext, student_image_size: int) -> Optional[torch.nn.Module]:
+    if cfg.model.teacher is None:
+        return None
+    teacher = create_model(cfg.model.teacher).to(ctx.device).eval().requires_grad_(False)
+    if teacher.config.vision.image_size != student_image_size:
+        raise ValueError(f"the teacher {cfg.model.teacher} takes {teacher.config.vision.image_size}px images but the "
+                         f"student takes {student_image_size}px; both see the same batch, so pick matching sizes "
+                         "(model.image_size)")
+    return teacher
+
+
 def build_model(cfg: TrainConfig, ctx: RunContext) -> torch.nn.Module:
     m = cfg.model
     model = create_model(m.name, m.pretrained, overrides=m.overrides or None, image_size=m.image_size)
@@ -64,9 +97,12 @@ def build_model(cfg: TrainConfig, ctx: RunContext) -> torch.nn.Module:
 
 def _checkpoint_payload(model, optimizer, scaler, state: RunState, cfg: TrainConfig) -> dict[str, Any]:
     inner = unwrap(model)
+    try:  # open_clip's key layout when the architecture has one, so its tools read our checkpoints too
+        weights = convert.to_open_clip_state_dict(inner.state_dict(), inner.config)
+    except convert.ConversionError:
+        weights = inner.state_dict()
     return {
-        # open_clip's checkpoint keys, so its tools read our checkpoints too
-        "state_dict": convert.to_open_clip_state_dict(inner.state_dict(), inner.config),
+        "state_dict": weights,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": state.epoch,
@@ -121,13 +157,17 @@ def train(cfg: TrainConfig, evaluate=None) -> RunResult:
 
     ``evaluate(model, step) -> dict`` is called every ``eval.every_steps`` steps and at the end (main rank only).
     """
+    validate(cfg)
     ctx = init_run(cfg.dist, cfg.workdir)
     torch.manual_seed(cfg.seed + ctx.rank)
     model = build_model(cfg, ctx)
-    tokenizer = get_tokenizer(cfg.model.name)
+    teacher = build_teacher(cfg, ctx, model.config.vision.image_size)
+    tokenizer = tokenizer_for_config(model.config, cfg.tokenize.context_length, reduction=cfg.tokenize.reduction)
     transform = create_train_transform(unwrap(model).preprocess_config, cfg.augment)
     loss_fn = create_loss(cfg.loss, rank=ctx.rank, world_size=ctx.world_size)
     model = wrap_model(model, ctx, cfg.dist)
+    if cfg.model.compile:
+        model = torch.compile(model)
     optimizer = create_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(ctx.device.type) if cfg.optim.precision == "fp16" else None
     state = _resume(cfg, ctx, model, optimizer, scaler)
@@ -137,13 +177,14 @@ def train(cfg: TrainConfig, evaluate=None) -> RunResult:
     logger = MetricsLogger(ctx.workdir, cfg.log, enabled=ctx.is_main, total_steps=cfg.schedule.steps,
                            start_step=state.step)
     batches = _batches(cfg, ctx, state, transform, tokenizer)
-    out, metrics, path = None, {}, None
+    out, metrics, path, saved_at = None, {}, None, None
     while state.step < cfg.schedule.steps:
         images, tokens = next(batches)
         lr = set_lr(optimizer, cfg.optim.lr, state.step, cfg.schedule)
         start = time.perf_counter()
         out = train_step(model, images, tokens, loss_fn, optimizer, accum_steps=cfg.optim.accum_steps,
-                         precision=cfg.optim.precision, scaler=scaler, grad_clip=cfg.optim.grad_clip)
+                         precision=cfg.optim.precision, scaler=scaler, grad_clip=cfg.optim.grad_clip,
+                         teacher=teacher)
         state.batch_in_epoch += 1
         if out.skipped:
             state.nonfinite_in_row += 1
@@ -163,11 +204,11 @@ def train(cfg: TrainConfig, evaluate=None) -> RunResult:
                                  "logit_scale": float(unwrap(model).logit_scale.detach().exp()),
                                  "samples_per_s": samples / max(1e-9, time.perf_counter() - start)})
         if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
-            path = _save(ctx, cfg, model, optimizer, scaler, state)
+            path, saved_at = _save(ctx, cfg, model, optimizer, scaler, state), state.step
         if evaluate and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and ctx.is_main:
             metrics = evaluate(unwrap(model), state.step)
             logger.step(state.step, {f"eval/{k}": v for k, v in metrics.items()})
-    if cfg.checkpoint.every_steps == 0 or state.step % cfg.checkpoint.every_steps != 0 or path is None:
+    if saved_at != state.step:
         path = _save(ctx, cfg, model, optimizer, scaler, state)
     if evaluate and ctx.is_main:
         metrics = evaluate(unwrap(model), state.step)

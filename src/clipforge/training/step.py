@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as torch_dist
 
+from clipforge.losses.distill import TeacherOutputs
 from clipforge.training.grad_cache import grad_cache_step
 
 _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
@@ -29,7 +30,19 @@ class StepOutput:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
+    """The CLIP model inside torch.compile (``_orig_mod``) and DDP (``module``) wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: Optional[torch.nn.Module], images: torch.Tensor, tokens: torch.Tensor):
+    """The frozen teacher's features for distillation (None without a teacher)."""
+    if teacher is None:
+        return None
+    out = teacher(images, tokens, output_dict=True)
+    return TeacherOutputs(out["image_features"].float(), out["text_features"].float(), out["logit_scale"].float())
 
 
 def autocast(device_type: str, precision: str):
@@ -64,7 +77,7 @@ def _average_replicated_grads(model: torch.nn.Module) -> None:
                 param.grad.div_(world)
 
 
-def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler) -> dict:
+def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler, teacher=None) -> dict:
     """Exact large-batch gradient with activations of one chunk at a time (gradient caching).
 
     The encoders are called on the unwrapped model, so under DDP the gradients are averaged here by hand.
@@ -86,7 +99,8 @@ def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision
         if not _all_finite(torch.stack([image_features.sum(), text_features.sum()]).detach()):
             return {"loss": (image_features.sum() + text_features.sum()) * float("nan")}  # the step is skipped
         bias = inner.logit_bias.float() if getattr(inner, "logit_bias", None) is not None else None
-        return loss_fn(image_features, text_features, inner.logit_scale.float().exp(), bias)
+        extra = {"teacher": teacher} if teacher is not None else {}
+        return loss_fn(image_features, text_features, inner.logit_scale.float().exp(), bias, **extra)
 
     losses = grad_cache_step(encode_image, encode_text, images, tokens, loss,
                              chunk_size=images.shape[0] // accum_steps, scaler=scaler)
@@ -101,12 +115,17 @@ def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, loss_fn: Callable,
                optimizer: torch.optim.Optimizer, *, accum_steps: int = 1, precision: str = "fp32",
-               scaler: Optional[torch.amp.GradScaler] = None, grad_clip: Optional[float] = None) -> StepOutput:
+               scaler: Optional[torch.amp.GradScaler] = None, grad_clip: Optional[float] = None,
+               teacher: Optional[torch.nn.Module] = None) -> StepOutput:
+    """One update on the batch. ``teacher``: a frozen model whose features feed ``loss.kind=distill``."""
     device_type = images.device.type
     model.train()
     optimizer.zero_grad(set_to_none=True)
+    with autocast(device_type, precision):
+        distill = teacher_outputs(teacher, images, tokens)
+    extra = {"teacher": distill} if distill is not None else {}
     if accum_steps > 1:
-        losses = _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler)
+        losses = _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler, distill)
         total = losses["loss"]
         if not _all_finite(total):
             optimizer.zero_grad(set_to_none=True)
@@ -119,7 +138,7 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
             return StepOutput(float("nan"), {}, skipped=True)
         with autocast(device_type, precision):
             losses = loss_fn(image_features.float(), text_features.float(), logit_scale.float(),
-                             None if logit_bias is None else logit_bias.float())
+                             None if logit_bias is None else logit_bias.float(), **extra)
         total = losses["loss"]
         if not _all_finite(total):
             return StepOutput(float("nan"), {k: float(v.detach()) for k, v in losses.items()}, skipped=True)
