@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-_NAME = re.compile(r"^step_(\d+)\.pt$")
+_NAME = re.compile(r"^step_(\d+)(\.pt)?$")  # a file (full state) or a folder (FSDP2 shards, torch DCP)
 
 
 def rng_state() -> dict[str, Any]:
@@ -62,9 +63,45 @@ def list_checkpoints(directory: Path) -> list[Path]:
 def save_checkpoint(directory: Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
     path = directory / f"step_{step:08d}.pt"
     atomic_torch_save(payload, path)
-    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
-        old.unlink(missing_ok=True)
+    prune(directory, keep_last)
     return path
+
+
+def prune(directory: Path, keep_last: int) -> None:
+    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+
+
+def save_sharded(directory: Path, step: int, shards: dict[str, Any], meta: dict[str, Any], *, is_main: bool,
+                 keep_last: int, barrier) -> Path:
+    """FSDP2: every rank writes its shards with torch.distributed.checkpoint into a temporary folder, which
+    the main rank renames into place once all ranks are done (a crash never leaves a half checkpoint)."""
+    import torch.distributed.checkpoint as dcp
+
+    final = directory / f"step_{step:08d}"
+    tmp = directory / f".step_{step:08d}.tmp"
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    dcp.save(shards, checkpoint_id=str(tmp))
+    if is_main:
+        atomic_torch_save(meta, tmp / "meta.pt")
+    barrier()
+    if is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        prune(directory, keep_last)
+    barrier()
+    return final
+
+
+def load_sharded(path: Path, shards: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``shards`` (this rank's state-dict templates) in place from a sharded checkpoint; return its meta."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.load(shards, checkpoint_id=str(path))
+    return load_checkpoint(path / "meta.pt")
 
 
 def latest_checkpoint(directory: Path) -> Optional[Path]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.distributed as torch_dist
 
 from clipforge.losses.config import create_loss
 from clipforge.models import convert
@@ -95,21 +96,40 @@ def build_model(cfg: TrainConfig, ctx: RunContext) -> torch.nn.Module:
     return model.to(ctx.device)
 
 
+def _meta(state: RunState, cfg: TrainConfig) -> dict[str, Any]:
+    """What every checkpoint holds besides weights and optimizer: position, RNG of every rank, config."""
+    return {"epoch": state.epoch, "run_state": dataclasses.asdict(state), "rng": all_rng_states(),
+            "config": json.loads(config_to_json(cfg))}
+
+
 def _checkpoint_payload(model, optimizer, scaler, state: RunState, cfg: TrainConfig) -> dict[str, Any]:
     inner = unwrap(model)
     try:  # open_clip's key layout when the architecture has one, so its tools read our checkpoints too
         weights = convert.to_open_clip_state_dict(inner.state_dict(), inner.config)
     except convert.ConversionError:
         weights = inner.state_dict()
-    return {
-        "state_dict": weights,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": state.epoch,
-        "run_state": dataclasses.asdict(state),
-        "rng": ckpt.rng_state(),
-        "config": json.loads(config_to_json(cfg)),
-    }
+    return {"state_dict": weights, "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, **_meta(state, cfg)}
+
+
+def all_rng_states() -> list[dict[str, Any]]:
+    """The RNG state of every rank (ranks draw different dropout masks, so each must get its own back)."""
+    states = [ckpt.rng_state()]
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        states = [None] * torch_dist.get_world_size()
+        torch_dist.all_gather_object(states, ckpt.rng_state())
+    return states
+
+
+def _sharded(model) -> bool:
+    return hasattr(model, "replicated_params")  # set by launch.wrap_model for FSDP2
+
+
+def _shard_templates(model, optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optim_state}
 
 
 def _resume(cfg: TrainConfig, ctx: RunContext, model, optimizer, scaler) -> RunState:
@@ -119,24 +139,40 @@ def _resume(cfg: TrainConfig, ctx: RunContext, model, optimizer, scaler) -> RunS
     path = ckpt.latest_checkpoint(ctx.workdir / "checkpoints") if target == "auto" else Path(target)
     if path is None:
         return RunState()
-    payload = ckpt.load_checkpoint(path)
-    inner = unwrap(model)
-    inner.load_state_dict(convert.convert_state_dict(payload["state_dict"], inner.config), strict=True)
-    optimizer.load_state_dict(payload["optimizer"])
-    if scaler is not None and payload.get("scaler"):
-        scaler.load_state_dict(payload["scaler"])
-    ckpt.set_rng_state(payload["rng"])
+    if path.is_dir():
+        if not _sharded(model):
+            raise ValueError(f"{path} is a sharded (FSDP2) checkpoint; resume it with dist.strategy=fsdp2")
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        shards = _shard_templates(model, optimizer)
+        payload = ckpt.load_sharded(path, shards)
+        set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    else:
+        payload = ckpt.load_checkpoint(path)
+        inner = unwrap(model)
+        inner.load_state_dict(convert.convert_state_dict(payload["state_dict"], inner.config), strict=True)
+        optimizer.load_state_dict(payload["optimizer"])
+        if scaler is not None and payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+    rngs = payload["rng"]
+    if len(rngs) != ctx.world_size:
+        raise ValueError(f"{path} was written by {len(rngs)} ranks and this run has {ctx.world_size}: exact resume "
+                         "needs the same world size")
+    ckpt.set_rng_state(rngs[ctx.rank])
     state = RunState(**payload["run_state"])
     state.nonfinite_in_row = 0
     return state
 
 
 def _save(ctx, cfg, model, optimizer, scaler, state) -> Optional[Path]:
+    directory = ctx.workdir / "checkpoints"
+    if _sharded(model):
+        return ckpt.save_sharded(directory, state.step, _shard_templates(model, optimizer), _meta(state, cfg),
+                                 is_main=ctx.is_main, keep_last=cfg.checkpoint.keep_last, barrier=barrier)
+    payload = _checkpoint_payload(model, optimizer, scaler, state, cfg)  # collective: every rank takes part
     path = None
     if ctx.is_main:
-        path = ckpt.save_checkpoint(ctx.workdir / "checkpoints", state.step,
-                                    _checkpoint_payload(model, optimizer, scaler, state, cfg),
-                                    cfg.checkpoint.keep_last)
+        path = ckpt.save_checkpoint(directory, state.step, payload, cfg.checkpoint.keep_last)
     barrier()
     return path
 
@@ -152,10 +188,12 @@ def _batches(cfg, ctx, state: RunState, transform, tokenizer):
         state.batch_in_epoch = 0
 
 
-def train(cfg: TrainConfig, evaluate=None) -> RunResult:
+def train(cfg: TrainConfig, evaluate=None, stop_at_step: Optional[int] = None) -> RunResult:
     """Run (or continue) the training run described by ``cfg``.
 
     ``evaluate(model, step) -> dict`` is called every ``eval.every_steps`` steps and at the end (main rank only).
+    ``stop_at_step`` ends this process early with a checkpoint (a time-limited job slice); the schedule still
+    spans ``schedule.steps``, and the next call continues from there.
     """
     validate(cfg)
     ctx = init_run(cfg.dist, cfg.workdir)
@@ -177,8 +215,11 @@ def train(cfg: TrainConfig, evaluate=None) -> RunResult:
     logger = MetricsLogger(ctx.workdir, cfg.log, enabled=ctx.is_main, total_steps=cfg.schedule.steps,
                            start_step=state.step)
     batches = _batches(cfg, ctx, state, transform, tokenizer)
+    # FSDP2 gathers parameters collectively, so every rank runs the evaluation; otherwise the main rank alone
+    evaluates_here = ctx.is_main or _sharded(model)
     out, metrics, path, saved_at = None, {}, None, None
-    while state.step < cfg.schedule.steps:
+    last_step = min(cfg.schedule.steps, stop_at_step or cfg.schedule.steps)
+    while state.step < last_step:
         images, tokens = next(batches)
         lr = set_lr(optimizer, cfg.optim.lr, state.step, cfg.schedule)
         start = time.perf_counter()
@@ -205,12 +246,12 @@ def train(cfg: TrainConfig, evaluate=None) -> RunResult:
                                  "samples_per_s": samples / max(1e-9, time.perf_counter() - start)})
         if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
             path, saved_at = _save(ctx, cfg, model, optimizer, scaler, state), state.step
-        if evaluate and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and ctx.is_main:
+        if evaluate and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and evaluates_here:
             metrics = evaluate(unwrap(model), state.step)
             logger.step(state.step, {f"eval/{k}": v for k, v in metrics.items()})
     if saved_at != state.step:
         path = _save(ctx, cfg, model, optimizer, scaler, state)
-    if evaluate and ctx.is_main:
+    if evaluate and evaluates_here and state.step == cfg.schedule.steps:
         metrics = evaluate(unwrap(model), state.step)
         logger.step(state.step, {f"eval/{k}": v for k, v in metrics.items()})
     logger.close()
