@@ -4,9 +4,10 @@
     python benchmarks/bench_encode.py --quick    # batch 1 and 8, fewer repeats
 
 Prints, per model / tower / batch: items per second for both, the speed ratio, and the share of the
-machine's fp32 matmul peak (measured first with a large torch.mm) each reaches, counting the nominal
-FLOPs of open_clip's full forward for both (clipforge skips some of them, which shows up as a higher share). Then peak RAM at batch 8 and the import cost of each package,
-each measured in a fresh subprocess. open_clip is a test-only dependency; it is imported here, never by
+machine's fp32 matmul peak (a 2048^2 torch.mm, re-measured in every round because the machine may be
+shared) each reaches, counting the nominal FLOPs of open_clip's full forward for both (clipforge skips
+some of them, which shows up as a higher share). Then peak RAM at batch 8 and the import cost of each
+package, each measured in a fresh subprocess. open_clip is a test-only dependency; it is imported here, never by
 clipforge. Timings on a shared machine are noisy: runs are interleaved and the best of N is reported.
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ def nominal_gflops(fn, x) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def bench_model(name: str, batches, repeats: int, peak: float) -> list[dict]:
+def bench_model(name: str, batches, repeats: int, rounds: int) -> list[dict]:
     reference, model, config = build_pair(name)
     size = config.vision.image_size
     gflops_image = nominal_gflops(reference.encode_image, torch.randn(1, 3, size, size))
@@ -86,15 +87,17 @@ def bench_model(name: str, batches, repeats: int, peak: float) -> list[dict]:
             else:
                 x = torch.randint(1, 49000, (batch, config.text.context_length))
                 ours, theirs, gflops = model.encode_text, reference.encode_text, gflops_text
-            reps = max(1, repeats if batch < 64 else repeats // 2)
+            reps = repeats if batch < 64 else 1
             with torch.inference_mode():
-                t_ours, t_theirs = float("inf"), float("inf")
-                for _ in range(3):  # interleave so both see the same machine load
+                t_ours, t_theirs, peak = float("inf"), float("inf"), 0.0
+                for _ in range(rounds):  # interleave so both (and the peak) see the same machine load
+                    peak = max(peak, matmul_peak_gflops(repeats=3))
                     t_theirs = min(t_theirs, best_time(lambda: theirs(x), reps))
                     t_ours = min(t_ours, best_time(lambda: ours(x), reps))
-            rows.append(dict(model=name, tower=tower, batch=batch, ours=batch / t_ours, theirs=batch / t_theirs,
+            rows.append(dict(model=name, tower=tower, batch=batch, peak=peak, ours=batch / t_ours, theirs=batch / t_theirs,
                              ratio=t_theirs / t_ours, peak_ours=batch * gflops / t_ours / peak,
                              peak_theirs=batch * gflops / t_theirs / peak))
+            print_row(rows[-1])
     return rows
 
 
@@ -157,27 +160,30 @@ def import_cost(repeats: int = 3) -> dict:
     return costs
 
 
+_HEADER = (f"{'model':10} {'tower':6} {'batch':>5} {'clipforge/s':>12} {'open_clip/s':>12} {'ratio':>6} "
+           f"{'peak':>6} {'cf %peak':>9} {'oc %peak':>9}")
+
+
+def print_row(r: dict) -> None:
+    print(f"{r['model']:10} {r['tower']:6} {r['batch']:>5} {r['ours']:>12.2f} {r['theirs']:>12.2f} "
+          f"{r['ratio']:>6.2f} {r['peak']:>6.0f} {100 * r['peak_ours']:>8.1f}% {100 * r['peak_theirs']:>8.1f}%",
+          flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 1 and 8 only, fewer repeats")
     parser.add_argument("--models", nargs="+", default=["ViT-B-32", "RN50"])
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    batches, repeats = ((1, 8), 3) if args.quick else ((1, 8, 64), 5)
-    peak = max(matmul_peak_gflops() for _ in range(3))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 matmul peak {peak:.1f} GFLOP/s\n")
-    rows = [row for name in args.models for row in bench_model(name, batches, repeats, peak)]
-    peak_after = matmul_peak_gflops()
-    if peak_after > peak:  # the machine was busier during the first measurement: rescale the shares
-        for row in rows:
-            row["peak_ours"], row["peak_theirs"] = row["peak_ours"] * peak / peak_after, row["peak_theirs"] * peak / peak_after
-        peak = peak_after
-        print(f"(peak re-measured after the run: {peak:.1f} GFLOP/s; shares use it)")
-    print(f"{'model':10} {'tower':6} {'batch':>5} {'clipforge/s':>12} {'open_clip/s':>12} {'ratio':>6} "
-          f"{'cf %peak':>9} {'oc %peak':>9}")
+    batches, repeats, rounds = ((1, 8), 3, 2) if args.quick else ((1, 8, 64), 5, 3)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; the fp32 matmul peak (GFLOP/s) is "
+          f"re-measured in every round of every row\n")
+    print(_HEADER)
+    rows = [row for name in args.models for row in bench_model(name, batches, repeats, rounds)]
+    print(f"\nfinal table:\n{_HEADER}")
     for r in rows:
-        print(f"{r['model']:10} {r['tower']:6} {r['batch']:>5} {r['ours']:>12.2f} {r['theirs']:>12.2f} "
-              f"{r['ratio']:>6.2f} {100 * r['peak_ours']:>8.1f}% {100 * r['peak_theirs']:>8.1f}%")
+        print_row(r)
     print(f"\n{'model':10} {'peak RSS MiB (clipforge / open_clip)':>38} {'forward growth MiB':>22}")
     ram = [peak_ram(name) for name in args.models]
     for r in ram:
@@ -188,7 +194,7 @@ def main(argv=None) -> None:
     for module, (seconds, mib) in imports.items():
         print(f"  {module:10} {seconds:6.2f} s {mib:8.1f} MiB")
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(dict(peak=peak, rows=rows, ram=ram, imports=imports), indent=1))
+        pathlib.Path(args.json).write_text(json.dumps(dict(rows=rows, ram=ram, imports=imports), indent=1))
 
 
 if __name__ == "__main__":
