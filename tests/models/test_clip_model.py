@@ -178,3 +178,21 @@ def test_resnet_folded_batch_norm_tracks_weight_changes():
     torch.testing.assert_close(with_grad.detach(), cached)
     model.train()  # BatchNorm in training mode uses batch statistics, not the fold
     assert not torch.allclose(model.encode_image(images), cached, atol=1e-4)
+
+
+def test_large_inference_batches_are_chunked_transparently(monkeypatch):
+    import clipforge.models.clip as clip_module
+    monkeypatch.setattr(clip_module, "INFERENCE_CHUNK", 3)
+    config = get_model_config("tiny-vit")
+    model = CLIP(config).eval()
+    images, tokens = _batch(config, batch=7)
+    calls = []
+    model.visual.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        chunked_images, chunked_text = model.encode_image(images), model.encode_text(tokens)
+    assert calls == [3, 3, 1]
+    with torch.enable_grad():
+        whole = model.encode_image(images)  # autograd on: one call, no chunking
+    assert calls[-1] == 7
+    torch.testing.assert_close(chunked_images, whole.detach())
+    torch.testing.assert_close(chunked_text, torch.cat([model.encode_text(t) for t in tokens.split(1)]).detach())

@@ -170,3 +170,9 @@ def test_wrong_architecture_fails_loudly():
     extra = dict(reference, **{"visual.extra_head.weight": torch.zeros(1, device="meta")})
     with pytest.raises(ConversionError, match="visual.extra_head.weight"):
         convert_state_dict(extra, get_model_config("ViT-B-32"))
+
+
+def test_siglip_without_timm_name_has_no_open_clip_layout():
+    config = get_model_config("tiny-siglip")
+    with pytest.raises(ConversionError, match="open_clip_timm_model"):
+        to_open_clip_state_dict(CLIP(config).state_dict(), config)

@@ -14,6 +14,17 @@ from clipforge.models.text import TextTransformer
 from clipforge.models.vit import VisionTransformer
 
 
+# Without autograd, big batches run through the towers in slices of this many items: the activations of a
+# slice stay in cache, so per-item throughput at batch 64 matches batch 16 instead of dropping below it.
+INFERENCE_CHUNK = 16
+
+
+def _run_chunked(tower: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    if tower.training or torch.is_grad_enabled() or inputs.shape[0] <= INFERENCE_CHUNK:
+        return tower(inputs)
+    return torch.cat([tower(chunk) for chunk in inputs.split(INFERENCE_CHUNK)])
+
+
 def build_vision_tower(config: ClipConfig) -> nn.Module:
     if config.vision.kind == "resnet":
         return ModifiedResNet(config.vision, config.embed_dim)
@@ -44,11 +55,11 @@ class CLIP(nn.Module):
         return self.config.text.context_length
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features = self.visual(images)
+        features = _run_chunked(self.visual, images)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features = self.text(tokens)
+        features = _run_chunked(self.text, tokens)
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, images: torch.Tensor | None = None, tokens: torch.Tensor | None = None,

@@ -295,6 +295,9 @@ def _to_open_clip_visual(name: str, tensor: torch.Tensor, config: ClipConfig) ->
 
 def to_open_clip_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> StateDict:
     """clipforge keys -> the open_clip layout of ``config.open_clip_class`` (what ``open_clip.create_model`` loads)."""
+    if config.vision.pool == "map" and config.open_clip_timm_model is None:
+        raise ConversionError("a latent-attention-pooled (SigLIP) vision tower only exists in open_clip as a timm "
+                              "trunk; set open_clip_timm_model to the timm model name to write this layout")
     text_prefix = "text." if config.open_clip_class == "CustomTextCLIP" else ""
     linear_text_proj = config.text.proj_bias  # open_clip uses nn.Linear only when the projection has a bias
     out: StateDict = {}
