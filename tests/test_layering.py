@@ -40,6 +40,12 @@ def test_no_upward_imports(package):
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
 
+def test_bottom_modules_import_no_clipforge():
+    for name in ("config.py", "_atomic.py"):
+        bad = [m for m in _imports(PKG / name) if m.startswith("clipforge")]
+        assert not bad, f"{name} must stay at the bottom of the layering: imports {bad}"
+
+
 def test_argparse_only_in_cli():
     offenders = [str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
                  if "cli" not in p.relative_to(PKG).parts and "argparse" in set(_imports(p))]

@@ -17,8 +17,10 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from clipforge._atomic import write_text_atomic  # noqa: E402
 
 TABLE_PATH = Path(__file__).resolve().parents[1] / "src" / "clipforge" / "models" / "pretrained.json"
 FORMAT = "clipforge-pretrained/1"
@@ -103,14 +105,7 @@ def build_table() -> dict:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text_atomic(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:

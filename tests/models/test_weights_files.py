@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clipforge.models._checkpoint_file import CheckpointFileError, atomic_path, detect_format, read_state_dict
+from clipforge._atomic import atomic_path
+from clipforge.models._checkpoint_file import CheckpointFileError, detect_format, read_state_dict
 
 
 def _random_state_dict():

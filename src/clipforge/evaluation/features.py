@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from clipforge._atomic import atomic_open
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[int], None]
@@ -100,17 +100,8 @@ def cache_key(*parts: object) -> str:
 
 def save_atomic(obj: object, path: str) -> None:
     """torch.save to a temp file in the same folder, then rename, so a crash never leaves half a cache file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def cached(path: str | None, compute: Callable[[], object]) -> object:

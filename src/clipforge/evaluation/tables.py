@@ -12,10 +12,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Mapping, Sequence
 
 from clipforge.evaluation import suites
+from clipforge._atomic import write_text_atomic
 
 Results = Mapping[str, Mapping[str, object]]
 
@@ -237,9 +237,4 @@ def write_tables(results: Results, out_dir: str, bold: bool = True) -> dict[str,
 
 
 def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)

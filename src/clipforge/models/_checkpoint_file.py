@@ -11,12 +11,10 @@ Formats read by ``read_state_dict``:
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -304,16 +302,3 @@ def _walk_module(obj: _Inert, prefix: str, declared: dict[str, list[str]]) -> It
             yield from _walk_module(value, f"{prefix}{name}.", declared)
 
 
-@contextlib.contextmanager
-def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``destination``; it replaces ``destination`` only if the block succeeds."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, destination)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-from clipforge.models._checkpoint_file import atomic_path
+from clipforge._atomic import atomic_path
 
 _CHUNK = 1 << 20
 _TRUE = {"1", "on", "yes", "true"}

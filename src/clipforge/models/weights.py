@@ -24,7 +24,8 @@ from typing import Any, Mapping
 
 import torch
 
-from clipforge.models._checkpoint_file import CheckpointFileError, atomic_path, detect_format, read_state_dict
+from clipforge._atomic import atomic_path
+from clipforge.models._checkpoint_file import CheckpointFileError, detect_format, read_state_dict
 from clipforge.models._download import (
     HubRepoNotFoundError, HubUnreachableError, WeightsIntegrityError, WeightsNotCachedError, hub_file, is_offline,
     url_file,

@@ -10,12 +10,12 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from clipforge._atomic import atomic_open
 
 _NAME = re.compile(r"^step_(\d+)(\.pt)?$")  # a file (full state) or a folder (FSDP2 shards, torch DCP)
 
@@ -40,17 +40,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -119,14 +110,3 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"cannot read checkpoint '{path}' ({type(e).__name__}: {e}). It may be truncated; "
                          "delete it to resume from the previous one.") from None
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

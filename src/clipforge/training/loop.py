@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as torch_dist
 
+from clipforge._atomic import write_text_atomic
 from clipforge.losses.config import create_loss
 from clipforge.models import convert
 from clipforge.models.factory import create_model, tokenizer_for_config
@@ -211,7 +212,7 @@ def train(cfg: TrainConfig, evaluate=None, stop_at_step: Optional[int] = None) -
     state = _resume(cfg, ctx, model, optimizer, scaler)
     if ctx.is_main:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(ctx.workdir / "config.json", config_to_json(cfg))
+        write_text_atomic(ctx.workdir / "config.json", config_to_json(cfg))
     logger = MetricsLogger(ctx.workdir, cfg.log, enabled=ctx.is_main, total_steps=cfg.schedule.steps,
                            start_step=state.step)
     batches = _batches(cfg, ctx, state, transform, tokenizer)

@@ -13,10 +13,10 @@ import json
 import os
 import random
 import tarfile
-import tempfile
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
+from clipforge._atomic import atomic_open, write_text_atomic
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220),
@@ -104,23 +104,13 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _write_shard(path: str, members: list[tuple[str, bytes]]) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".tar")
-    try:
-        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, data in members:
-                _add_member(tar, name, data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_open(path) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            _add_member(tar, name, data)
 
 
 def _write_json(path: str, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _write_split(out_dir: str, split: str, count: int, shard_size: int, image_size: int, image_format: str,
