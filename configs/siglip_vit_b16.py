@@ -3,6 +3,7 @@
 Launch: torchrun --nproc-per-node 8 -m clipforge.train --config configs/siglip_vit_b16.py --set data.train=...
 Smoke test (CPU): clipforge train --config configs/siglip_vit_b16.py:tiny
 """
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,4 +27,9 @@ def get_config(arg=None):
         schedule=ScheduleConfig(kind="cosine", steps=100_000, warmup_steps=5_000),
         checkpoint=CheckpointConfig(every_steps=2_000, keep_last=3),
     )
-    return shrink(cfg, model="tiny-siglip") if "tiny" in args else cfg
+    if "tiny" not in args:
+        return cfg
+    tiny = shrink(cfg, model="tiny-siglip")
+    # SigLIP's own tokenizer comes from the hub; the offline smoke test uses the CLIP tokenizer instead
+    offline_text = {"tokenizer": "clip", "tokenizer_clean": None, "text.vocab_size": 49408}
+    return dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, overrides=offline_text))

@@ -53,6 +53,13 @@ def test_train_print_config(capsys):
     assert cfg["optim"]["lr"] == 3e-4 and cfg["model"]["name"] == "tiny-vit" and cfg["data"]["kind"] == "synthetic"
 
 
+@pytest.mark.parametrize("recipe", ["configs/clip_vit_b32.py:tiny", "configs/siglip_vit_b16.py:tiny"])
+def test_recipes_run_tiny(tmp_path, capsys, recipe):
+    assert main(["train", "--config", recipe, "--workdir", str(tmp_path), "--set", "log.progress=false"]) == 0
+    assert "done: 6 steps" in capsys.readouterr().out
+    assert (tmp_path / "config.json").exists() and len(list((tmp_path / "checkpoints").iterdir())) == 2
+
+
 def test_quickstart_tiny(tmp_path, capsys):
     """The README's main job in miniature: data, training, held-out table, checkpoint."""
     argv = ["quickstart", "--workdir", str(tmp_path), "--steps", "4", "--train-size", "64", "--val-size", "32",
