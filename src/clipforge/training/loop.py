@@ -189,6 +189,19 @@ def _batches(cfg, ctx, state: RunState, transform, tokenizer):
         state.batch_in_epoch = 0
 
 
+def _on_skipped_step(state: RunState, cfg: TrainConfig, ctx: RunContext, logger: MetricsLogger) -> None:
+    """Count a step skipped for a non-finite loss; too many in a row stop the run (last checkpoint kept)."""
+    state.nonfinite_in_row += 1
+    state.nonfinite_total += 1
+    logger.warn(f"step {state.step}: non-finite loss, update skipped "
+                f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
+    if state.nonfinite_in_row >= cfg.checkpoint.max_nonfinite:
+        raise NonFiniteLossError(
+            f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step}: stopping. The last good "
+            f"checkpoint is in {ctx.workdir / 'checkpoints'}; lower optim.lr, enable optim.grad_clip or use "
+            "optim.precision=bf16/fp32, then resume.")
+
+
 def train(cfg: TrainConfig, evaluate=None, stop_at_step: Optional[int] = None) -> RunResult:
     """Run (or continue) the training run described by ``cfg``.
 
@@ -229,15 +242,7 @@ def train(cfg: TrainConfig, evaluate=None, stop_at_step: Optional[int] = None) -
                          teacher=teacher)
         state.batch_in_epoch += 1
         if out.skipped:
-            state.nonfinite_in_row += 1
-            state.nonfinite_total += 1
-            logger.warn(f"step {state.step}: non-finite loss, update skipped "
-                        f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
-            if state.nonfinite_in_row >= cfg.checkpoint.max_nonfinite:
-                raise NonFiniteLossError(
-                    f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step}: stopping. The last "
-                    f"good checkpoint is in {ctx.workdir / 'checkpoints'}; lower optim.lr, enable optim.grad_clip or "
-                    "use optim.precision=bf16/fp32, then resume.")
+            _on_skipped_step(state, cfg, ctx, logger)
             continue
         state.nonfinite_in_row = 0
         state.step += 1
