@@ -27,7 +27,6 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms as tvt
 
 from clipforge.config import ConfigError, apply_overrides, to_dict
 
@@ -41,6 +40,14 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 _OPEN_CLIP_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
+
+
+def _tvt():
+    """torchvision.transforms, imported on first use: importing torchvision pulls in torch._dynamo (about a
+    second), which ``create_model`` alone never needs."""
+    from torchvision import transforms
+
+    return transforms
 
 
 def _as_triple(value: Any, name: str) -> tuple[float, float, float]:
@@ -380,7 +387,7 @@ class RandomResizedCrop:
         self.interpolation = interpolation
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        top, left, height, width = tvt.RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
+        top, left, height, width = _tvt().RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
         img = img.crop((left, top, left + width, top + height))
         target = (self.size_hw[1], self.size_hw[0])
         return img if img.size == target else img.resize(target, _RESAMPLE[self.interpolation])
@@ -435,7 +442,7 @@ class RandomErasing:
             return x
         x = x.clone()
         for _ in range(self.count):
-            top, left, h, w, noise = tvt.RandomErasing.get_params(x, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), value=None)
+            top, left, h, w, noise = _tvt().RandomErasing.get_params(x, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), value=None)
             x[..., top:top + h, left:left + w] = noise
         return x
 
@@ -460,23 +467,23 @@ def create_eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torc
     if cfg.resize_mode != "squash":
         steps.append(CenterCropOrPad(cfg.size_hw, fill=cfg.fill_color))
     steps.append(ToNormalizedTensor(cfg.mean, cfg.std))
-    return tvt.Compose(steps)
+    return _tvt().Compose(steps)
 
 
 def _augment_steps(aug: AugmentConfig) -> list[Callable]:
     """The PIL-stage augmentations, in the order timm applies them."""
     steps: list[Callable] = []
     if aug.hflip > 0:
-        steps.append(tvt.RandomHorizontalFlip(aug.hflip))
+        steps.append(_tvt().RandomHorizontalFlip(aug.hflip))
     if aug.randaugment is not None and aug.randaugment[0] > 0:
         # On uint8 PIL images, before normalization: several of its ops (posterize, solarize,
         # equalize) are only defined on 8-bit pixels.
-        steps.append(tvt.RandAugment(num_ops=aug.randaugment[0], magnitude=aug.randaugment[1]))
+        steps.append(_tvt().RandAugment(num_ops=aug.randaugment[0], magnitude=aug.randaugment[1]))
     if any(v > 0 for v in aug.color_jitter):
-        jitter = tvt.ColorJitter(*aug.color_jitter)
-        steps.append(jitter if aug.color_jitter_prob >= 1 else tvt.RandomApply([jitter], p=aug.color_jitter_prob))
+        jitter = _tvt().ColorJitter(*aug.color_jitter)
+        steps.append(jitter if aug.color_jitter_prob >= 1 else _tvt().RandomApply([jitter], p=aug.color_jitter_prob))
     if aug.grayscale > 0:
-        steps.append(tvt.RandomGrayscale(aug.grayscale))
+        steps.append(_tvt().RandomGrayscale(aug.grayscale))
     return steps
 
 
@@ -495,4 +502,4 @@ def create_train_transform(cfg: PreprocessConfig, aug: AugmentConfig | None = No
     steps.append(ToNormalizedTensor(cfg.mean, cfg.std))
     if aug.re_prob > 0:
         steps.append(RandomErasing(aug.re_prob, aug.re_count))
-    return tvt.Compose(steps)
+    return _tvt().Compose(steps)
