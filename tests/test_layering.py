@@ -50,3 +50,16 @@ def test_argparse_only_in_cli():
     offenders = [str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
                  if "cli" not in p.relative_to(PKG).parts and "argparse" in set(_imports(p))]
     assert not offenders, f"argparse outside cli/: {offenders}"
+
+
+def test_import_stays_light():
+    """`import clipforge` and the model factory pull in none of the heavy packages (open_clip pulls in timm and
+    transformers even for a plain ViT; torchvision costs about a second through torch._dynamo)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, clipforge, clipforge.models.factory, clipforge.tokenizer; "
+            "print(sorted(m for m in ('torchvision', 'timm', 'transformers', 'open_clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(PKG.parent)})
+    assert out.stdout.strip() == "[]", out.stdout
