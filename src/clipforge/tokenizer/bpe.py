@@ -32,7 +32,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from clipforge.tokenizer._inputs import as_text_list, check_context_length
-from clipforge.tokenizer.clean import BULK_MODES, SEPARATOR, bulk_chunks, fast_path_ok, get_chunk_fn
+from clipforge.tokenizer.clean import BULK_MODES, SEPARATOR, bulk_chunks, fast_path_flags, get_chunk_fn
 from clipforge.tokenizer.reduction import get_reduction, truncate_ids
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -53,6 +53,7 @@ _ASCII_WORD_RE = re.compile(
     re.IGNORECASE,
 )
 _CACHE_LIMIT = 1_000_000  # entries per cache; reset when full, so an endless stream of rare words is harmless
+_WORDS_PER_PIECE = 2048
 
 
 def default_vocab_path() -> str:
@@ -144,6 +145,31 @@ def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer
     return tokenizer
 
 
+def _rust_stream_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+    """A ``tokenizers`` pipeline for many pre-split words in one string, separated by single spaces: each word is
+    encoded as ``_rust_bpe`` encodes it alone, except the special tokens, which keep their own ids.
+
+    No pre-token holds a space (they come from space-separated chunks), and a special token is only ever a whole
+    pre-token (no other alternative of CLIP's regex can hold ``<`` together with letters), so splitting on spaces and
+    extracting the special tokens gives back exactly the words.
+    """
+    tokenizer = _rust_bpe(vocab, merges)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(" ", behavior="removed"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.add_special_tokens([SOT_TOKEN, EOT_TOKEN])
+    return tokenizer
+
+
+@functools.lru_cache(maxsize=4)
+def _seed_chunk_ids(path: str, verify: bool) -> dict[str, tuple[int, ...]]:
+    """Whole-word tokens that are also one pre-token ("photo", not "2019"), plus the special tokens."""
+    vocab, _ = load_vocab(path)
+    words = {**whole_word_ids(path, verify), SOT_TOKEN: (vocab[SOT_TOKEN],), EOT_TOKEN: (vocab[EOT_TOKEN],)}
+    return {word: ids for word, ids in words.items() if _split_words(word) == [word]}
+
+
 class _ChunkTable:
     """Chunk -> row of a flat id store, so that a whole stream of chunks is turned into ids by numpy gathers.
     Row 0 is the separator between texts and holds no ids."""
@@ -164,6 +190,20 @@ class _ChunkTable:
         self.lengths.extend(lengths)
         self.ids.extend(chain.from_iterable(values))
 
+    def extend(self, chunks: list[str], lengths: np.ndarray, ids: np.ndarray) -> None:
+        """Append ``chunks``, whose ids are ``ids`` one chunk after the other, ``lengths[i]`` ids for chunk ``i``."""
+        lengths = lengths.astype(np.int64)
+        self.index.update(zip(chunks, range(len(self.starts), len(self.starts) + len(chunks))))
+        self.starts.frombytes((np.cumsum(lengths) - lengths + len(self.ids)).tobytes())
+        self.lengths.frombytes(lengths.tobytes())
+        self.ids.frombytes(ids.astype(np.int64).tobytes())
+
+    def copy(self) -> "_ChunkTable":
+        table = _ChunkTable()
+        table.index = dict(self.index)
+        table.starts, table.lengths, table.ids = array("q", self.starts), array("q", self.lengths), array("q", self.ids)
+        return table
+
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids of all the rows one after the other, number of ids of each row)."""
         lengths = np.frombuffer(self.lengths, dtype=np.int64)[rows]  # (C,)
@@ -173,6 +213,15 @@ class _ChunkTable:
             return np.zeros(0, dtype=np.int64), lengths
         inside = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (T,) offset in its chunk
         return np.frombuffer(self.ids, dtype=np.int64)[np.repeat(starts, lengths) + inside], lengths
+
+
+@functools.lru_cache(maxsize=4)
+def _seed_table(path: str, verify: bool) -> _ChunkTable:
+    """The seed chunks as a table, built once per process; each tokenizer works on its own copy."""
+    table = _ChunkTable()
+    seed = _seed_chunk_ids(path, verify)
+    table.add([chunk for chunk in seed if chunk != SEPARATOR], seed)  # "\x01" is a whole word, but row 0 is kept
+    return table
 
 
 class ClipTokenizer:
@@ -188,6 +237,9 @@ class ClipTokenizer:
         self._reduce = get_reduction(reduction) if reduction else None
         vocab, merges = load_vocab(vocab_path or default_vocab_path())
         self._rust = _rust_bpe(vocab, merges)
+        self._rust_stream = _rust_stream_bpe(vocab, merges)
+        # Ids that end a word: "</w>" tokens, and the special tokens (always whole words, without "</w>").
+        self._ends_word = np.array([t.endswith(EOW) or t in (SOT_TOKEN, EOT_TOKEN) for t in vocab], dtype=bool)
         self._id_to_token = list(vocab)
         self._byte_of = {c: b for b, c in byte_alphabet().items()}
         self.vocab_size = len(vocab)
@@ -198,11 +250,12 @@ class ClipTokenizer:
         self._seed_words = {**whole_word_ids(vocab_path or default_vocab_path(), verify=vocab_path is not None),
                             SOT_TOKEN: (self.sot_token_id,), EOT_TOKEN: (self.eot_token_id,)}
         self._word_ids: dict[str, tuple[int, ...]] = dict(self._seed_words)
-        # Space-separated chunk of cleaned text -> ids. Seeded with the whole words that are one pre-token (so
-        # "photo" but not "2019", which splits into digits).
-        self._seed_chunks = {word: ids for word, ids in self._seed_words.items() if _split_words(word) == [word]}
+        # Space-separated chunk of cleaned text -> ids, for the per-text path, and the same as a flat table for the
+        # batched path. Both are seeded with the whole words that are one pre-token.
+        self._seed_chunks = _seed_chunk_ids(vocab_path or default_vocab_path(), vocab_path is not None)
         self._chunk_ids: dict[str, tuple[int, ...]] = dict(self._seed_chunks)
-        self._table = _ChunkTable()  # the chunks of the batched path, filled from _chunk_ids
+        self._seed_table = _seed_table(vocab_path or default_vocab_path(), vocab_path is not None)
+        self._table = self._seed_table.copy()
 
     def __repr__(self) -> str:
         return (f"ClipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
@@ -289,7 +342,7 @@ class ClipTokenizer:
         if self.clean_mode not in BULK_MODES:
             rows = self._encode_batch(texts)
             return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
-        fast = [fast_path_ok(text) for text in texts]
+        fast = fast_path_flags(texts)
         if all(fast):
             return self._encode_stream(texts, context_length)
         # Slow texts stand in as empty ones in the stream, then their rows are overwritten.
@@ -300,12 +353,27 @@ class ClipTokenizer:
         return out
 
     def _learn_stream(self, distinct: set[str]) -> None:
-        if len(self._chunk_ids) + len(distinct) > _CACHE_LIMIT:
-            self._chunk_ids = dict(self._seed_chunks)
         if len(self._table) + len(distinct) > _CACHE_LIMIT:
-            self._table = _ChunkTable()
-        self._learn_chunks(distinct.difference(self._chunk_ids, (SEPARATOR,)))
-        self._table.add(distinct.difference(self._table.index), self._chunk_ids)
+            self._table = self._seed_table.copy()
+        missing = list(distinct.difference(self._table.index))
+        lengths, ids = self._bpe_chunks(missing)
+        self._table.extend(missing, lengths, ids)
+
+    def _bpe_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(number of ids of each chunk, all their ids one chunk after the other), from one Rust call for all the
+        words of all the chunks, without a Python object per word or per chunk."""
+        words_of = list(map(_split_words, chunks))
+        words = list(chain.from_iterable(words_of))
+        # A few strings rather than one, so that ``tokenizers`` can spread them over its threads.
+        pieces = [" ".join(words[i:i + _WORDS_PER_PIECE]) for i in range(0, len(words), _WORDS_PER_PIECE)]
+        encodings = self._rust_stream.encode_batch_fast(pieces, add_special_tokens=False) if pieces else []
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64)  # (T,)
+        word_ends = np.flatnonzero(self._ends_word[ids]) + 1  # (W,) end of each word's ids in ``ids``
+        if len(word_ends) != len(words):
+            raise RuntimeError("internal error: the Rust BPE did not return one end-of-word token per word")
+        words_before = np.cumsum(np.fromiter(map(len, words_of), dtype=np.int64, count=len(chunks)))  # (C,)
+        chunk_ends = np.concatenate([[0], word_ends])[words_before]  # (C,) a chunk with no word has no ids
+        return np.diff(chunk_ends, prepend=0), ids
 
     def _encode_stream(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids of fast-path texts, from one chunk stream and vectorised packing (no per-text Python)."""

@@ -26,9 +26,12 @@ the claim on every Basic Multilingual Plane code point and on a 10,000-caption c
 from __future__ import annotations
 
 import html
+import operator
 import re
 import string
 import unicodedata
+from bisect import bisect_right
+from itertools import accumulate, compress
 
 import ftfy
 from ftfy import badness, chardata
@@ -228,6 +231,28 @@ def fast_path_ok(text: str) -> bool:
     if text.isascii():
         return _ascii_trigger(text) is None
     return not needs_repair(text)
+
+
+def fast_path_flags(texts: list[str]) -> list[bool]:
+    """``[fast_path_ok(text) for text in texts]``, with one search for ASCII triggers over the whole batch.
+
+    The texts are joined without a separator: a trigger match is a single character, so it lies inside one text,
+    found from the cumulative text lengths. Non-ASCII texts (a minority) then get the full per-text test.
+    """
+    flags = [True] * len(texts)
+    joined = "".join(texts)
+    ends = list(accumulate(map(len, texts)))  # text i spans joined[ends[i - 1]:ends[i]]
+    search = _ASCII_TRIGGER_RE.search
+    match = search(joined)
+    while match is not None:
+        i = bisect_right(ends, match.start())
+        flags[i] = False
+        match = search(joined, ends[i])  # the rest of text i cannot change its flag
+    if not joined.isascii():
+        for i in compress(range(len(texts)), map(operator.not_, map(str.isascii, texts))):
+            if flags[i]:
+                flags[i] = not needs_repair(texts[i])
+    return flags
 
 
 def bulk_chunks(texts: list[str], mode: str) -> list[str] | None:
