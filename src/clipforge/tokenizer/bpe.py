@@ -22,7 +22,6 @@ import gc
 import gzip
 import os
 import re
-from array import array
 from importlib import resources
 from itertools import accumulate, chain
 
@@ -31,6 +30,7 @@ import regex
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from clipforge.tokenizer._idtable import IdTable
 from clipforge.tokenizer._inputs import as_text_list, check_context_length
 from clipforge.tokenizer.clean import BULK_MODES, SEPARATOR, bulk_chunks, fast_path_flags, get_chunk_fn
 from clipforge.tokenizer.reduction import get_reduction, truncate_ids
@@ -163,65 +163,23 @@ def _rust_stream_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> To
 
 
 @functools.lru_cache(maxsize=4)
-def _seed_chunk_ids(path: str, verify: bool) -> dict[str, tuple[int, ...]]:
-    """Whole-word tokens that are also one pre-token ("photo", not "2019"), plus the special tokens."""
+def _seed_words(path: str, verify: bool) -> dict[str, tuple[int, ...]]:
+    """Words known without running BPE: every whole-word vocabulary entry, and the special tokens."""
     vocab, _ = load_vocab(path)
-    words = {**whole_word_ids(path, verify), SOT_TOKEN: (vocab[SOT_TOKEN],), EOT_TOKEN: (vocab[EOT_TOKEN],)}
-    return {word: ids for word, ids in words.items() if _split_words(word) == [word]}
-
-
-class _ChunkTable:
-    """Chunk -> row of a flat id store, so that a whole stream of chunks is turned into ids by numpy gathers.
-    Row 0 is the separator between texts and holds no ids."""
-
-    def __init__(self):
-        self.index = {SEPARATOR: 0}
-        self.starts, self.lengths, self.ids = array("q", [0]), array("q", [0]), array("q")
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def add(self, chunks, ids_of: dict[str, tuple[int, ...]]) -> None:
-        chunks = list(chunks)
-        values = list(map(ids_of.__getitem__, chunks))
-        lengths = list(map(len, values))
-        self.index.update(zip(chunks, range(len(self.starts), len(self.starts) + len(chunks))))
-        self.starts.extend(list(accumulate(lengths, initial=len(self.ids)))[:-1])
-        self.lengths.extend(lengths)
-        self.ids.extend(chain.from_iterable(values))
-
-    def extend(self, chunks: list[str], lengths: np.ndarray, ids: np.ndarray) -> None:
-        """Append ``chunks``, whose ids are ``ids`` one chunk after the other, ``lengths[i]`` ids for chunk ``i``."""
-        lengths = lengths.astype(np.int64)
-        self.index.update(zip(chunks, range(len(self.starts), len(self.starts) + len(chunks))))
-        self.starts.frombytes((np.cumsum(lengths) - lengths + len(self.ids)).tobytes())
-        self.lengths.frombytes(lengths.tobytes())
-        self.ids.frombytes(ids.astype(np.int64).tobytes())
-
-    def copy(self) -> "_ChunkTable":
-        table = _ChunkTable()
-        table.index = dict(self.index)
-        table.starts, table.lengths, table.ids = array("q", self.starts), array("q", self.lengths), array("q", self.ids)
-        return table
-
-    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids of all the rows one after the other, number of ids of each row)."""
-        lengths = np.frombuffer(self.lengths, dtype=np.int64)[rows]  # (C,)
-        starts = np.frombuffer(self.starts, dtype=np.int64)[rows]  # (C,)
-        total = int(lengths.sum())
-        if total == 0:  # also keeps np.frombuffer away from an empty store
-            return np.zeros(0, dtype=np.int64), lengths
-        inside = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (T,) offset in its chunk
-        return np.frombuffer(self.ids, dtype=np.int64)[np.repeat(starts, lengths) + inside], lengths
+    return {**whole_word_ids(path, verify), SOT_TOKEN: (vocab[SOT_TOKEN],), EOT_TOKEN: (vocab[EOT_TOKEN],)}
 
 
 @functools.lru_cache(maxsize=4)
-def _seed_table(path: str, verify: bool) -> _ChunkTable:
-    """The seed chunks as a table, built once per process; each tokenizer works on its own copy."""
-    table = _ChunkTable()
-    seed = _seed_chunk_ids(path, verify)
-    table.add([chunk for chunk in seed if chunk != SEPARATOR], seed)  # "\x01" is a whole word, but row 0 is kept
-    return table
+def _seed_chunk_ids(path: str, verify: bool) -> dict[str, tuple[int, ...]]:
+    """The seed words that are also one pre-token, hence a whole chunk: "photo", not "2019" (four digits)."""
+    return {word: ids for word, ids in _seed_words(path, verify).items() if _split_words(word) == [word]}
+
+
+@functools.lru_cache(maxsize=4)
+def _seed_tables(path: str, verify: bool) -> tuple[IdTable, IdTable]:
+    """(word table, chunk table) of the seeds, built once per process; each tokenizer works on copies."""
+    chunk_table = IdTable.from_dict(_seed_chunk_ids(path, verify), reserved=SEPARATOR)  # "\x01" is a seed word
+    return IdTable.from_dict(_seed_words(path, verify)), chunk_table
 
 
 class ClipTokenizer:
@@ -235,9 +193,9 @@ class ClipTokenizer:
         self._chunks = get_chunk_fn(clean)
         self.reduction = reduction
         self._reduce = get_reduction(reduction) if reduction else None
-        vocab, merges = load_vocab(vocab_path or default_vocab_path())
-        self._rust = _rust_bpe(vocab, merges)
-        self._rust_stream = _rust_stream_bpe(vocab, merges)
+        path, verify = vocab_path or default_vocab_path(), vocab_path is not None
+        vocab, merges = load_vocab(path)
+        self._rust = _rust_stream_bpe(vocab, merges)
         # Ids that end a word: "</w>" tokens, and the special tokens (always whole words, without "</w>").
         self._ends_word = np.array([t.endswith(EOW) or t in (SOT_TOKEN, EOT_TOKEN) for t in vocab], dtype=bool)
         self._id_to_token = list(vocab)
@@ -246,43 +204,54 @@ class ClipTokenizer:
         self.sot_token_id = vocab[SOT_TOKEN]
         self.eot_token_id = vocab[EOT_TOKEN]
         self.all_special_ids = [self.sot_token_id, self.eot_token_id]
-        # Words known without running BPE: the special tokens, and every whole-word vocabulary entry.
-        self._seed_words = {**whole_word_ids(vocab_path or default_vocab_path(), verify=vocab_path is not None),
-                            SOT_TOKEN: (self.sot_token_id,), EOT_TOKEN: (self.eot_token_id,)}
-        self._word_ids: dict[str, tuple[int, ...]] = dict(self._seed_words)
-        # Space-separated chunk of cleaned text -> ids, for the per-text path, and the same as a flat table for the
-        # batched path. Both are seeded with the whole words that are one pre-token.
-        self._seed_chunks = _seed_chunk_ids(vocab_path or default_vocab_path(), vocab_path is not None)
+        # Three caches, all seeded from the vocabulary: word -> ids (a table), space-separated chunk of cleaned
+        # text -> ids, as a dict for the per-text path and as a table for the batched path.
+        self._seed_chunks = _seed_chunk_ids(path, verify)
         self._chunk_ids: dict[str, tuple[int, ...]] = dict(self._seed_chunks)
-        self._seed_table = _seed_table(vocab_path or default_vocab_path(), vocab_path is not None)
-        self._table = self._seed_table.copy()
+        self._seed_word_table, self._seed_chunk_table = _seed_tables(path, verify)
+        self._words, self._table = self._seed_word_table.copy(), self._seed_chunk_table.copy()
 
     def __repr__(self) -> str:
         return (f"ClipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
                 f"clean={self.clean_mode!r}, reduction={self.reduction!r})")
 
-    def _learn_words(self, words: set[str]) -> dict[str, tuple[int, ...]]:
-        """The word cache, after BPE-encoding in one Rust batch the ``words`` it lacks."""
-        known = self._word_ids
-        missing = {word for word in words if word not in known}
-        if len(known) + len(missing) > _CACHE_LIMIT:
-            known = self._word_ids = dict(self._seed_words)
-            missing = {word for word in words if word not in known}
-        batch = sorted(missing)
-        encodings = self._rust.encode_batch_fast(batch, add_special_tokens=False)
-        known.update(zip(batch, (tuple(e.ids) for e in encodings)))
-        return known
+    def _bpe_words(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(number of ids of each word, all their ids one word after the other), from one Rust call."""
+        # A few strings rather than one, so that ``tokenizers`` can spread them over its threads.
+        pieces = [" ".join(words[i:i + _WORDS_PER_PIECE]) for i in range(0, len(words), _WORDS_PER_PIECE)]
+        encodings = self._rust.encode_batch_fast(pieces, add_special_tokens=False) if pieces else []
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64)  # (T,)
+        word_ends = np.flatnonzero(self._ends_word[ids]) + 1  # (W,) end of each word's ids in ``ids``
+        if len(word_ends) != len(words):
+            raise RuntimeError("internal error: the Rust BPE did not return one end-of-word token per word")
+        return np.diff(word_ends, prepend=0), ids
+
+    def _learn_words(self, words: set[str]) -> None:
+        """BPE-encode the ``words`` that the word table lacks, and add them to it."""
+        missing = words.difference(self._words.index)
+        if len(self._words) + len(missing) > _CACHE_LIMIT:
+            self._words = self._seed_word_table.copy()
+            missing = words.difference(self._words.index)
+        missing = list(missing)
+        self._words.extend(missing, *self._bpe_words(missing))
+
+    def _bpe_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(number of ids of each chunk, all their ids one chunk after the other), through the word table: the
+        words it lacks are encoded by one Rust call, the others gathered by numpy, without a Python loop."""
+        words_of = list(map(_split_words, chunks))
+        words = list(chain.from_iterable(words_of))
+        self._learn_words(set(words))
+        ids, word_lengths = self._words.gather(self._words.rows(words))  # (T,), (W,)
+        words_until = np.cumsum(np.fromiter(map(len, words_of), dtype=np.int64, count=len(chunks)))  # (C,)
+        ends = np.concatenate([np.zeros(1, np.int64), np.cumsum(word_lengths)])[words_until]  # (C,) end in ids
+        return np.diff(ends, prepend=0), ids
 
     def _learn_chunks(self, chunks: set[str]) -> None:
-        """Add ``chunks`` (not yet cached) to the chunk cache, through the word cache and Rust BPE."""
-        words_of = {chunk: _split_words(chunk) for chunk in chunks}
-        known = self._learn_words({word for words in words_of.values() for word in words})
-        chunk_ids = self._chunk_ids
-        for chunk, words in words_of.items():
-            if len(words) == 1:
-                chunk_ids[chunk] = known[words[0]]
-            else:
-                chunk_ids[chunk] = tuple(chain.from_iterable(map(known.__getitem__, words)))
+        """Add ``chunks`` (not yet cached) to the per-text path's chunk dict."""
+        chunks = list(chunks)
+        lengths, ids = self._bpe_chunks(chunks)
+        ids, bounds = ids.tolist(), list(accumulate(lengths.tolist(), initial=0))
+        self._chunk_ids.update(zip(chunks, (tuple(ids[a:b]) for a, b in zip(bounds, bounds[1:]))))
 
     def _resolve(self, rows: list, pending: list[int]) -> None:
         """Replace the chunk lists at ``pending`` by ids, filling both caches for the chunks not seen before."""
@@ -354,36 +323,18 @@ class ClipTokenizer:
 
     def _learn_stream(self, distinct: set[str]) -> None:
         if len(self._table) + len(distinct) > _CACHE_LIMIT:
-            self._table = self._seed_table.copy()
+            self._table = self._seed_chunk_table.copy()
         missing = list(distinct.difference(self._table.index))
-        lengths, ids = self._bpe_chunks(missing)
-        self._table.extend(missing, lengths, ids)
-
-    def _bpe_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(number of ids of each chunk, all their ids one chunk after the other), from one Rust call for all the
-        words of all the chunks, without a Python object per word or per chunk."""
-        words_of = list(map(_split_words, chunks))
-        words = list(chain.from_iterable(words_of))
-        # A few strings rather than one, so that ``tokenizers`` can spread them over its threads.
-        pieces = [" ".join(words[i:i + _WORDS_PER_PIECE]) for i in range(0, len(words), _WORDS_PER_PIECE)]
-        encodings = self._rust_stream.encode_batch_fast(pieces, add_special_tokens=False) if pieces else []
-        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64)  # (T,)
-        word_ends = np.flatnonzero(self._ends_word[ids]) + 1  # (W,) end of each word's ids in ``ids``
-        if len(word_ends) != len(words):
-            raise RuntimeError("internal error: the Rust BPE did not return one end-of-word token per word")
-        words_before = np.cumsum(np.fromiter(map(len, words_of), dtype=np.int64, count=len(chunks)))  # (C,)
-        chunk_ends = np.concatenate([[0], word_ends])[words_before]  # (C,) a chunk with no word has no ids
-        return np.diff(chunk_ends, prepend=0), ids
+        self._table.extend(missing, *self._bpe_chunks(missing))
 
     def _encode_stream(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids of fast-path texts, from one chunk stream and vectorised packing (no per-text Python)."""
         chunks = bulk_chunks(texts, self.clean_mode)
         try:
-            rows = list(map(self._table.index.__getitem__, chunks))
+            rows = self._table.rows(chunks)  # (C,) table row of each chunk, 0 between texts
         except KeyError:
             self._learn_stream(set(chunks))
-            rows = list(map(self._table.index.__getitem__, chunks))
-        rows = np.array(rows, dtype=np.int64)  # (C,) table row of each chunk, 0 between texts
+            rows = self._table.rows(chunks)
         ids, lengths = self._table.gather(rows)  # (T,) ids, (C,) ids per chunk
         text_of = np.repeat(np.cumsum(rows == 0), lengths)  # (T,) text index of each id
         counts = np.bincount(text_of, minlength=len(texts))  # (N,) ids per text
