@@ -4,15 +4,17 @@ A caption goes through four stages:
 
 1. cleaning (``clean.py``): ftfy repair only where it can change the text, HTML unescaping, whitespace, case;
 2. pre-tokenization with CLIP's regex (the ``regex`` module, or an equivalent stdlib pattern on ASCII text);
-3. BPE per word, through a word -> ids dictionary seeded with the vocabulary's whole words; its misses are encoded
-   in one batch by a Rust ``tokenizers`` BPE configured as CLIP's (byte-level alphabet, ``</w>`` suffix, same
-   merge ranks);
+3. BPE per word, through a word -> ids table seeded with the vocabulary's whole words; the words it lacks are
+   joined with spaces and encoded by one call to a Rust ``tokenizers`` BPE configured as CLIP's (byte-level
+   alphabet, ``</w>`` suffix, same merge ranks), then split back at the end-of-word ids;
 4. sot + ids + eot, truncated with eot kept in the last position, packed into a ``(N, L)`` LongTensor.
 
 Cleaned text is single-spaced and no pre-token spans a space, so each space-separated chunk ("dog,") can be
-encoded once and cached: a second dictionary maps chunks to ids and skips stages 2 and 3 for chunks seen before.
-Captions that need no repair (nearly all) are cleaned, split and looked up as one stream for the whole batch and
-packed with numpy; the others go through the same steps one caption at a time.
+encoded once and cached: a chunk cache skips stages 2 and 3 for chunks seen before. Captions that need no repair
+(nearly all) are cleaned, split and looked up as one stream for the whole batch, through flat id tables
+(``_idtable.py``) and numpy, with no Python loop per caption, chunk or new word; the others go through the same
+steps one caption at a time, with a dict as chunk cache. The seeded tables are built once per process and copied
+into each tokenizer.
 """
 from __future__ import annotations
 
@@ -138,9 +140,9 @@ def _gc_paused():
             gc.enable()
 
 
-def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], cache_capacity: int = 10_000) -> Tokenizer:
     """A ``tokenizers`` pipeline that encodes one pre-split word the way CLIP's BPE does."""
-    tokenizer = Tokenizer(models.BPE(vocab, merges, end_of_word_suffix=EOW))
+    tokenizer = Tokenizer(models.BPE(vocab, merges, end_of_word_suffix=EOW, cache_capacity=cache_capacity))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     return tokenizer
 
@@ -153,7 +155,7 @@ def _rust_stream_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> To
     pre-token (no other alternative of CLIP's regex can hold ``<`` together with letters), so splitting on spaces and
     extracting the special tokens gives back exactly the words.
     """
-    tokenizer = _rust_bpe(vocab, merges)
+    tokenizer = _rust_bpe(vocab, merges, cache_capacity=0)  # it only ever sees words not seen before
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(" ", behavior="removed"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
