@@ -52,3 +52,15 @@ def test_fresh_tokenizers_start_from_the_seed_only():
     second = ClipTokenizer()
     assert "zzqxwv" not in second._words.index and "blorfgle," not in second._table.index
     assert len(second._table) == len(second._seed_chunk_table) and "photo" in second._table.index
+
+
+def test_pack_into_truncates_each_group_and_counts_all_ids():
+    table = IdTable.from_dict({"sep": (), "a": (1, 2, 3), "b": (4,), "c": (5, 6)}, reserved="sep")
+    rows = table.rows(["a", "b", "sep", "sep", "c", "a", "b", "sep", "b"])
+    groups = np.cumsum(rows == 0)  # the separator row starts a new group
+    out = np.full((4, 5), -1, dtype=np.int64)
+    counts = table.pack_into(out, rows, groups, 1, 3)
+    assert counts.tolist() == [4, 0, 6, 1]
+    assert out.tolist() == [[-1, 1, 2, 3, -1], [-1] * 5, [-1, 5, 6, 1, -1], [-1, 4, -1, -1, -1]]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        table.pack_into(np.zeros((5, 4), dtype=np.int64).T, rows, groups, 0, 2)

@@ -67,3 +67,30 @@ class IdTable:
             return np.zeros(0, dtype=np.int64), lengths
         inside = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (T,) offset in its row
         return np.frombuffer(self.ids, dtype=np.int64)[np.repeat(starts, lengths) + inside], lengths
+
+    def pack_into(self, out: np.ndarray, rows: np.ndarray, groups: np.ndarray, column: int, width: int) -> np.ndarray:
+        """Write the ids of ``rows`` into ``out`` by group: line ``g`` of ``out`` gets, from ``column`` on, the first
+        ``width`` ids of the rows of group ``g`` (``groups``, non-decreasing, gives each row's group), one row after
+        the other. Returns the number of ids of each group before truncation.
+
+        All at the level of rows, then three ``np.repeat`` to ids; rows that start past the width are dropped first.
+        """
+        if not out.flags.c_contiguous:
+            raise ValueError("pack_into writes through a flat view: pass a C-contiguous array")
+        lengths = np.frombuffer(self.lengths, dtype=np.int64)[rows]  # (R,)
+        starts = np.frombuffer(self.starts, dtype=np.int64)[rows]  # (R,)
+        counts = np.bincount(groups, weights=lengths, minlength=len(out)).astype(np.int64)  # (G,) ids per group
+        pos = np.cumsum(lengths) - lengths - (np.cumsum(counts) - counts)[groups]  # (R,) first id's place in group
+        kept = (pos < width) & (lengths > 0)
+        lengths, starts, pos, groups = lengths[kept], starts[kept], pos[kept], groups[kept]  # (R',)
+        total = int(lengths.sum())
+        if total == 0:
+            return counts
+        shift = np.cumsum(lengths) - lengths  # (R',) where each kept row's ids start among all kept ids
+        step = np.arange(total)  # (T,)
+        place = step + np.repeat(pos - shift, lengths)  # (T,) place of each id in its group
+        inside = place < width
+        source = step + np.repeat(starts - shift, lengths)  # (T,) index in the id store
+        target = place + np.repeat(groups * out.shape[1] + column, lengths)  # (T,) index in the flat ``out``
+        out.reshape(-1)[target[inside]] = np.frombuffer(self.ids, dtype=np.int64)[source[inside]]
+        return counts

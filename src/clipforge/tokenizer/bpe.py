@@ -337,14 +337,10 @@ class ClipTokenizer:
         except KeyError:
             self._learn_stream(set(chunks))
             rows = self._table.rows(chunks)
-        ids, lengths = self._table.gather(rows)  # (T,) ids, (C,) ids per chunk
-        text_of = np.repeat(np.cumsum(rows == 0), lengths)  # (T,) text index of each id
-        counts = np.bincount(text_of, minlength=len(texts))  # (N,) ids per text
-        offset = np.arange(len(ids)) - (np.cumsum(counts) - counts)[text_of]  # position of each id in its text
-        keep = offset < context_length - 2  # truncation: eot then takes the last position
         out = np.zeros((len(texts), context_length), dtype=np.int64)
         out[:, 0] = self.sot_token_id
-        out[text_of[keep], offset[keep] + 1] = ids[keep]
+        # Truncation keeps context_length - 2 ids: eot then takes the last position.
+        counts = self._table.pack_into(out, rows, np.cumsum(rows == 0), 1, context_length - 2)  # (N,) ids per text
         out[np.arange(len(texts)), np.minimum(counts, context_length - 2) + 1] = self.eot_token_id
         return out
 
