@@ -64,3 +64,16 @@ def test_pack_into_truncates_each_group_and_counts_all_ids():
     assert out.tolist() == [[-1, 1, 2, 3, -1], [-1] * 5, [-1, 5, 6, 1, -1], [-1, 4, -1, -1, -1]]
     with pytest.raises(ValueError, match="C-contiguous"):
         table.pack_into(np.zeros((5, 4), dtype=np.int64).T, rows, groups, 0, 2)
+
+
+def test_stream_learns_across_batches_and_resets_exactly(corpus, reference, monkeypatch):
+    tok = ClipTokenizer()
+    monkeypatch.setattr(bpe, "_CACHE_LIMIT", len(tok._seed_chunk_table) + 150)
+    sizes = []
+    for start in range(0, 1200, 150):
+        batch = corpus[start:start + 150] + corpus[:20]  # chunks seen in an earlier batch, too
+        assert torch.equal(tok(batch), reference(batch))
+        sizes.append(len(tok._table))
+    assert max(sizes) <= bpe._CACHE_LIMIT
+    assert any(b > a for a, b in zip(sizes, sizes[1:])), sizes  # grew, keeping what it had learned
+    assert any(b < a for a, b in zip(sizes, sizes[1:])), sizes  # and was reset to the seed when full

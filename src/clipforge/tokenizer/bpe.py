@@ -25,7 +25,7 @@ import gzip
 import os
 import re
 from importlib import resources
-from itertools import accumulate, chain
+from itertools import accumulate, chain, repeat
 
 import numpy as np
 import regex
@@ -323,20 +323,30 @@ class ClipTokenizer:
         out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
         return out
 
-    def _learn_stream(self, distinct: set[str]) -> None:
-        if len(self._table) + len(distinct) > _CACHE_LIMIT:
-            self._table = self._seed_chunk_table.copy()
-        missing = list(distinct.difference(self._table.index))
+    def _learn_stream(self, new: set[str]) -> None:
+        missing = list(new.difference(self._table.index))
         self._table.extend(missing, *self._bpe_chunks(missing))
+
+    def _stream_rows(self, chunks: list[str]) -> np.ndarray:
+        """``(C,)`` chunk-table row of each chunk, learning the chunks not seen before; 0 between texts."""
+        rows = np.fromiter(map(self._table.index.get, chunks, repeat(-1)), dtype=np.int64, count=len(chunks))
+        missing_at = np.flatnonzero(rows < 0)  # only these occurrences need Python work beyond the lookup
+        if len(missing_at) == 0:
+            return rows
+        missing = list(map(chunks.__getitem__, missing_at.tolist()))
+        new = set(missing)
+        if len(self._table) + len(new) > _CACHE_LIMIT:
+            # The rows found so far belong to the table being dropped: start again from the seed.
+            self._table = self._seed_chunk_table.copy()
+            self._learn_stream(set(chunks))
+            return self._table.rows(chunks)
+        self._learn_stream(new)
+        rows[missing_at] = self._table.rows(missing)
+        return rows
 
     def _encode_stream(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids of fast-path texts, from one chunk stream and vectorised packing (no per-text Python)."""
-        chunks = bulk_chunks(texts, self.clean_mode)
-        try:
-            rows = self._table.rows(chunks)  # (C,) table row of each chunk, 0 between texts
-        except KeyError:
-            self._learn_stream(set(chunks))
-            rows = self._table.rows(chunks)
+        rows = self._stream_rows(bulk_chunks(texts, self.clean_mode))
         out = np.zeros((len(texts), context_length), dtype=np.int64)
         out[:, 0] = self.sot_token_id
         # Truncation keeps context_length - 2 ids: eot then takes the last position.
