@@ -107,3 +107,28 @@ def test_badness_categories_have_no_characters_outside_the_bmp():
     astral = "".join(chr(c) for c in range(0x10000, sys.maxunicode + 1))
     assert categories.search(astral) is None
     assert categories.search("".join(chr(c) for c in range(0x80))) is None  # nor ASCII ones
+
+
+@pytest.mark.parametrize("wrap", ["\u201c{}\u201d", "ＦＵＬＬ {} ﬁ", "it\u2019s {}", "{}\u00a0\u2018x\u2019"])
+def test_one_pass_repair_equals_ftfy_across_the_bmp(wrap):
+    """The shortcut that runs only ftfy's character-level fixers agrees with ftfy whenever it answers."""
+    codepoints = [c for c in range(0x80, 0x10000, 3) if not 0xD800 <= c <= 0xDFFF]
+    texts = [wrap.format(" ".join(chr(c) for c in codepoints[i:i + 24])) for i in range(0, len(codepoints), 24)]
+    texts += [wrap.format(chr(c)) for c in codepoints[::7]]
+    answered = 0
+    for text in texts:
+        repaired = clean._repair_one_pass(text)
+        if repaired is not None:
+            assert repaired == ftfy.fix_text(text), text
+            answered += 1
+    assert answered > 0.3 * len(texts)  # useful, not only sound
+
+
+@pytest.mark.parametrize("text", ["cafÃ©", "itâ€™s", "x &amp; \u201cy\u201d", "\u201ca\u201d\nb", "ＦＵＬＬ\r"])
+def test_one_pass_repair_declines_mojibake_entities_and_lines(text):
+    assert clean._repair_one_pass(text) is None
+
+
+def test_curly_quotes_and_full_width_skip_ftfy(monkeypatch):
+    monkeypatch.setattr(clean.ftfy, "fix_text", lambda text, *a, **k: pytest.fail(f"ftfy called on {text!r}"))
+    assert clean.clean_text("\u201cQuoted\u201d ＦＵＬＬ ﬁne") == '"quoted" full fine'

@@ -64,8 +64,9 @@ def test_word_cache_reset_keeps_results_exact(corpus, reference, monkeypatch):
     subset = corpus[:400]
     halves = torch.cat([tok(subset[:200]), tok(subset[200:])])
     second_half_words = {w for text in subset[200:] for w in bpe._WORD_RE.findall(clean_text(text))}
-    # The cache was reset to its seed (whole-word vocabulary entries), not grown past its limit.
-    assert len(tok._word_ids) <= len(tok._seed_words) + len(second_half_words)
+    # The caches were reset to their seeds (whole-word vocabulary entries), not grown past their limit.
+    assert len(tok._words) <= len(tok._seed_word_table) + len(second_half_words)
+    assert len(tok._table) <= len(tok._seed_chunk_table) + sum(len(text.split()) for text in subset[200:]) + 1
     assert torch.equal(halves, reference(subset))
 
 

@@ -4,15 +4,17 @@ A caption goes through four stages:
 
 1. cleaning (``clean.py``): ftfy repair only where it can change the text, HTML unescaping, whitespace, case;
 2. pre-tokenization with CLIP's regex (the ``regex`` module, or an equivalent stdlib pattern on ASCII text);
-3. BPE per word, through a word -> ids dictionary seeded with the vocabulary's whole words; its misses are encoded
-   in one batch by a Rust ``tokenizers`` BPE configured as CLIP's (byte-level alphabet, ``</w>`` suffix, same
-   merge ranks);
+3. BPE per word, through a word -> ids table seeded with the vocabulary's whole words; the words it lacks are
+   joined with spaces and encoded by one call to a Rust ``tokenizers`` BPE configured as CLIP's (byte-level
+   alphabet, ``</w>`` suffix, same merge ranks), then split back at the end-of-word ids;
 4. sot + ids + eot, truncated with eot kept in the last position, packed into a ``(N, L)`` LongTensor.
 
 Cleaned text is single-spaced and no pre-token spans a space, so each space-separated chunk ("dog,") can be
-encoded once and cached: a second dictionary maps chunks to ids and skips stages 2 and 3 for chunks seen before.
-Captions that need no repair (nearly all) are cleaned, split and looked up as one stream for the whole batch and
-packed with numpy; the others go through the same steps one caption at a time.
+encoded once and cached: a chunk cache skips stages 2 and 3 for chunks seen before. Captions that need no repair
+(nearly all) are cleaned, split and looked up as one stream for the whole batch, through flat id tables
+(``_idtable.py``) and numpy, with no Python loop per caption, chunk or new word; the others go through the same
+steps one caption at a time, with a dict as chunk cache. The seeded tables are built once per process and copied
+into each tokenizer.
 """
 from __future__ import annotations
 
@@ -22,17 +24,17 @@ import gc
 import gzip
 import os
 import re
-from array import array
 from importlib import resources
-from itertools import accumulate, chain
+from itertools import accumulate, chain, repeat
 
 import numpy as np
 import regex
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from clipforge.tokenizer._idtable import IdTable
 from clipforge.tokenizer._inputs import as_text_list, check_context_length
-from clipforge.tokenizer.clean import BULK_MODES, SEPARATOR, bulk_chunks, fast_path_ok, get_chunk_fn
+from clipforge.tokenizer.clean import BULK_MODES, SEPARATOR, bulk_chunks, fast_path_flags, get_chunk_fn
 from clipforge.tokenizer.reduction import get_reduction, truncate_ids
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -53,6 +55,7 @@ _ASCII_WORD_RE = re.compile(
     re.IGNORECASE,
 )
 _CACHE_LIMIT = 1_000_000  # entries per cache; reset when full, so an endless stream of rare words is harmless
+_WORDS_PER_PIECE = 2048
 
 
 def default_vocab_path() -> str:
@@ -137,42 +140,48 @@ def _gc_paused():
             gc.enable()
 
 
-def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+def _rust_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], cache_capacity: int = 10_000) -> Tokenizer:
     """A ``tokenizers`` pipeline that encodes one pre-split word the way CLIP's BPE does."""
-    tokenizer = Tokenizer(models.BPE(vocab, merges, end_of_word_suffix=EOW))
+    tokenizer = Tokenizer(models.BPE(vocab, merges, end_of_word_suffix=EOW, cache_capacity=cache_capacity))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     return tokenizer
 
 
-class _ChunkTable:
-    """Chunk -> row of a flat id store, so that a whole stream of chunks is turned into ids by numpy gathers.
-    Row 0 is the separator between texts and holds no ids."""
+def _rust_stream_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
+    """A ``tokenizers`` pipeline for many pre-split words in one string, separated by single spaces: each word is
+    encoded as ``_rust_bpe`` encodes it alone, except the special tokens, which keep their own ids.
 
-    def __init__(self):
-        self.index = {SEPARATOR: 0}
-        self.starts, self.lengths, self.ids = array("q", [0]), array("q", [0]), array("q")
+    No pre-token holds a space (they come from space-separated chunks), and a special token is only ever a whole
+    pre-token (no other alternative of CLIP's regex can hold ``<`` together with letters), so splitting on spaces and
+    extracting the special tokens gives back exactly the words.
+    """
+    tokenizer = _rust_bpe(vocab, merges, cache_capacity=0)  # it only ever sees words not seen before
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(" ", behavior="removed"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.add_special_tokens([SOT_TOKEN, EOT_TOKEN])
+    return tokenizer
 
-    def __len__(self) -> int:
-        return len(self.index)
 
-    def add(self, chunks, ids_of: dict[str, tuple[int, ...]]) -> None:
-        chunks = list(chunks)
-        values = list(map(ids_of.__getitem__, chunks))
-        lengths = list(map(len, values))
-        self.index.update(zip(chunks, range(len(self.starts), len(self.starts) + len(chunks))))
-        self.starts.extend(list(accumulate(lengths, initial=len(self.ids)))[:-1])
-        self.lengths.extend(lengths)
-        self.ids.extend(chain.from_iterable(values))
+@functools.lru_cache(maxsize=4)
+def _seed_words(path: str, verify: bool) -> dict[str, tuple[int, ...]]:
+    """Words known without running BPE: every whole-word vocabulary entry, and the special tokens."""
+    vocab, _ = load_vocab(path)
+    return {**whole_word_ids(path, verify), SOT_TOKEN: (vocab[SOT_TOKEN],), EOT_TOKEN: (vocab[EOT_TOKEN],)}
 
-    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids of all the rows one after the other, number of ids of each row)."""
-        lengths = np.frombuffer(self.lengths, dtype=np.int64)[rows]  # (C,)
-        starts = np.frombuffer(self.starts, dtype=np.int64)[rows]  # (C,)
-        total = int(lengths.sum())
-        if total == 0:  # also keeps np.frombuffer away from an empty store
-            return np.zeros(0, dtype=np.int64), lengths
-        inside = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (T,) offset in its chunk
-        return np.frombuffer(self.ids, dtype=np.int64)[np.repeat(starts, lengths) + inside], lengths
+
+@functools.lru_cache(maxsize=4)
+def _seed_chunk_ids(path: str, verify: bool) -> dict[str, tuple[int, ...]]:
+    """The seed words that are also one pre-token, hence a whole chunk: "photo", not "2019" (four digits)."""
+    return {word: ids for word, ids in _seed_words(path, verify).items() if _split_words(word) == [word]}
+
+
+@functools.lru_cache(maxsize=4)
+def _seed_tables(path: str, verify: bool) -> tuple[IdTable, IdTable]:
+    """(word table, chunk table) of the seeds, built once per process; each tokenizer works on copies."""
+    chunk_table = IdTable.from_dict(_seed_chunk_ids(path, verify), reserved=SEPARATOR)  # "\x01" is a seed word
+    return IdTable.from_dict(_seed_words(path, verify)), chunk_table
 
 
 class ClipTokenizer:
@@ -186,50 +195,65 @@ class ClipTokenizer:
         self._chunks = get_chunk_fn(clean)
         self.reduction = reduction
         self._reduce = get_reduction(reduction) if reduction else None
-        vocab, merges = load_vocab(vocab_path or default_vocab_path())
-        self._rust = _rust_bpe(vocab, merges)
+        path, verify = vocab_path or default_vocab_path(), vocab_path is not None
+        vocab, merges = load_vocab(path)
+        self._rust = _rust_stream_bpe(vocab, merges)
+        # Ids that end a word: "</w>" tokens, and the special tokens (always whole words, without "</w>").
+        self._ends_word = np.array([t.endswith(EOW) or t in (SOT_TOKEN, EOT_TOKEN) for t in vocab], dtype=bool)
         self._id_to_token = list(vocab)
         self._byte_of = {c: b for b, c in byte_alphabet().items()}
         self.vocab_size = len(vocab)
         self.sot_token_id = vocab[SOT_TOKEN]
         self.eot_token_id = vocab[EOT_TOKEN]
         self.all_special_ids = [self.sot_token_id, self.eot_token_id]
-        # Words known without running BPE: the special tokens, and every whole-word vocabulary entry.
-        self._seed_words = {**whole_word_ids(vocab_path or default_vocab_path(), verify=vocab_path is not None),
-                            SOT_TOKEN: (self.sot_token_id,), EOT_TOKEN: (self.eot_token_id,)}
-        self._word_ids: dict[str, tuple[int, ...]] = dict(self._seed_words)
-        # Space-separated chunk of cleaned text -> ids. Seeded with the whole words that are one pre-token (so
-        # "photo" but not "2019", which splits into digits).
-        self._seed_chunks = {word: ids for word, ids in self._seed_words.items() if _split_words(word) == [word]}
+        # Three caches, all seeded from the vocabulary: word -> ids (a table), space-separated chunk of cleaned
+        # text -> ids, as a dict for the per-text path and as a table for the batched path.
+        self._seed_chunks = _seed_chunk_ids(path, verify)
         self._chunk_ids: dict[str, tuple[int, ...]] = dict(self._seed_chunks)
-        self._table = _ChunkTable()  # the chunks of the batched path, filled from _chunk_ids
+        self._seed_word_table, self._seed_chunk_table = _seed_tables(path, verify)
+        self._words, self._table = self._seed_word_table.copy(), self._seed_chunk_table.copy()
 
     def __repr__(self) -> str:
         return (f"ClipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
                 f"clean={self.clean_mode!r}, reduction={self.reduction!r})")
 
-    def _learn_words(self, words: set[str]) -> dict[str, tuple[int, ...]]:
-        """The word cache, after BPE-encoding in one Rust batch the ``words`` it lacks."""
-        known = self._word_ids
-        missing = {word for word in words if word not in known}
-        if len(known) + len(missing) > _CACHE_LIMIT:
-            known = self._word_ids = dict(self._seed_words)
-            missing = {word for word in words if word not in known}
-        batch = sorted(missing)
-        encodings = self._rust.encode_batch_fast(batch, add_special_tokens=False)
-        known.update(zip(batch, (tuple(e.ids) for e in encodings)))
-        return known
+    def _bpe_words(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(number of ids of each word, all their ids one word after the other), from one Rust call."""
+        # A few strings rather than one, so that ``tokenizers`` can spread them over its threads.
+        pieces = [" ".join(words[i:i + _WORDS_PER_PIECE]) for i in range(0, len(words), _WORDS_PER_PIECE)]
+        encodings = self._rust.encode_batch_fast(pieces, add_special_tokens=False) if pieces else []
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64)  # (T,)
+        word_ends = np.flatnonzero(self._ends_word[ids]) + 1  # (W,) end of each word's ids in ``ids``
+        if len(word_ends) != len(words):
+            raise RuntimeError("internal error: the Rust BPE did not return one end-of-word token per word")
+        return np.diff(word_ends, prepend=0), ids
+
+    def _learn_words(self, words: set[str]) -> None:
+        """BPE-encode the ``words`` that the word table lacks, and add them to it."""
+        missing = words.difference(self._words.index)
+        if len(self._words) + len(missing) > _CACHE_LIMIT:
+            self._words = self._seed_word_table.copy()
+            missing = words.difference(self._words.index)
+        missing = list(missing)
+        self._words.extend(missing, *self._bpe_words(missing))
+
+    def _bpe_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(number of ids of each chunk, all their ids one chunk after the other), through the word table: the
+        words it lacks are encoded by one Rust call, the others gathered by numpy, without a Python loop."""
+        words_of = list(map(_split_words, chunks))
+        words = list(chain.from_iterable(words_of))
+        self._learn_words(set(words))
+        ids, word_lengths = self._words.gather(self._words.rows(words))  # (T,), (W,)
+        words_until = np.cumsum(np.fromiter(map(len, words_of), dtype=np.int64, count=len(chunks)))  # (C,)
+        ends = np.concatenate([np.zeros(1, np.int64), np.cumsum(word_lengths)])[words_until]  # (C,) end in ids
+        return np.diff(ends, prepend=0), ids
 
     def _learn_chunks(self, chunks: set[str]) -> None:
-        """Add ``chunks`` (not yet cached) to the chunk cache, through the word cache and Rust BPE."""
-        words_of = {chunk: _split_words(chunk) for chunk in chunks}
-        known = self._learn_words({word for words in words_of.values() for word in words})
-        chunk_ids = self._chunk_ids
-        for chunk, words in words_of.items():
-            if len(words) == 1:
-                chunk_ids[chunk] = known[words[0]]
-            else:
-                chunk_ids[chunk] = tuple(chain.from_iterable(map(known.__getitem__, words)))
+        """Add ``chunks`` (not yet cached) to the per-text path's chunk dict."""
+        chunks = list(chunks)
+        lengths, ids = self._bpe_chunks(chunks)
+        ids, bounds = ids.tolist(), list(accumulate(lengths.tolist(), initial=0))
+        self._chunk_ids.update(zip(chunks, (tuple(ids[a:b]) for a, b in zip(bounds, bounds[1:]))))
 
     def _resolve(self, rows: list, pending: list[int]) -> None:
         """Replace the chunk lists at ``pending`` by ids, filling both caches for the chunks not seen before."""
@@ -289,7 +313,7 @@ class ClipTokenizer:
         if self.clean_mode not in BULK_MODES:
             rows = self._encode_batch(texts)
             return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
-        fast = [fast_path_ok(text) for text in texts]
+        fast = fast_path_flags(texts)
         if all(fast):
             return self._encode_stream(texts, context_length)
         # Slow texts stand in as empty ones in the stream, then their rows are overwritten.
@@ -299,31 +323,34 @@ class ClipTokenizer:
         out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
         return out
 
-    def _learn_stream(self, distinct: set[str]) -> None:
-        if len(self._chunk_ids) + len(distinct) > _CACHE_LIMIT:
-            self._chunk_ids = dict(self._seed_chunks)
-        if len(self._table) + len(distinct) > _CACHE_LIMIT:
-            self._table = _ChunkTable()
-        self._learn_chunks(distinct.difference(self._chunk_ids, (SEPARATOR,)))
-        self._table.add(distinct.difference(self._table.index), self._chunk_ids)
+    def _learn_stream(self, new: set[str]) -> None:
+        missing = list(new.difference(self._table.index))
+        self._table.extend(missing, *self._bpe_chunks(missing))
+
+    def _stream_rows(self, chunks: list[str]) -> np.ndarray:
+        """``(C,)`` chunk-table row of each chunk, learning the chunks not seen before; 0 between texts."""
+        rows = np.fromiter(map(self._table.index.get, chunks, repeat(-1)), dtype=np.int64, count=len(chunks))
+        missing_at = np.flatnonzero(rows < 0)  # only these occurrences need Python work beyond the lookup
+        if len(missing_at) == 0:
+            return rows
+        missing = list(map(chunks.__getitem__, missing_at.tolist()))
+        new = set(missing)
+        if len(self._table) + len(new) > _CACHE_LIMIT:
+            # The rows found so far belong to the table being dropped: start again from the seed.
+            self._table = self._seed_chunk_table.copy()
+            self._learn_stream(set(chunks))
+            return self._table.rows(chunks)
+        self._learn_stream(new)
+        rows[missing_at] = self._table.rows(missing)
+        return rows
 
     def _encode_stream(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids of fast-path texts, from one chunk stream and vectorised packing (no per-text Python)."""
-        chunks = bulk_chunks(texts, self.clean_mode)
-        try:
-            rows = list(map(self._table.index.__getitem__, chunks))
-        except KeyError:
-            self._learn_stream(set(chunks))
-            rows = list(map(self._table.index.__getitem__, chunks))
-        rows = np.array(rows, dtype=np.int64)  # (C,) table row of each chunk, 0 between texts
-        ids, lengths = self._table.gather(rows)  # (T,) ids, (C,) ids per chunk
-        text_of = np.repeat(np.cumsum(rows == 0), lengths)  # (T,) text index of each id
-        counts = np.bincount(text_of, minlength=len(texts))  # (N,) ids per text
-        offset = np.arange(len(ids)) - (np.cumsum(counts) - counts)[text_of]  # position of each id in its text
-        keep = offset < context_length - 2  # truncation: eot then takes the last position
+        rows = self._stream_rows(bulk_chunks(texts, self.clean_mode))
         out = np.zeros((len(texts), context_length), dtype=np.int64)
         out[:, 0] = self.sot_token_id
-        out[text_of[keep], offset[keep] + 1] = ids[keep]
+        # Truncation keeps context_length - 2 ids: eot then takes the last position.
+        counts = self._table.pack_into(out, rows, np.cumsum(rows == 0), 1, context_length - 2)  # (N,) ids per text
         out[np.arange(len(texts)), np.minimum(counts, context_length - 2) + 1] = self.eot_token_id
         return out
 

@@ -26,9 +26,12 @@ the claim on every Basic Multilingual Plane code point and on a 10,000-caption c
 from __future__ import annotations
 
 import html
+import operator
 import re
 import string
 import unicodedata
+from bisect import bisect_right
+from itertools import accumulate, compress
 
 import ftfy
 from ftfy import badness, chardata
@@ -153,10 +156,37 @@ def _repair_ascii_entities(text: str) -> str | None:
     return text if text.isascii() and _ascii_trigger_but_amp(text) is None else None
 
 
+_FIXER_CONFIG = ftfy.TextFixerConfig()
+# ftfy's character-level fixers, in the order of its fixing loop, after HTML unescaping and encoding repair.
+_LOCAL_FIXERS = [getattr(ftfy_fixes, name) for name in (
+    "fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "uncurl_quotes", "fix_line_breaks",
+    "fix_surrogates", "remove_terminal_escapes", "remove_control_chars") if getattr(_FIXER_CONFIG, name)]
+
+
+def _repair_one_pass(text: str) -> str | None:
+    """``ftfy.fix_text(text)`` for one-line text without mojibake or ``&``, or None when that is not the case.
+
+    On such text the first pass of ftfy's fixing loop leaves it unchanged through HTML unescaping (no ``&``) and
+    encoding repair (``is_bad`` is False), then applies the character-level fixers (curly quotes, full-width
+    forms, ligatures, controls...) and NFC. Those are run here, with ftfy's own functions, in its order. When the
+    result passes ``needs_repair``, the loop's second pass changes nothing and ftfy would return it; otherwise
+    None, and ftfy itself runs. This skips ftfy's mojibake search, most of the cost of a repair.
+    """
+    if "&" in text or "\n" in text or len(text) > _FIXER_CONFIG.max_decode_length or _looks_bad(text):
+        return None
+    for fixer in _LOCAL_FIXERS:
+        text = fixer(text)
+    if _FIXER_CONFIG.normalization is not None:
+        text = unicodedata.normalize(_FIXER_CONFIG.normalization, text)
+    return None if needs_repair(text) or "\n" in text else text
+
+
 def basic_clean(text: str) -> str:
     """Mojibake repair, HTML unescaped twice, outer whitespace stripped: open_clip's first cleaning stage."""
     if needs_repair(text):
         repaired = _repair_ascii_entities(text)
+        if repaired is None:
+            repaired = _repair_one_pass(text)
         text = ftfy.fix_text(text) if repaired is None else repaired
     if "&" in text:
         text = html.unescape(html.unescape(text))
@@ -228,6 +258,28 @@ def fast_path_ok(text: str) -> bool:
     if text.isascii():
         return _ascii_trigger(text) is None
     return not needs_repair(text)
+
+
+def fast_path_flags(texts: list[str]) -> list[bool]:
+    """``[fast_path_ok(text) for text in texts]``, with one search for ASCII triggers over the whole batch.
+
+    The texts are joined without a separator: a trigger match is a single character, so it lies inside one text,
+    found from the cumulative text lengths. Non-ASCII texts (a minority) then get the full per-text test.
+    """
+    flags = [True] * len(texts)
+    joined = "".join(texts)
+    ends = list(accumulate(map(len, texts)))  # text i spans joined[ends[i - 1]:ends[i]]
+    search = _ASCII_TRIGGER_RE.search
+    match = search(joined)
+    while match is not None:
+        i = bisect_right(ends, match.start())
+        flags[i] = False
+        match = search(joined, ends[i])  # the rest of text i cannot change its flag
+    if not joined.isascii():
+        for i in compress(range(len(texts)), map(operator.not_, map(str.isascii, texts))):
+            if flags[i]:
+                flags[i] = not needs_repair(texts[i])
+    return flags
 
 
 def bulk_chunks(texts: list[str], mode: str) -> list[str] | None:
