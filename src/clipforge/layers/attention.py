@@ -39,17 +39,21 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
-        batch, length, width = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, width // self.num_heads)
+        return self.proj(self.attend(self.qkv(x), attn_mask, is_causal))
+
+    def attend(self, qkv: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               is_causal: bool = False) -> torch.Tensor:
+        """Packed projections (B, L, 3D) -> attention output (B, L, D) before the output projection."""
+        batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        qkv = qkv.view(batch, length, 3, self.num_heads, width // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, d)
         if self.use_sdpa:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         else:
             if is_causal:
-                attn_mask = causal_mask(length, x.device, q.dtype)
+                attn_mask = causal_mask(length, qkv.device, q.dtype)
             out = eager_attention(q, k, v, attn_mask)
-        out = out.transpose(1, 2).reshape(batch, length, width)  # (B, L, D)
-        return self.proj(out)
+        return out.transpose(1, 2).reshape(batch, length, width)  # (B, L, D)
 
     def forward_query(self, queries: torch.Tensor, x: torch.Tensor,
                       key_limit: torch.Tensor | None = None) -> torch.Tensor:
