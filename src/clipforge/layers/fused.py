@@ -47,3 +47,10 @@ def linear_add(x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> to
     """``residual + linear(x)`` in one oneDNN call (``residual`` is read, not modified)."""
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.weight, linear.bias, "add")
 
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, through oneDNN when ``fusion_applies(x)`` (its GEMM is the faster one on some CPUs)."""
+    if fusion_applies(x):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
+    return F.linear(x, weight, bias)
