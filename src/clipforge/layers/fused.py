@@ -30,9 +30,16 @@ _AVAILABLE = _mkldnn_linear_available()
 
 
 def fusion_applies(x: torch.Tensor) -> bool:
-    """True when ``x`` may take the fused oneDNN path: CPU float32, no autograd, oneDNN enabled."""
+    """True when ``x`` may take the fused oneDNN path: CPU float32, no autograd, oneDNN enabled, and not being
+    traced, exported or compiled (those want the portable aten graph; ``torch.backends.mkldnn.flags(enabled=False)``
+    also switches the fused path off)."""
     return (_AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and torch.backends.mkldnn.enabled)
+            and torch.backends.mkldnn.enabled and not _capturing())
+
+
+def _capturing() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or \
+        torch.onnx.is_in_onnx_export()
 
 
 def linear_act(x: torch.Tensor, linear: nn.Linear, act: str | None = None) -> torch.Tensor | None:

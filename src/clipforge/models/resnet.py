@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clipforge.layers.fused import fusion_applies
 from clipforge.layers.pool import AttentionPool2d
 from clipforge.models.config import VisionConfig
 
@@ -45,9 +46,8 @@ _CONV_FUSION = (hasattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointw
                 torch.backends.mkldnn.is_available())
 
 
-def _fusion_applies(x: torch.Tensor) -> bool:
-    return _CONV_FUSION and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() \
-        and torch.backends.mkldnn.enabled
+def _conv_fusion_applies(x: torch.Tensor) -> bool:
+    return _CONV_FUSION and fusion_applies(x)
 
 
 def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool = False,
@@ -60,7 +60,7 @@ def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool = 
     else:
         weight, bias = _folded(conv, bn)
         args = (conv.padding, conv.stride, conv.dilation, conv.groups)
-        if _fusion_applies(x):
+        if _conv_fusion_applies(x):
             if residual is not None:
                 return torch.ops.mkldnn._convolution_pointwise.binary(
                     x, residual, weight, bias, *args, "add", 1.0, "relu" if relu else None, [], None)
@@ -146,7 +146,7 @@ class ModifiedResNet(nn.Module):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}; "
                              f"resize with the model's preprocessing or build the model with "
                              f"vision.image_size={images.shape[-1]}")
-        if _fusion_applies(images):
+        if _conv_fusion_applies(images):
             # oneDNN's convolutions run natively on NHWC; NCHW input would be reordered around every conv
             images = images.contiguous(memory_format=torch.channels_last)
         x = self.stem(images)
