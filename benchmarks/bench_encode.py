@@ -4,11 +4,13 @@
     python benchmarks/bench_encode.py --quick    # batch 1 and 8, fewer repeats
 
 Prints, per model / tower / batch: items per second for both, the speed ratio, and the share of the
-machine's fp32 matmul peak each reaches (the best of torch.mm and oneDNN's matmul over two sizes, see
-``matmul_peak_gflops``; re-measured in every round because the machine may be shared), counting the nominal FLOPs of open_clip's full forward for both (clipforge skips
-some of them, which shows up as a higher share). Then peak RAM at batch 8 and the import cost of each
-package, each measured in a fresh subprocess. open_clip is a test-only dependency; it is imported here, never by
-clipforge. Timings on a shared machine are noisy: runs are interleaved and the best of N is reported.
+machine's fp32 matmul peak each reaches. The peak is the best of torch.mm and oneDNN's matmul over two sizes
+(see ``matmul_peak_gflops``), re-measured in every round because the machine may be shared; the final table
+divides by the best rate seen in the whole run. Both libraries are credited with the nominal FLOPs of
+open_clip's full forward (clipforge skips some of them, which shows up as a higher share). Then peak RAM at
+batch 8 and the import cost of each package, each measured in a fresh subprocess. open_clip is a test-only
+dependency; it is imported here, never by clipforge. Timings on a shared machine are noisy: runs are
+interleaved and the best of N is reported; ``--rounds`` raises N.
 """
 from __future__ import annotations
 
