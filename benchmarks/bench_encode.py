@@ -82,10 +82,14 @@ def best_time(fn, repeats: int) -> float:
 
 
 def nominal_gflops(fn, x) -> float:
-    """FLOPs of one item through the reference's full forward: the same numerator for both libraries."""
+    """FLOPs of one item through the reference's full forward: the same numerator for both libraries.
+
+    Counted with autograd on: without it open_clip's nn.MultiheadAttention takes PyTorch's fused fast path,
+    whose kernel FlopCounterMode does not know, so the attention FLOPs (a third of a ViT) would go uncounted.
+    """
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
+    with counter, torch.enable_grad():
         fn(x[:1])
     return counter.get_total_flops() / 1e9
 
