@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clipforge.layers.fused import linear
+
 
 def causal_mask(length: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Additive (L, L) mask: 0 on and below the diagonal, -inf above."""
@@ -39,17 +41,21 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
-        batch, length, width = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, width // self.num_heads)
+        return self.proj(self.attend(self.qkv(x), attn_mask, is_causal))
+
+    def attend(self, qkv: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               is_causal: bool = False) -> torch.Tensor:
+        """Packed projections (B, L, 3D) -> attention output (B, L, D) before the output projection."""
+        batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        qkv = qkv.view(batch, length, 3, self.num_heads, width // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, d)
         if self.use_sdpa:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         else:
             if is_causal:
-                attn_mask = causal_mask(length, x.device, q.dtype)
+                attn_mask = causal_mask(length, qkv.device, q.dtype)
             out = eager_attention(q, k, v, attn_mask)
-        out = out.transpose(1, 2).reshape(batch, length, width)  # (B, L, D)
-        return self.proj(out)
+        return out.transpose(1, 2).reshape(batch, length, width)  # (B, L, D)
 
     def forward_query(self, queries: torch.Tensor, x: torch.Tensor,
                       key_limit: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,8 +67,8 @@ class Attention(nn.Module):
         """
         batch, length, width = x.shape
         head_dim = width // self.num_heads
-        q = F.linear(queries, self.qkv.weight[:width], self.qkv.bias[:width])  # (B, Q, D)
-        kv = F.linear(x, self.qkv.weight[width:], self.qkv.bias[width:])  # (B, L, 2D)
+        q = linear(queries, self.qkv.weight[:width], self.qkv.bias[:width])  # (B, Q, D)
+        kv = linear(x, self.qkv.weight[width:], self.qkv.bias[width:])  # (B, L, 2D)
         q = q.view(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # (B, H, Q, d)
         k, v = kv.view(batch, length, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         mask = None

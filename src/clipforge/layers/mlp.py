@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clipforge.layers.fused import fusion_applies, linear_act, linear_add
+
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
 
 
@@ -36,8 +38,18 @@ class Mlp(nn.Module):
     def __init__(self, width: int, hidden: int, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
+        self.act_name = act
         self.act = create_act(act)
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + forward(x)``, with bias, activation and the add fused into the GEMMs where possible."""
+        if not fusion_applies(x):
+            return residual + self.forward(x)
+        hidden = linear_act(x, self.fc1, self.act_name)
+        if hidden is None:  # no fused form of this activation
+            hidden = self.act(linear_act(x, self.fc1))
+        return linear_add(hidden, self.fc2, residual)

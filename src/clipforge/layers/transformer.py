@@ -6,6 +6,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from clipforge.layers.attention import Attention
+from clipforge.layers.fused import fusion_applies, linear_act, linear_add
 from clipforge.layers.mlp import Mlp, mlp_hidden
 from clipforge.layers.norm import LayerNorm
 from clipforge.layers.regularize import LayerScale
@@ -23,11 +24,17 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(width, eps=norm_eps)
         self.mlp = Mlp(width, mlp_hidden(width, mlp_ratio), act)
         self.ls2 = LayerScale(width, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.layer_scale = layer_scale_init is not None
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        if self.layer_scale or not fusion_applies(x):
+            x = x + self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal))
+            return x + self.ls2(self.mlp(self.norm2(x)))
+        # inference on CPU: bias, GELU and both residual adds run inside the oneDNN GEMMs (layers/fused.py)
+        h = self.attn.attend(linear_act(self.norm1(x), self.attn.qkv), attn_mask, is_causal)  # (B, L, D)
+        x = linear_add(h, self.attn.proj, x)
+        return self.mlp.forward_add(self.norm2(x), x)
 
     def forward_token(self, x: torch.Tensor, index: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
         """Output (B, D) of only token ``index[b]`` of each sample: the same values as
@@ -37,7 +44,10 @@ class Block(nn.Module):
         query = h[rows, index].unsqueeze(1)  # (B, 1, D)
         y = x[rows, index].unsqueeze(1) + self.ls1(
             self.attn.forward_query(query, h, key_limit=index if is_causal else None))
-        y = y + self.ls2(self.mlp(self.norm2(y)))
+        if self.layer_scale:
+            y = y + self.ls2(self.mlp(self.norm2(y)))
+        else:
+            y = self.mlp.forward_add(self.norm2(y), y)
         return y[:, 0]
 
 

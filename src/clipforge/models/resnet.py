@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clipforge.layers.fused import fusion_applies
 from clipforge.layers.pool import AttentionPool2d
 from clipforge.models.config import VisionConfig
 
@@ -26,23 +27,55 @@ def _fold_key(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple:
     return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 
-def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """conv then BatchNorm. In eval mode the BatchNorm is folded into the convolution: one pass over the
-    activations instead of two. Without autograd the folded weights are cached on the conv (keyed by the
-    tensors' storage and version counters, so loading or training new weights refreshes them): rebuilding
-    them per call would also make oneDNN re-pack the weights every time, which dominates at batch 1."""
-    if bn.training:
-        return bn(conv(x))
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, pack_for: torch.Tensor | None = None):
+    """Conv weight and bias with the eval-mode BatchNorm folded in. Without autograd they are cached on the
+    conv (keyed by the tensors' storage and version counters, so loading or training new weights refreshes
+    them): rebuilding them per call would also make oneDNN re-pack the weights every time, which dominates
+    at batch 1. With ``pack_for`` (an input), the cached weight is in oneDNN's blocked layout for that
+    convolution, so oneDNN does not reorder the plain weight on every call (up to 20x faster for 3x3
+    convolutions on a 7x7 map); it stays valid for inputs of other sizes."""
     if torch.is_grad_enabled():
-        weight, bias = _fold(conv, bn)  # differentiable w.r.t. the conv and BatchNorm parameters
+        return _fold(conv, bn)  # differentiable w.r.t. the conv and BatchNorm parameters
+    key = (_fold_key(conv, bn), pack_for is not None)
+    cached = conv.__dict__.get("_folded")
+    if cached is None or cached[0] != key:
+        weight, bias = _fold(conv, bn)
+        if pack_for is not None:
+            weight = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, conv.padding, conv.stride, conv.dilation, conv.groups, list(pack_for.shape))
+        cached = (key, weight, bias)
+        conv.__dict__["_folded"] = cached
+    return cached[1], cached[2]
+
+
+_CONV_FUSION = (hasattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise") and
+                torch.backends.mkldnn.is_available())
+
+
+def _conv_fusion_applies(x: torch.Tensor) -> bool:
+    return _CONV_FUSION and fusion_applies(x)
+
+
+def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool = False,
+             residual: torch.Tensor | None = None) -> torch.Tensor:
+    """conv, BatchNorm, then ``+ residual`` and ReLU when asked. In eval mode the BatchNorm is folded into the
+    convolution (one pass over the activations instead of two); for float32 CPU inference the add and the
+    ReLU also run inside oneDNN's convolution as post-ops, instead of two more passes."""
+    if bn.training:
+        out = bn(conv(x))
     else:
-        key = _fold_key(conv, bn)
-        cached = conv.__dict__.get("_folded")
-        if cached is None or cached[0] != key:
-            cached = (key, *_fold(conv, bn))
-            conv.__dict__["_folded"] = cached
-        weight, bias = cached[1], cached[2]
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        fused = _conv_fusion_applies(x)
+        weight, bias = _folded(conv, bn, pack_for=x if fused else None)
+        args = (conv.padding, conv.stride, conv.dilation, conv.groups)
+        if fused:
+            if residual is not None:
+                return torch.ops.mkldnn._convolution_pointwise.binary(
+                    x, residual, weight, bias, *args, "add", 1.0, "relu" if relu else None, [], None)
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "relu" if relu else "none", [], "")
+        out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if residual is not None:
+        out = out + residual
+    return F.relu(out, inplace=True) if relu else out
 
 
 class Bottleneck(nn.Module):
@@ -67,13 +100,12 @@ class Bottleneck(nn.Module):
             ]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(_conv_bn(x, self.conv1, self.bn1), inplace=True)
-        out = F.relu(_conv_bn(out, self.conv2, self.bn2), inplace=True)
-        out = _conv_bn(self.avgpool(out), self.conv3, self.bn3)
+        out = _conv_bn(x, self.conv1, self.bn1, relu=True)
+        out = _conv_bn(out, self.conv2, self.bn2, relu=True)
         identity = x
         if self.downsample is not None:
             identity = _conv_bn(self.downsample.pool(x), self.downsample.conv, self.downsample.bn)
-        return F.relu(out + identity, inplace=True)
+        return _conv_bn(self.avgpool(out), self.conv3, self.bn3, relu=True, residual=identity)
 
 
 class ModifiedResNet(nn.Module):
@@ -110,9 +142,9 @@ class ModifiedResNet(nn.Module):
                 nn.init.zeros_(param)  # each residual branch starts as identity
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(_conv_bn(x, self.conv1, self.bn1), inplace=True)
-        x = F.relu(_conv_bn(x, self.conv2, self.bn2), inplace=True)
-        x = F.relu(_conv_bn(x, self.conv3, self.bn3), inplace=True)
+        x = _conv_bn(x, self.conv1, self.bn1, relu=True)
+        x = _conv_bn(x, self.conv2, self.bn2, relu=True)
+        x = _conv_bn(x, self.conv3, self.bn3, relu=True)
         return self.avgpool(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -121,6 +153,9 @@ class ModifiedResNet(nn.Module):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}; "
                              f"resize with the model's preprocessing or build the model with "
                              f"vision.image_size={images.shape[-1]}")
+        if _conv_fusion_applies(images):
+            # oneDNN's convolutions run natively on NHWC; NCHW input would be reordered around every conv
+            images = images.contiguous(memory_format=torch.channels_last)
         x = self.stem(images)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)
