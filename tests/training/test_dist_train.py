@@ -20,10 +20,10 @@ def _batch():
     return torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=gen), torch.randint(1, 1000, (GLOBAL_BATCH, 16), generator=gen)
 
 
-def _step(model, images, tokens, world, rank, accum):
+def _step(model, images, tokens, world, rank, accum, clip=None):
     loss_fn = create_loss(LossConfig(tiled=False), rank=rank, world_size=world)
     optimizer = create_optimizer(model, OptimConfig(lr=1e-3))
-    out = train_step(model, images, tokens, loss_fn, optimizer, accum_steps=accum)
+    out = train_step(model, images, tokens, loss_fn, optimizer, accum_steps=accum, grad_clip=clip)
     return out.loss
 
 
@@ -36,7 +36,7 @@ def _full_grads(model):
     return out
 
 
-def _worker(rank, world, strategy, accum, store, result_path):
+def _worker(rank, world, strategy, accum, clip, store, result_path):
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = create_model("tiny-vit")
@@ -44,7 +44,7 @@ def _worker(rank, world, strategy, accum, store, result_path):
     model = wrap_model(model, ctx, DistConfig(strategy=strategy))
     images, tokens = _batch()
     local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-    loss = _step(model, images[local], tokens[local], world, rank, accum)
+    loss = _step(model, images[local], tokens[local], world, rank, accum, clip)
     params = _full_grads(model)
     if rank == 0:
         torch.save({"grads": params, "loss": loss}, result_path)
@@ -52,15 +52,15 @@ def _worker(rank, world, strategy, accum, store, result_path):
     tdist.destroy_process_group()
 
 
-@pytest.mark.parametrize("strategy, accum", [("ddp", 1), ("fsdp2", 1), ("ddp", 2)])
-def test_two_ranks_equal_one_process(tmp_path, strategy, accum):
+@pytest.mark.parametrize("strategy, accum, clip", [("ddp", 1, None), ("fsdp2", 1, 0.5), ("ddp", 2, None)])
+def test_two_ranks_equal_one_process(tmp_path, strategy, accum, clip):
     torch.manual_seed(0)
     single = create_model("tiny-vit")
     images, tokens = _batch()
-    _step(single, images, tokens, 1, 0, 1)
+    _step(single, images, tokens, 1, 0, 1, clip)
     expected = _full_grads(single)
     result = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, strategy, accum, str(tmp_path / "store"), str(result)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, strategy, accum, clip, str(tmp_path / "store"), str(result)), nprocs=2, join=True)
     got = torch.load(result)["grads"]
     assert sorted(got) == sorted(expected)
     # gradients, not updated weights: Adam's first step turns round-off in a zero gradient (the key bias)
