@@ -52,7 +52,8 @@ def _worker(rank, world, strategy, accum, clip, store, result_path):
     tdist.destroy_process_group()
 
 
-@pytest.mark.parametrize("strategy, accum, clip", [("ddp", 1, None), ("fsdp2", 1, 0.5), ("ddp", 2, None)])
+@pytest.mark.parametrize("strategy, accum, clip", [("ddp", 1, None), ("fsdp2", 1, 0.5), ("ddp", 2, None),
+                                                  ("fsdp2", 2, None)])
 def test_two_ranks_equal_one_process(tmp_path, strategy, accum, clip):
     torch.manual_seed(0)
     single = create_model("tiny-vit")
