@@ -104,10 +104,6 @@ def build_table() -> dict:
     return {"format": FORMAT, "generated_from": f"open_clip_torch {open_clip.__version__}", "entries": entries}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    write_text_atomic(path, text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the committed table instead of writing")
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         same = TABLE_PATH.exists() and TABLE_PATH.read_text() == text
         print("up to date" if same else f"{TABLE_PATH} differs from what open_clip lists; rerun without --check")
         return 0 if same else 1
-    write_atomic(TABLE_PATH, text)
+    write_text_atomic(TABLE_PATH, text)
     print(f"wrote {TABLE_PATH}")
     return 0
 

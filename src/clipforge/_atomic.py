@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+import torch
+
 
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
@@ -33,6 +35,11 @@ def atomic_open(destination: str | os.PathLike, mode: str = "wb", **kwargs) -> I
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+def torch_save_atomic(obj: object, destination: str | os.PathLike) -> None:
+    with atomic_open(destination) as f:
+        torch.save(obj, f)
 
 
 def write_text_atomic(destination: str | os.PathLike, text: str) -> None:

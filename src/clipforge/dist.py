@@ -8,7 +8,7 @@ All ranks must call these helpers in the same order with tensors of the same sha
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.distributed as tdist
@@ -25,6 +25,17 @@ def get_rank(group: Any = None) -> int:
 
 def get_world_size(group: Any = None) -> int:
     return tdist.get_world_size(group) if is_initialized() else 1
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average ``.grad`` over all ranks in place (for parameters no DDP/FSDP hook synchronises)."""
+    if not is_initialized():
+        return
+    world = get_world_size()
+    for param in params:
+        if param.grad is not None:
+            tdist.all_reduce(param.grad)
+            param.grad.div_(world)
 
 
 @dataclasses.dataclass(frozen=True)

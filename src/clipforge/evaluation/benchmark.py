@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from clipforge.models.factory import ModelLoadError  # the one error for models that cannot be loaded
+from clipforge.models.weights import split_model_tag
 from clipforge.evaluation import datasets as ds
 from clipforge.evaluation import suites
 from clipforge.evaluation.features import EncodedImages, Encoders, cache_key, cached, encode_images
@@ -25,10 +27,6 @@ from clipforge.evaluation.zeroshot import build_classifier, classify
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "statistics")
 _TASKS_OF = {"classification": ("zeroshot_classification", "linear_probe"), "retrieval": ("zeroshot_retrieval",)}
-
-
-class ModelLoadError(ValueError):
-    """A model spec could not be turned into a model; the message names the spec and the reason."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,12 +168,10 @@ def benchmark_model(load: Callable[[], Encoders], config: BenchmarkConfig, quiet
 
 def parse_model_spec(spec: str) -> tuple[str, str | None]:
     """'ARCH' -> (ARCH, None); 'ARCH::TAG' or 'ARCH::path' -> (ARCH, TAG/path); 'hf-hub:org/repo' unchanged."""
-    if "::" in spec:
-        name, _, pretrained = spec.partition("::")
-        if not name or not pretrained:
-            raise ModelLoadError(f"model spec '{spec}' must look like ARCH, ARCH::TAG or ARCH::path/to/weights")
-        return name, pretrained
-    return spec, None
+    try:
+        return split_model_tag(spec)
+    except ValueError:
+        raise ModelLoadError(f"model spec '{spec}' must look like ARCH, ARCH::TAG or ARCH::path/to/weights") from None
 
 
 def load_model_encoders(spec: str, device: str = "cpu", precision: str = "fp32") -> Encoders:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from clipforge._atomic import atomic_open
+from clipforge._atomic import torch_save_atomic
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[int], None]
@@ -98,12 +98,6 @@ def cache_key(*parts: object) -> str:
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def save_atomic(obj: object, path: str) -> None:
-    """torch.save to a temp file in the same folder, then rename, so a crash never leaves half a cache file."""
-    with atomic_open(path) as f:
-        torch.save(obj, f)
-
-
 def cached(path: str | None, compute: Callable[[], object]) -> object:
     """Load ``path`` if it exists, else compute and save it (no cache when ``path`` is None)."""
     if path is None:
@@ -111,5 +105,5 @@ def cached(path: str | None, compute: Callable[[], object]) -> object:
     if os.path.exists(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     value = compute()
-    save_atomic(value, path)
+    torch_save_atomic(value, path)
     return value

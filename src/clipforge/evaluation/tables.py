@@ -232,9 +232,5 @@ def write_tables(results: Results, out_dir: str, bold: bool = True) -> dict[str,
     paths = {}
     for name, text in files.items():
         paths[name] = os.path.join(out_dir, name)
-        _write_atomic(paths[name], text)
+        write_text_atomic(paths[name], text)
     return paths
-
-
-def _write_atomic(path: str, text: str) -> None:
-    write_text_atomic(path, text)

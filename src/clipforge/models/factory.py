@@ -46,8 +46,8 @@ def parse_model_spec(model_name: str, pretrained: str | None = None) -> ModelSpe
             raise ModelLoadError(f"'{name}' already names its weights; do not also pass pretrained={pretrained!r}")
         source = name[len("local-dir:"):] if name.startswith("local-dir:") else name
         return ModelSpec(arch=None, pretrained=source)
-    if "::" in name:
-        arch, tag = name.split("::", 1)
+    arch, tag = weights.split_model_tag(name)
+    if tag is not None:
         if pretrained and pretrained != tag:
             raise ModelLoadError(f"'{name}' names the tag '{tag}' but pretrained={pretrained!r} was also given")
         return ModelSpec(arch=arch, pretrained=tag)
@@ -63,13 +63,13 @@ def _config_from_weights(local: weights.LocalWeights) -> ClipConfig | None:
     return None
 
 
-def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    da, db = (to_dict(a), to_dict(b)) if prefix == "" else (a, b)
+def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """``key.sub: a vs b`` for every leaf where two nested dicts differ."""
     out = []
-    for key in sorted(set(da) | set(db)):
-        va, vb = da.get(key), db.get(key)
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_diff(va, vb, f"{prefix}{key}.")
+            out += _dict_diff(va, vb, f"{prefix}{key}.")
         elif va != vb:
             out.append(f"{prefix}{key}: {va!r} vs {vb!r}")
     return out
@@ -87,7 +87,7 @@ def resolve_config(spec: ModelSpec, local: weights.LocalWeights | None, override
     if local is not None and local.arch_overrides:
         config = apply_overrides(config, local.arch_overrides)
     if declared is not None and spec.arch is not None:
-        diff = _config_diff(config, declared)
+        diff = _dict_diff(to_dict(config), to_dict(declared))
         if diff:
             raise ModelLoadError(
                 f"the weights in {local.source} declare an architecture that differs from '{spec.arch}':\n  "

@@ -53,17 +53,3 @@ def profile_model(config: ClipConfig) -> ModelProfile:
     return ModelProfile(params_total=_count(model), params_image=_count(model.visual), params_text=_count(model.text),
                         gflops_image=_gflops(model.encode_image, images),
                         gflops_text=_gflops(model.encode_text, tokens))
-
-
-def format_profile(name: str, profile: ModelProfile) -> str:
-    """The text ``clipforge info MODEL`` prints."""
-    mib = 1024 ** 2
-    return "\n".join([
-        f"model            {name}",
-        f"parameters       {profile.params_total / 1e6:,.2f} M (image {profile.params_image / 1e6:,.2f} M, "
-        f"text {profile.params_text / 1e6:,.2f} M)",
-        f"GFLOPs / image   {profile.gflops_image:,.2f}",
-        f"GFLOPs / text    {profile.gflops_text:,.2f}",
-        f"size on disk     {profile.size_on_disk('fp32') / mib:,.1f} MiB fp32, "
-        f"{profile.size_on_disk('fp16') / mib:,.1f} MiB fp16/bf16",
-    ])

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from clipforge._atomic import atomic_open
+from clipforge._atomic import torch_save_atomic
 
 _NAME = re.compile(r"^step_(\d+)(\.pt)?$")  # a file (full state) or a folder (FSDP2 shards, torch DCP)
 
@@ -39,11 +39,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_open(path) as f:
-        torch.save(obj, f)
-
-
 def list_checkpoints(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
@@ -53,7 +48,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 def save_checkpoint(directory: Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
     path = directory / f"step_{step:08d}.pt"
-    atomic_torch_save(payload, path)
+    torch_save_atomic(payload, path)
     prune(directory, keep_last)
     return path
 
@@ -77,7 +72,7 @@ def save_sharded(directory: Path, step: int, shards: dict[str, Any], meta: dict[
     barrier()
     dcp.save(shards, checkpoint_id=str(tmp))
     if is_main:
-        atomic_torch_save(meta, tmp / "meta.pt")
+        torch_save_atomic(meta, tmp / "meta.pt")
     barrier()
     if is_main:
         shutil.rmtree(final, ignore_errors=True)

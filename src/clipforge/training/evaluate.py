@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from clipforge.evaluation.benchmark import wrap_model
 from clipforge.evaluation.retrieval import zero_shot_retrieval
 from clipforge.evaluation.zeroshot import zero_shot_classification
 from clipforge.training.config import EvalConfig
@@ -37,21 +38,16 @@ def heldout_evaluator(cfg: EvalConfig, tokenizer: Callable) -> Callable:
     def evaluate(model, step: int) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        dataset = create_eval_dataset(cfg.zeroshot_data, image_transform=create_eval_transform(model.preprocess_config))
-        device = next(model.parameters()).device
-
-        def encode_image(images):
-            return model.encode_image(images.to(device), normalize=True)
-
-        def encode_text(tokens):
-            return model.encode_text(tokens.to(device), normalize=True)
-
+        transform = create_eval_transform(model.preprocess_config)
+        dataset = create_eval_dataset(cfg.zeroshot_data, image_transform=transform)
+        device = str(next(model.parameters()).device)
+        encoders = wrap_model(model, tokenizer, transform, f"step-{step}", device=device)
+        encode = (encoders.encode_image, encoders.encode_text, tokenizer)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=_labels_collate)
         out = {f"zeroshot/{k}": v for k, v in zero_shot_classification(
-            encode_image, encode_text, tokenizer, loader, list(cfg.classnames), list(cfg.templates)).items()}
+            *encode, loader, list(cfg.classnames), list(cfg.templates)).items()}
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=_captions_collate)
-        out.update({f"retrieval/{k}": v for k, v in zero_shot_retrieval(
-            encode_image, encode_text, tokenizer, loader).items()})
+        out.update({f"retrieval/{k}": v for k, v in zero_shot_retrieval(*encode, loader).items()})
         n = len(dataset)
         out.update({"retrieval/chance@1": 1 / n, "retrieval/chance@5": min(1.0, 5 / n)})
         model.train(was_training)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
+from clipforge import dist
 from clipforge.training.config import DistConfig
 
 
@@ -55,7 +56,7 @@ def init_run(cfg: DistConfig, workdir: str | Path) -> RunContext:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world > 1 and not torch_dist.is_initialized():
+    if world > 1 and not dist.is_initialized():
         backend = cfg.backend or ("nccl" if device.type == "cuda" else "gloo")
         if backend == "nccl" and device.type != "cuda":
             raise ValueError("dist.backend=nccl needs CUDA devices; use dist.backend=gloo on CPU")
@@ -100,10 +101,10 @@ def _register_methods(module, names, register) -> None:
 
 
 def barrier() -> None:
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    if dist.is_initialized():
         torch_dist.barrier()
 
 
 def shutdown() -> None:
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    if dist.is_initialized():
         torch_dist.destroy_process_group()

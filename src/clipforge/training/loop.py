@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as torch_dist
 
+from clipforge import dist
 from clipforge._atomic import write_text_atomic
 from clipforge.losses.config import create_loss
 from clipforge.models import convert
@@ -116,8 +117,8 @@ def _checkpoint_payload(model, optimizer, scaler, state: RunState, cfg: TrainCon
 def all_rng_states() -> list[dict[str, Any]]:
     """The RNG state of every rank (ranks draw different dropout masks, so each must get its own back)."""
     states = [ckpt.rng_state()]
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        states = [None] * torch_dist.get_world_size()
+    if dist.is_initialized():
+        states = [None] * dist.get_world_size()
         torch_dist.all_gather_object(states, ckpt.rng_state())
     return states
 

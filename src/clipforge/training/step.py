@@ -15,6 +15,8 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as torch_dist
 
+from clipforge import dist
+from clipforge.dist import average_gradients
 from clipforge.losses.distill import TeacherOutputs
 from clipforge.training.grad_cache import grad_cache_step
 
@@ -55,7 +57,7 @@ def autocast(device_type: str, precision: str):
 def _all_finite(value: torch.Tensor) -> bool:
     """True when the loss is finite on every rank, so all ranks skip or step together."""
     flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    if dist.is_initialized():
         flag = flag.to(value.device)
         torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
     return bool(flag.item() > 0)
@@ -64,17 +66,6 @@ def _all_finite(value: torch.Tensor) -> bool:
 def _features(model, images, tokens):
     out = model(images, tokens, output_dict=True)
     return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
-
-
-def _average_replicated_grads(model: torch.nn.Module) -> None:
-    """Parameters FSDP2 leaves unsharded (0-d ones, see training.launch) get their gradients averaged here."""
-    params = getattr(model, "replicated_params", ())
-    if params and torch_dist.is_initialized():
-        world = torch_dist.get_world_size()
-        for param in params:
-            if param.grad is not None:
-                torch_dist.all_reduce(param.grad)
-                param.grad.div_(world)
 
 
 def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler, teacher=None) -> dict:
@@ -104,12 +95,8 @@ def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision
 
     losses = grad_cache_step(encode_image, encode_text, images, tokens, loss,
                              chunk_size=images.shape[0] // accum_steps, scaler=scaler)
-    if torch_dist.is_available() and torch_dist.is_initialized() and inner is not model:
-        world = torch_dist.get_world_size()
-        for param in inner.parameters():
-            if param.grad is not None:
-                torch_dist.all_reduce(param.grad)
-                param.grad.div_(world)
+    if inner is not model:  # DDP's hooks only run through its own forward
+        average_gradients(inner.parameters())
     return losses
 
 
@@ -143,7 +130,7 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
         if not _all_finite(total):
             return StepOutput(float("nan"), {k: float(v.detach()) for k, v in losses.items()}, skipped=True)
         (scaler.scale(total) if scaler else total).backward()
-    _average_replicated_grads(model)
+    average_gradients(getattr(model, "replicated_params", ()))  # the 0-d parameters FSDP2 leaves unsharded
     grad_norm = None
     if scaler is not None:
         scaler.unscale_(optimizer)
