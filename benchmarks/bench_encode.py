@@ -61,10 +61,10 @@ def build_pair(name: str):
 
     from clipforge.models.clip import CLIP
     from clipforge.models.convert import convert_state_dict
-    from clipforge.models.registry import get_model_config
+    from clipforge.models.registry import get_architecture
 
     reference = open_clip.create_model(name).eval()
-    config = get_model_config(name)
+    config = get_architecture(name)
     with torch.device("meta"):
         model = CLIP(config)
     model.load_state_dict(convert_state_dict(reference.state_dict(), config), assign=True)
@@ -145,8 +145,8 @@ if impl == "open_clip":
     size = size[0] if isinstance(size, tuple) else size
 else:
     from clipforge.models.clip import CLIP
-    from clipforge.models.registry import get_model_config
-    model = CLIP(get_model_config(name)).eval()
+    from clipforge.models.registry import get_architecture
+    model = CLIP(get_architecture(name)).eval()
     size = model.config.vision.image_size
 before = status("VmRSS")
 with torch.inference_mode():

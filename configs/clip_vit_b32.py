@@ -23,7 +23,7 @@ def get_config(arg=None):
         model=ModelSection(name="ViT-B-32", grad_checkpointing=True),
         data=DataConfig(kind="webdataset", train="", batch_size=256, workers=8, shuffle_buffer=5000),
         loss=LossConfig(kind="clip"),
-        optim=OptimConfig(lr=5e-4, weight_decay=0.2, beta2=0.98, eps=1e-6, precision="bf16", grad_clip=None),
+        optim=OptimConfig(lr=5e-4, weight_decay=0.2, beta2=0.98, eps=1e-6, precision="amp_bf16", grad_clip=None),
         schedule=ScheduleConfig(kind="cosine", steps=100_000, warmup_steps=2_000),
         checkpoint=CheckpointConfig(every_steps=2_000, keep_last=3),
     )

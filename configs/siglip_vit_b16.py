@@ -23,7 +23,7 @@ def get_config(arg=None):
         model=ModelSection(name="ViT-B-16-SigLIP", grad_checkpointing=True),
         data=DataConfig(kind="webdataset", train="", batch_size=256, workers=8, shuffle_buffer=5000),
         loss=LossConfig(kind="siglip"),
-        optim=OptimConfig(lr=1e-3, weight_decay=1e-4, beta2=0.95, precision="bf16"),
+        optim=OptimConfig(lr=1e-3, weight_decay=1e-4, beta2=0.95, precision="amp_bf16"),
         schedule=ScheduleConfig(kind="cosine", steps=100_000, warmup_steps=5_000),
         checkpoint=CheckpointConfig(every_steps=2_000, keep_last=3),
     )

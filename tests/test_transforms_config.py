@@ -1,6 +1,7 @@
 """PreprocessConfig / AugmentConfig validation, open_clip dict round trips, resolve_preprocess."""
 import numpy as np
 import pytest
+from references import require
 import torch
 from PIL import Image
 
@@ -14,7 +15,7 @@ from clipforge.transforms import (
 def test_defaults_are_openai_clip():
     cfg = PreprocessConfig()
     assert (cfg.image_size, cfg.interpolation, cfg.resize_mode, cfg.fill_color) == (224, "bicubic", "shortest", 0)
-    open_clip_constants = pytest.importorskip("open_clip.constants")
+    open_clip_constants = require("open_clip.constants")
     assert cfg.mean == open_clip_constants.OPENAI_DATASET_MEAN == OPENAI_MEAN
     assert cfg.std == open_clip_constants.OPENAI_DATASET_STD == OPENAI_STD
 
@@ -64,7 +65,7 @@ def test_open_clip_preprocess_cfg_round_trip():
 
 
 def test_to_open_clip_builds_the_same_transform_in_open_clip():
-    open_clip_transform = pytest.importorskip("open_clip.transform")
+    open_clip_transform = require("open_clip.transform")
     cfg = PreprocessConfig(image_size=24, resize_mode="longest", interpolation="bilinear", fill_color=10)
     ref = open_clip_transform.image_transform_v2(open_clip_transform.PreprocessCfg(**cfg.to_open_clip()), False)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (17, 40, 3), dtype=np.uint8))
@@ -114,7 +115,7 @@ def test_resolve_tolerates_rounded_floats_and_checks_override_keys():
 
 
 def test_augment_defaults_match_open_clip():
-    open_clip_transform = pytest.importorskip("open_clip.transform")
+    open_clip_transform = require("open_clip.transform")
     aug = AugmentConfig()
     assert aug.scale == open_clip_transform.AugmentationCfg().scale
     assert aug.ratio == (3 / 4, 4 / 3) and aug.hflip == 0 and aug.randaugment is None and aug.re_prob == 0
@@ -165,7 +166,7 @@ def test_parse_randaugment_strings():
 
 def test_open_clip_cannot_express_randaugment():
     """The gap we close: open_clip 3.3.0 has no way to ask for RandAugment, even through timm."""
-    open_clip_transform = pytest.importorskip("open_clip.transform")
+    open_clip_transform = require("open_clip.transform")
     with pytest.raises(TypeError, match="auto_augment"):
         open_clip_transform.image_transform(32, True, aug_cfg={"auto_augment": "rand-m9-n2", "use_timm": True})
     with pytest.warns(UserWarning, match="Unused augmentation cfg items"):

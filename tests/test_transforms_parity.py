@@ -4,10 +4,11 @@ import itertools
 
 import numpy as np
 import pytest
+from references import require
 import torch
 from PIL import Image
 
-open_clip_transform = pytest.importorskip("open_clip.transform")
+open_clip_transform = require("open_clip.transform")
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode  # noqa: E402
 
 from clipforge.transforms import (  # noqa: E402

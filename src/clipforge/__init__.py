@@ -8,13 +8,21 @@ import importlib
 
 __version__ = "0.1.0"
 
+# open_clip's public names, with open_clip's behaviour, plus clipforge's own
 _LAZY = {
     "create_model": "clipforge.models.factory",
     "create_model_and_transforms": "clipforge.models.factory",
     "create_model_from_pretrained": "clipforge.models.factory",
-    "list_models": "clipforge.models.registry",
-    "list_pretrained": "clipforge.models.weights",
     "get_tokenizer": "clipforge.models.factory",
+    "get_model_config": "clipforge.models.factory",
+    "save_pretrained": "clipforge.models.factory",
+    "list_models": "clipforge.models.registry",
+    "add_model_config": "clipforge.models.registry",
+    "list_pretrained": "clipforge.models.weights",
+    "list_pretrained_tags_by_model": "clipforge.models.weights",
+    "list_pretrained_models_by_tag": "clipforge.models.weights",
+    "tokenize": "clipforge.tokenizer",
+    "get_precision": "clipforge.precision",
 }
 
 __all__ = sorted(_LAZY)

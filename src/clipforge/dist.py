@@ -8,7 +8,7 @@ All ranks must call these helpers in the same order with tensors of the same sha
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as tdist
@@ -27,15 +27,40 @@ def get_world_size(group: Any = None) -> int:
     return tdist.get_world_size(group) if is_initialized() else 1
 
 
-def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
-    """Average ``.grad`` over all ranks in place (for parameters no DDP/FSDP hook synchronises)."""
+GRADIENT_BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size
+
+
+def _buckets(tensors: list[torch.Tensor], limit: int) -> Iterator[list[torch.Tensor]]:
+    """Consecutive groups of same-dtype, same-device tensors of at most ``limit`` bytes (a bigger tensor alone)."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and (size + nbytes > limit or tensor.dtype != bucket[0].dtype or tensor.device != bucket[0].device):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(tensor)
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter], bucket_bytes: int = GRADIENT_BUCKET_BYTES) -> None:
+    """Average ``.grad`` over all ranks in place (for parameters no DDP/FSDP hook synchronises).
+
+    Gradients are flattened into buckets of ``bucket_bytes`` so that a model costs a few all-reduces, not one per
+    tensor. Every rank must pass the same parameters with the same gradients present.
+    """
     if not is_initialized():
         return
+    grads = [p.grad for p in params if p.grad is not None]
     world = get_world_size()
-    for param in params:
-        if param.grad is not None:
-            tdist.all_reduce(param.grad)
-            param.grad.div_(world)
+    for bucket in _buckets(grads, bucket_bytes):
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        tdist.all_reduce(flat)
+        flat.div_(world)
+        for grad, synced in zip(bucket, flat.split([g.numel() for g in bucket])):
+            grad.copy_(synced.view_as(grad))
 
 
 @dataclasses.dataclass(frozen=True)

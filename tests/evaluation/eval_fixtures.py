@@ -30,8 +30,8 @@ def transform():
 
 
 def tiny_encoders(model, tokenizer):
-    from clipforge.evaluation.benchmark import wrap_model
-    return wrap_model(model, tokenizer, transform(), "tiny-open-clip", image_size=IMAGE)
+    from clipforge.evaluation.benchmark import make_encoders
+    return make_encoders(model, tokenizer, transform(), "tiny-open-clip", image_size=IMAGE)
 
 
 def _pattern(label: int, index: int, size: int = IMAGE) -> np.ndarray:

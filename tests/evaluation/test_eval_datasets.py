@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from clipforge.evaluation import datasets as ds
 from clipforge.evaluation import suites
-from clipforge.evaluation.zeroshot import zero_shot_classification
+from clipforge.evaluation.benchmark import BenchmarkConfig, evaluate
 from eval_fixtures import (NAMES, _pattern, make_captions, make_cifar, make_coco, make_imagefolder, make_voc,
                            transform)
 
@@ -25,7 +25,8 @@ def test_cifar_pickle_layout(tmp_path):
     make_cifar(tmp_path, n_per_class=2)
     loaded = ds.load_dataset("cifar10", str(tmp_path), transform=transform())
     assert len(loaded.dataset) == 20 and loaded.classnames == suites.get_classnames("cifar10")
-    images, labels, skipped = next(iter(_loader(loaded, 20)))
+    images, indices, skipped = next(iter(_loader(loaded, 20)))
+    labels = loaded.labels[indices]
     assert images.shape == (20, 3, 32, 32) and labels.tolist() == [i // 2 for i in range(20)] and skipped == 0
     assert loaded.templates == suites.get_templates("cifar10")
 
@@ -36,7 +37,7 @@ def test_imagefolder_numeric_folders_keep_label_ids(tmp_path):
         os.makedirs(tmp_path / "ImageNetV2-matched-frequency" / str(label))
         Image.fromarray(_pattern(label % 6, 0)).save(tmp_path / "ImageNetV2-matched-frequency" / str(label) / "a.jpeg")
     loaded = ds.load_dataset("imagenetv2", str(tmp_path))
-    assert sorted(loaded.dataset.targets) == [0, 1, 2, 10]
+    assert sorted(loaded.labels.tolist()) == [0, 1, 2, 10]
     assert len(loaded.classnames) == 1000
 
 
@@ -78,10 +79,9 @@ def test_missing_dataset_says_where_and_which_layout(tmp_path):
 
 def test_undecodable_images_are_skipped_and_counted(tmp_path, encoders):
     make_imagefolder(tmp_path, broken=2)
-    loaded = ds.load_dataset(f"folder:{tmp_path}", "", transform=encoders.transform)
-    m = zero_shot_classification(encoders.encode_image, encoders.encode_text, encoders.tokenize,
-                                 _loader(loaded, 5), loaded.classnames, ["a photo of a {c}."])
-    assert m["num_skipped"] == 2 and m["num_samples"] == 18
+    loaded = ds.load_dataset(f"mine=folder:{tmp_path}", "", transform=encoders.transform)
+    m = evaluate(encoders, [loaded], BenchmarkConfig(batch_size=5, num_workers=0))
+    assert m["mine/num_skipped"] == 2 and m["mine/num_samples"] == 18
 
 
 def test_all_images_undecodable_is_an_error(tmp_path, encoders):
@@ -90,19 +90,18 @@ def test_all_images_undecodable_is_an_error(tmp_path, encoders):
         (tmp_path / "test" / name / "x.png").write_bytes(b"junk")
     loaded = ds.load_dataset(f"folder:{tmp_path}", "", transform=encoders.transform)
     with pytest.raises(ValueError, match=r"no images \(2 skipped"):
-        zero_shot_classification(encoders.encode_image, encoders.encode_text, encoders.tokenize,
-                                 _loader(loaded), loaded.classnames, ["{c}"])
+        evaluate(encoders, [loaded], BenchmarkConfig(num_workers=0))
 
 
 def test_voc_cropped_and_multilabel(tmp_path):
     make_voc(tmp_path)
     cropped = ds.load_dataset("voc2007", str(tmp_path))
     assert len(cropped.dataset) == 9  # one sample per object box
-    image, label = cropped.dataset[0]
-    assert image.size == (36, 26) and cropped.classnames[label] == "dog"
+    image, index = cropped.dataset[0]
+    assert image.size == (36, 26) and cropped.classnames[cropped.labels[index]] == "dog"
     multi = ds.load_dataset("voc2007_multilabel", str(tmp_path))
     assert len(multi.dataset) == 5 and multi.multilabel
-    hot = multi.dataset.targets[2]  # 000003: cat, cat, sofa
+    hot = multi.labels[2]  # 000003: cat, cat, sofa
     assert [multi.classnames[i] for i in hot.nonzero().flatten()] == ["cat", "sofa"]
 
 
@@ -127,26 +126,29 @@ def test_webdataset_layout_classification_and_retrieval(tmp_path):
     _write_wds(tmp_path / "cls", "test", [(_pattern(i % 3, i), "cls", str(i % 3).encode()) for i in range(6)],
                classnames=["red", "green", "blue"])
     loaded = ds.load_dataset(f"wds:{tmp_path / 'cls'}", "")
-    assert loaded.classnames == ["red", "green", "blue"] and loaded.dataset.targets == [0, 1, 2, 0, 1, 2]
+    assert loaded.classnames == ["red", "green", "blue"] and loaded.labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert loaded.dataset[4][0].size == (32, 32)
     _write_wds(tmp_path / "ret", "test", [(_pattern(i, i), "txt", f"first {i}\nsecond {i}".encode())
                                           for i in range(3)], kind="retrieval")
     loaded = ds.load_dataset(f"wds:{tmp_path / 'ret'}", "")
-    assert loaded.task == "retrieval" and loaded.dataset.targets[1] == ["first 1", "second 1"]
+    assert loaded.tasks == ("retrieval",) and loaded.captions[1] == ["first 1", "second 1"]
 
 
 def test_captions_txt_and_coco_json(tmp_path):
     make_captions(tmp_path / "f", n_images=4, captions_per_image=2)
     loaded = ds.load_dataset("flickr8k", str(tmp_path / "f"))
     # captions contain commas: only the first comma after the image name splits
-    assert loaded.dataset.targets[0] == ["a photo number 0, version 0", "a photo number 0, version 1"]
+    assert loaded.captions[0] == ["a photo number 0, version 0", "a photo number 0, version 1"]
     make_coco(tmp_path / "c")
     coco = ds.load_dataset("mscoco_captions", str(tmp_path / "c"))
-    assert len(coco.dataset) == 4 and len(coco.dataset.targets[3]) == 5
+    assert len(coco.dataset) == 4 and len(coco.captions[3]) == 5
     csv_path = tmp_path / "f" / "mine.csv"
     csv_path.write_text("filepath,title\nimg1.jpg,hello\nimg1.jpg,again\n")
     mine = ds.load_dataset(f"captions:{csv_path}", "")
-    assert mine.dataset.targets == [["hello", "again"]]
+    assert mine.captions == [["hello", "again"]]
+    tsv_path = tmp_path / "f" / "mine.tsv"  # a training TSV works as it is, tab-separated, commas in captions
+    tsv_path.write_text("filepath\ttitle\nimg1.jpg\thello, world\nimg2.jpg\tagain\n")
+    assert ds.load_dataset(f"captions:{tsv_path}", "").captions == [["hello, world"], ["again"]]
 
 
 def test_download_fetches_into_the_dataset_folder(tmp_path, monkeypatch):
@@ -176,10 +178,9 @@ def test_failed_download_explains_and_shows_layouts(tmp_path, monkeypatch):
         ds.load_dataset("vtab/dmlab", str(tmp_path / "dmlab"), allow_download=True)
 
 
-def test_collate_keeps_multilabel_and_captions():
-    hot = torch.tensor([1.0, 0.0])
-    images, targets, skipped = ds.collate_skipping([(torch.zeros(3, 2, 2), hot), None, (torch.ones(3, 2, 2), hot)])
-    assert images.shape == (2, 3, 2, 2) and targets.shape == (2, 2) and skipped == 1
-    _, captions, _ = ds.collate_skipping([(torch.zeros(3, 2, 2), ["a", "b"])])
-    assert captions == [["a", "b"]]
+def test_collate_keeps_indices_and_counts_skips():
+    images, indices, skipped = ds.collate_skipping([(torch.zeros(3, 2, 2), 4), None, (torch.ones(3, 2, 2), 6)])
+    assert images.shape == (2, 3, 2, 2) and indices.tolist() == [4, 6] and skipped == 1
     assert np.isclose(images[1].mean().item(), 1.0)
+    empty, indices, skipped = ds.collate_skipping([None, None])
+    assert len(empty) == 0 and len(indices) == 0 and skipped == 2

@@ -35,13 +35,30 @@ def test_hand_computed_topk_and_per_class_recall():
     assert mean_per_class_recall(logits, targets) == pytest.approx(0.5)
 
 
-def test_ties_give_no_credit():
-    """A collapsed model (all logits equal) must not score by index order."""
+def test_pessimistic_ties_give_no_credit():
+    """With the pessimistic rule a collapsed model (all logits equal) scores 0, not what index order gives."""
     targets = torch.tensor([0, 1, 2, 3, 4, 5])
     logits = torch.zeros(6, 6)
-    m = classification_metrics(logits, targets, 6)
+    m = classification_metrics(logits, targets, 6, ties="pessimistic")
     assert m["acc1"] == 0.0 and m["acc5"] == 0.0 and m["mean_per_class_recall"] == 0.0
-    assert accuracy(logits, targets, (6,)) == [1.0]
+    assert accuracy(logits, targets, (6,), ties="pessimistic") == [1.0]
+
+
+def test_reference_ties_follow_clip_benchmark(monkeypatch):
+    """The default rule is clip_benchmark's own top-k / argmax, ties included (comparable with published tables)."""
+    from clip_benchmark.metrics import zeroshot_classification as zc
+    from sklearn.metrics import balanced_accuracy_score
+    patch_clip_benchmark_float(monkeypatch)
+    targets = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1])
+    logits = torch.zeros(8, 6)
+    logits[6:, :3] = 1.0  # ties between three classes
+    m = classification_metrics(logits, targets, 6)
+    ref1, ref5 = zc.accuracy(logits, targets, topk=(1, 5))
+    assert m["acc1"] == pytest.approx(ref1) and m["acc5"] == pytest.approx(ref5)
+    assert m["mean_per_class_recall"] == pytest.approx(balanced_accuracy_score(targets, logits.argmax(1)))
+    assert m["acc5"] > classification_metrics(logits, targets, 6, ties="pessimistic")["acc5"]
+    with pytest.raises(ValueError, match="unknown tie rule"):
+        classification_metrics(logits, targets, 6, ties="random")
 
 
 def test_random_scores_are_at_chance():
@@ -97,9 +114,11 @@ def test_retrieval_perfect_and_collapsed():
     index = torch.arange(4).repeat_interleave(2)
     perfect = recall_at_k(images, texts, index, ks=(1,))
     assert perfect == {"image_retrieval_recall@1": 1.0, "text_retrieval_recall@1": 1.0}
-    collapsed = recall_at_k(torch.ones(4, 3), torch.ones(8, 3), index, ks=(1, 3))
+    collapsed = recall_at_k(torch.ones(4, 3), torch.ones(8, 3), index, ks=(1, 3), ties="pessimistic")
     assert collapsed["image_retrieval_recall@1"] == 0.0 and collapsed["text_retrieval_recall@1"] == 0.0
     assert collapsed["image_retrieval_recall@3"] == 0.0
+    reference = recall_at_k(torch.ones(4, 3), torch.ones(8, 3), index, ks=(1, 3))
+    assert reference["image_retrieval_recall@3"] > 0  # top-k picks some of the tied items, as clip_benchmark
 
 
 def test_metrics_equal_clip_benchmark_functions(monkeypatch):
@@ -127,3 +146,25 @@ def test_metrics_equal_clip_benchmark_functions(monkeypatch):
         ref_t = (zr.recall_at_k(scores.T, positives.T, k) > 0).float().mean().item()
         assert ours[f"image_retrieval_recall@{k}"] == pytest.approx(ref_i)
         assert ours[f"text_retrieval_recall@{k}"] == pytest.approx(ref_t)
+
+
+def test_duplicate_captions_rank_as_clip_benchmark_ranks_them():
+    """Exact duplicate captions (COCO has them) tie exactly: the default rule picks the same top k as
+    clip_benchmark's recall_at_k on the same embeddings; the pessimistic rule counts the ties as misses."""
+    from clip_benchmark.metrics import zeroshot_retrieval as zr
+    torch.manual_seed(2)
+    images = F.normalize(torch.randn(30, 8), dim=-1)
+    distinct = F.normalize(torch.randn(5, 8), dim=-1)
+    texts = distinct[torch.arange(90) % 5]  # 90 captions, only 5 different ones: everything ties
+    index = torch.arange(30).repeat_interleave(3)
+    scores = texts @ images.t()
+    positives = torch.zeros_like(scores, dtype=torch.bool)
+    positives[torch.arange(90), index] = True
+    ours = recall_at_k(images, texts, index, ks=(1, 5, 10))
+    strict = recall_at_k(images, texts, index, ks=(1, 5, 10), ties="pessimistic")
+    for k in (1, 5, 10):
+        ref_t = (zr.recall_at_k(scores.T, positives.T, k) > 0).float().mean().item()
+        ref_i = (zr.recall_at_k(scores, positives, k) > 0).float().mean().item()
+        assert ours[f"text_retrieval_recall@{k}"] == pytest.approx(ref_t)
+        assert ours[f"image_retrieval_recall@{k}"] == pytest.approx(ref_i)
+    assert strict["text_retrieval_recall@5"] < ours["text_retrieval_recall@5"]

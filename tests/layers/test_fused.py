@@ -1,19 +1,27 @@
-"""The oneDNN-fused inference path (layers/fused.py, ResNet conv+BN+add+ReLU) against the plain aten path."""
+"""The fused CPU inference path (layers/fused.py: oneDNN linear and conv+BN+add+ReLU) behind its one switch,
+against the plain aten path, under every mode a caller may be in."""
+import platform
+
 import pytest
 import torch
 
 from clipforge.layers import fused as fused_module
-from clipforge.layers.fused import fusion_applies
+from clipforge.layers.fused import fused_inference, fusion_applies, set_fused_inference
 from clipforge.layers.transformer import Transformer
 from clipforge.models.clip import CLIP
-from clipforge.models.registry import get_model_config
+from clipforge.models.registry import get_architecture
 
-pytestmark = [pytest.mark.skipif(not fused_module._AVAILABLE, reason="torch built without oneDNN linear ops"),
-              pytest.mark.filterwarnings("ignore:TF32 acceleration")]
+pytestmark = [pytest.mark.filterwarnings("ignore:TF32 acceleration")]
+
+
+def test_the_fused_ops_exist_on_x86_builds():
+    """The CI wheels are x86_64 builds of torch with oneDNN: the fast path must really be exercised there."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert fused_module._LINEAR_OPS and fused_module._CONV_OPS
 
 
 def _plain_and_fused(fn):
-    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+    with torch.no_grad(), fused_inference(False):
         plain = fn()
     with torch.inference_mode():
         fused = fn()
@@ -26,8 +34,67 @@ def test_fusion_only_without_autograd_on_cpu_float32():
     with torch.no_grad():
         assert fusion_applies(x)
         assert not fusion_applies(x.double())
+        assert not fusion_applies(x, torch.zeros(2, dtype=torch.bfloat16))  # a bf16 weight
         with torch.backends.mkldnn.flags(enabled=False):
             assert not fusion_applies(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fusion_applies(x)
+        with fused_inference(False):
+            assert not fusion_applies(x)
+        assert fusion_applies(x)
+        set_fused_inference(False)
+        try:
+            assert not fusion_applies(x)
+        finally:
+            set_fused_inference(True)
+    with torch.inference_mode():
+        assert fusion_applies(x)
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
+def test_fp32_then_autocast_then_fp32(name):
+    """clip_benchmark's default AMP on CPU after an fp32 call: the fused path used to feed bf16 activations to
+    fp32 oneDNN weights ("Input type (CPUBFloat16Type) and weight type (torch.FloatTensor)")."""
+    torch.manual_seed(0)
+    model = CLIP(get_architecture(name)).eval()
+    size = model.config.vision.image_size
+    images, tokens = torch.randn(2, 3, size, size), torch.randint(1, 99, (2, model.context_length))
+    with torch.no_grad():
+        first = model.encode_image(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.encode_image(images)
+            mixed_text = model.encode_text(tokens)
+        again = model.encode_image(images)
+    assert mixed.dtype == torch.bfloat16 and mixed_text.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed.float(), first, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(again, first, atol=0, rtol=0)  # the cached fused weights are still right
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
+def test_half_precision_weights_take_the_plain_path(name):
+    torch.manual_seed(0)
+    model = CLIP(get_architecture(name)).eval()
+    size = model.config.vision.image_size
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        reference = model.encode_image(images)
+        model.to(torch.bfloat16)
+        low = model.encode_image(images.to(torch.bfloat16))
+    torch.testing.assert_close(low.float(), reference, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "grad"])
+def test_every_autograd_mode_gives_the_plain_result(mode):
+    torch.manual_seed(0)
+    model = CLIP(get_architecture("tiny-vit")).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), fused_inference(False):
+        plain = model.encode_image(images)
+    context = {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode(),
+               "grad": torch.enable_grad()}[mode]
+    with context:
+        got = model.encode_image(images)
+    torch.testing.assert_close(got.detach(), plain, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "quick_gelu"])
@@ -54,7 +121,7 @@ def test_layer_scale_blocks_keep_the_plain_path():
 @pytest.mark.parametrize("name", ["tiny-resnet", "tiny-vit"])
 def test_fused_towers_match_plain(name):
     torch.manual_seed(0)
-    config = get_model_config(name)
+    config = get_architecture(name)
     model = CLIP(config).eval()
     for block in model.visual.modules():  # make the zero-initialised residual branches matter
         if isinstance(block, torch.nn.BatchNorm2d):

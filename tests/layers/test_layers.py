@@ -1,5 +1,6 @@
 """Building blocks against their plain-formula references."""
 import pytest
+from references import require
 import torch
 
 from clipforge.layers.attention import Attention, causal_mask, eager_attention
@@ -94,7 +95,7 @@ def test_pool_text():
 
 
 def test_latent_pool_matches_timm():
-    timm_pool = pytest.importorskip("timm.layers").AttentionPoolLatent
+    timm_pool = require("timm.layers").AttentionPoolLatent
     ours = LatentAttentionPool(32, 4, 4.0, "gelu", norm_eps=1e-6)
     ref = timm_pool(32, num_heads=4, norm_layer=torch.nn.LayerNorm).eval()
     state = {k: v for k, v in ref.state_dict().items()}

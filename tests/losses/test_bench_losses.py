@@ -3,6 +3,7 @@ import importlib.util
 import pathlib
 
 import pytest
+from references import require
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_losses.py"
 
@@ -16,7 +17,7 @@ def bench():
 
 
 def test_child_measures_and_matches_open_clip(bench):
-    pytest.importorskip("open_clip")
+    require("open_clip")
     for ours, theirs in (("clipforge.tiled_clip", "open_clip.ClipLoss"),
                          ("clipforge.tiled_siglip", "open_clip.SigLipLoss")):
         a, b = bench.child(ours, 600, 16, 256), bench.child(theirs, 600, 16, None)

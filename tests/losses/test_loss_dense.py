@@ -1,6 +1,7 @@
 import math
 
 import pytest
+from references import require
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +31,7 @@ def test_siglip_loss_matches_naive_loop(n, scale, bias):
 
 
 def test_dense_losses_match_open_clip():
-    open_clip_loss = pytest.importorskip("open_clip.loss")
+    open_clip_loss = require("open_clip.loss")
     images, texts = _features(12, 16)
     scale, bias = torch.tensor(14.3), torch.tensor(-7.0)
     ref = open_clip_loss.ClipLoss()(images, texts, scale)

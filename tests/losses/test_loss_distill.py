@@ -1,4 +1,5 @@
 import pytest
+from references import require
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +29,7 @@ def test_distill_loss_terms():
 
 
 def test_distill_matches_open_clip():
-    open_clip_loss = pytest.importorskip("open_clip.loss")
+    open_clip_loss = require("open_clip.loss")
     images, texts = _features(8)
     t_images, t_texts = _features(8)
     ref = open_clip_loss.DistillClipLoss()(images, texts, 20.0, t_images, t_texts, 40.0, output_dict=True)

@@ -7,7 +7,7 @@ import torch
 from clipforge.config import apply_overrides
 from clipforge.models.clip import CLIP
 from clipforge.models.convert import convert_state_dict, resize_state_dict_pos_embed
-from clipforge.models.registry import get_model_config
+from clipforge.models.registry import get_architecture
 
 
 def _batch(config, batch=2):
@@ -18,7 +18,7 @@ def _batch(config, batch=2):
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet", "tiny-siglip"])
 def test_forward_outputs(name):
-    config = get_model_config(name)
+    config = get_architecture(name)
     model = CLIP(config).eval()
     images, tokens = _batch(config)
     out = model(images, tokens)
@@ -36,7 +36,7 @@ def test_forward_outputs(name):
 
 
 def test_too_long_tokens_rejected():
-    config = get_model_config("tiny-vit")
+    config = get_architecture("tiny-vit")
     model = CLIP(config)
     with pytest.raises(ValueError, match="context_length is 16"):
         model.encode_text(torch.zeros(1, 17, dtype=torch.long))
@@ -48,13 +48,13 @@ def test_too_long_tokens_rejected():
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
 def test_wrong_image_size_rejected(name):
-    model = CLIP(get_model_config(name))
+    model = CLIP(get_architecture(name))
     with pytest.raises(ValueError, match="vision.image_size=48"):
         model.encode_image(torch.zeros(1, 3, 48, 48))
 
 
 def test_causal_mask_makes_prefix_independent_of_suffix():
-    config = apply_overrides(get_model_config("tiny-vit"), {"text.pool": "first"})
+    config = apply_overrides(get_architecture("tiny-vit"), {"text.pool": "first"})
     model = CLIP(config).eval()
     tokens = torch.randint(1, 1000, (1, 16))
     changed = tokens.clone()
@@ -66,7 +66,7 @@ def test_causal_mask_makes_prefix_independent_of_suffix():
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-siglip"])
 def test_grad_checkpointing_same_gradients(name):
-    config = get_model_config(name)
+    config = get_architecture(name)
     model = CLIP(config)
     images, tokens = _batch(config)
 
@@ -85,7 +85,7 @@ def test_grad_checkpointing_same_gradients(name):
 
 
 def test_lock_image_tower_groups():
-    model = CLIP(get_model_config("tiny-vit"))
+    model = CLIP(get_architecture("tiny-vit"))
     model.lock_image_tower()
     assert not any(p.requires_grad for p in model.visual.parameters())
     assert all(p.requires_grad for p in model.text.parameters())
@@ -98,20 +98,20 @@ def test_lock_image_tower_groups():
 
 
 def test_lock_resnet_freezes_batch_norm_stats():
-    model = CLIP(get_model_config("tiny-resnet"))
+    model = CLIP(get_architecture("tiny-resnet"))
     model.lock_image_tower(freeze_bn_stats=True)
     model.train()
     bn = model.visual.bn1
     before = bn.running_mean.clone()
     model.encode_image(torch.randn(2, 3, 64, 64))
     assert not bn.training and torch.equal(before, bn.running_mean)
-    assert set(model.state_dict()) == set(CLIP(get_model_config("tiny-resnet")).state_dict())
+    assert set(model.state_dict()) == set(CLIP(get_architecture("tiny-resnet")).state_dict())
     with pytest.raises(ValueError, match="partial locking"):
         model.lock_image_tower(unlocked_groups=1)
 
 
 def test_lock_text_tower():
-    model = CLIP(get_model_config("tiny-vit"))
+    model = CLIP(get_architecture("tiny-vit"))
     model.lock_text_tower(unlocked_layers=1)
     trainable = {n for n, p in model.text.named_parameters() if p.requires_grad}
     assert trainable == {"proj.weight"}
@@ -120,7 +120,7 @@ def test_lock_text_tower():
 
 
 def test_patch_dropout_only_in_training():
-    config = apply_overrides(get_model_config("tiny-vit"), {"vision.patch_dropout": 0.5})
+    config = apply_overrides(get_architecture("tiny-vit"), {"vision.patch_dropout": 0.5})
     model = CLIP(config)
     images = torch.randn(2, 3, 32, 32)
     model.train()
@@ -132,7 +132,7 @@ def test_patch_dropout_only_in_training():
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
 def test_image_size_override_resizes_pos_embed(name):
-    config = get_model_config(name)
+    config = get_architecture(name)
     trained = CLIP(config).eval()
     bigger = dataclasses.replace(config, vision=dataclasses.replace(config.vision,
                                                                     image_size=config.vision.image_size * 2))
@@ -147,7 +147,7 @@ def test_image_size_override_resizes_pos_embed(name):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_close_to_fp32(dtype):
-    config = get_model_config("tiny-vit")
+    config = get_architecture("tiny-vit")
     model = CLIP(config).eval()
     images, tokens = _batch(config)
     reference = model(images, tokens)
@@ -158,7 +158,7 @@ def test_half_precision_close_to_fp32(dtype):
 
 
 def test_resnet_folded_batch_norm_tracks_weight_changes():
-    config = get_model_config("tiny-resnet")
+    config = get_architecture("tiny-resnet")
     model = CLIP(config).eval()
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -183,7 +183,7 @@ def test_resnet_folded_batch_norm_tracks_weight_changes():
 def test_large_inference_batches_are_chunked_transparently(monkeypatch):
     import clipforge.models.clip as clip_module
     monkeypatch.setattr(clip_module, "INFERENCE_CHUNK", 3)
-    config = get_model_config("tiny-vit")
+    config = get_architecture("tiny-vit")
     model = CLIP(config).eval()
     images, tokens = _batch(config, batch=7)
     calls = []

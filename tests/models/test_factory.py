@@ -2,14 +2,15 @@
 import json
 
 import pytest
+from references import require
 import torch
 from safetensors.torch import save_file
 
 from clipforge.models import weights
 from clipforge.models.factory import (ModelLoadError, create_model, create_model_and_transforms,
                                       create_model_from_pretrained, get_tokenizer, save_pretrained)
+from clipforge.models.resolve import resolve_weights
 from clipforge.models.weights import QUICK_GELU_OVERRIDES, WeightEntry
-from clipforge.transforms import PreprocessMismatchError
 from test_weights_resolve import make_hub_cache
 
 IMAGES = torch.randn(2, 3, 32, 32)
@@ -27,7 +28,7 @@ def _assert_same(a, b):
 
 
 def test_save_pretrained_is_read_by_open_clip_and_back(tmp_path):
-    open_clip = pytest.importorskip("open_clip")
+    open_clip = require("open_clip")
     model = create_model("tiny-vit")
     save_pretrained(model, tmp_path / "hub")
     reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'hub'}")
@@ -79,7 +80,7 @@ def test_tag_not_cached_offline_is_a_clear_error(demo_tag, tmp_path):
 
 
 def test_transformers_clip_directory(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     config = transformers.CLIPConfig(
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                      "max_position_embeddings": 16, "vocab_size": 49408},
@@ -107,29 +108,32 @@ def test_checkpoint_config_disagreeing_with_the_architecture(tmp_path):
         create_model("tiny-resnet", pretrained=str(tmp_path / "hub"))
 
 
-def test_preprocessing_disagreeing_with_the_file(tmp_path):
-    """A folder whose config says bicubic while its source declares bilinear: an error, not a silent pick."""
-    import dataclasses
-
-    from clipforge.models import factory
-
-    save_pretrained(create_model("tiny-vit"), tmp_path / "hub")
+def test_preprocessing_comes_from_the_folder_and_overrides_win(tmp_path):
+    model = create_model("tiny-vit", preprocess_overrides={"interpolation": "bilinear", "resize_mode": "squash"})
+    save_pretrained(model, tmp_path / "hub")
     config = json.loads((tmp_path / "hub" / "open_clip_config.json").read_text())
-    assert config["preprocess_cfg"]["interpolation"] == "bicubic"
-    local = weights.resolve_weights(str(tmp_path / "hub"), "tiny-vit")
-    declared = {"image_size": 32, "mean": [0.48145466, 0.4578275, 0.40821073],
-                "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bilinear", "resize_mode": "shortest"}
-    local = dataclasses.replace(local, preprocess=declared)
-    with pytest.raises(PreprocessMismatchError, match="interpolation"):
-        factory._preprocess_for(create_model("tiny-vit").config, local, None)
-    settled = factory._preprocess_for(create_model("tiny-vit").config, local, {"interpolation": "bilinear"})
-    assert settled.interpolation == "bilinear"
+    assert config["preprocess_cfg"]["interpolation"] == "bilinear"
+    again = create_model(f"local-dir:{tmp_path / 'hub'}")
+    assert again.preprocess_config == model.preprocess_config
+    changed = create_model(f"local-dir:{tmp_path / 'hub'}", preprocess_overrides={"interpolation": "bicubic"})
+    assert changed.preprocess_config.interpolation == "bicubic" and changed.preprocess_config.resize_mode == "squash"
 
 
-def test_weights_of_another_architecture_list_the_keys(tmp_path):
+def test_weights_of_another_architecture_say_which_it_fits(tmp_path):
+    """ResNet weights loaded into a ViT name the architecture they fit instead of listing a hundred keys."""
     other = create_model("tiny-resnet")
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    with pytest.raises(ValueError, match="missing|unexpected|does not fit"):
+    with pytest.raises(ModelLoadError) as info:
+        create_model("tiny-vit", pretrained=str(tmp_path / "w.safetensors"))
+    message = str(info.value)
+    assert "they fit tiny-resnet" in message and "tiny-resnet::" in message and "visual.layer1" not in message
+
+
+def test_few_mismatched_keys_are_listed(tmp_path):
+    model = create_model("tiny-vit")
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "visual.proj.weight"}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ModelLoadError, match="1 missing: visual.proj.weight"):
         create_model("tiny-vit", pretrained=str(tmp_path / "w.safetensors"))
 
 
@@ -156,8 +160,10 @@ def test_image_size_override_interpolates_the_grid(tmp_path):
 def test_precision_and_tokenizer():
     model = create_model("tiny-vit", precision="bf16")
     assert model.logit_scale.dtype == torch.bfloat16
-    with pytest.raises(ModelLoadError, match="unknown precision"):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'.*amp_bf16"):
         create_model("tiny-vit", precision="fp8")
+    assert create_model("tiny-vit", precision="pure_bf16").logit_scale.dtype == torch.bfloat16  # open_clip's name
+    assert create_model("tiny-vit", precision="amp_bf16").logit_scale.dtype == torch.float32  # autocast only
     tokenizer = get_tokenizer("tiny-vit")
     assert tokenizer(["a cat"]).shape == (1, 16)
     with pytest.raises(ValueError, match="positional embedding"):

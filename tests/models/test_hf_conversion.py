@@ -1,11 +1,12 @@
 """A random transformers CLIPModel converted to clipforge gives the same features."""
 import pytest
+from references import require
 import torch
 
-transformers = pytest.importorskip("transformers")
+transformers = require("transformers")
 
 from clipforge.models.clip import CLIP  # noqa: E402
-from clipforge.models.convert import config_from_hf, convert_state_dict, detect_format  # noqa: E402
+from clipforge.models.convert import config_from_hf, convert_state_dict, detect_layout  # noqa: E402
 from model_helpers import randomize_  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def test_hf_clip_model_parity(eos_token_id, hidden_act):
     config = config_from_hf(hf.config.to_dict())
     assert config.text.pool == ("argmax" if eos_token_id == 2 else "eos")
     state_dict = hf.state_dict()
-    assert detect_format(state_dict) == "hf"
+    assert detect_layout(state_dict) == "hf"
     model = CLIP(config).eval()
     model.load_state_dict(convert_state_dict(state_dict, config))
     images = torch.randn(3, 3, 32, 32)

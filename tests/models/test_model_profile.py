@@ -4,11 +4,11 @@ import torch
 
 from clipforge.models.clip import CLIP
 from clipforge.models.profile import profile_model
-from clipforge.models.registry import get_model_config
+from clipforge.models.registry import get_architecture
 
 
 def test_profile_tiny_vit_matches_real_model():
-    config = get_model_config("tiny-vit")
+    config = get_architecture("tiny-vit")
     profile = profile_model(config)
     model = CLIP(config)
     assert profile.params_total == sum(p.numel() for p in model.parameters())
@@ -20,7 +20,7 @@ def test_profile_tiny_vit_matches_real_model():
 
 
 def test_vit_b32_gflops_close_to_formula():
-    profile = profile_model(get_model_config("ViT-B-32"))
+    profile = profile_model(get_architecture("ViT-B-32"))
     tokens, width, depth = 50, 768, 12
     # per block: qkv + out proj (4 w^2) + mlp (8 w^2) per token, plus attention scores and mixing (2 n w)
     macs = depth * (tokens * 12 * width ** 2 + 2 * tokens ** 2 * width) + 49 * 3 * 32 * 32 * width + width * 512
@@ -31,6 +31,6 @@ def test_vit_b32_gflops_close_to_formula():
 
 
 def test_profile_huge_model_is_free():
-    profile = profile_model(get_model_config("ViT-bigG-14"))
+    profile = profile_model(get_architecture("ViT-bigG-14"))
     assert profile.params_total > 2.5e9
     assert profile.gflops_image > profile.gflops_text > 0

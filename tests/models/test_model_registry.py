@@ -8,7 +8,7 @@ from clipforge.config import ConfigError, apply_overrides, from_dict, to_dict
 from clipforge.models.clip import CLIP
 from clipforge.models.config import ClipConfig, TextConfig, VisionConfig
 from clipforge.models.convert import config_from_open_clip, config_to_open_clip
-from clipforge.models.registry import UnknownModelError, get_model_config, list_models
+from clipforge.models.registry import UnknownModelError, get_architecture, list_models
 
 REQUIRED = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-B-16-plus-240", "ViT-L-14",
             "ViT-L-14-336", "ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256",
@@ -25,7 +25,7 @@ def test_list_models_is_sorted_and_complete():
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_preset_parses_and_builds_on_meta(name):
-    config = get_model_config(name)
+    config = get_architecture(name)
     assert from_dict(ClipConfig, to_dict(config)) == config
     with torch.device("meta"):
         model = CLIP(config)
@@ -34,12 +34,12 @@ def test_every_preset_parses_and_builds_on_meta(name):
 
 
 def test_lookup_is_case_insensitive():
-    assert get_model_config("vit-b-32") == get_model_config("ViT-B-32")
+    assert get_architecture("vit-b-32") == get_architecture("ViT-B-32")
 
 
 def test_quickgelu_suffix_resolves_to_base_preset():
-    base = get_model_config("ViT-B-32")
-    quick = get_model_config("ViT-B-32-quickgelu")
+    base = get_architecture("ViT-B-32")
+    quick = get_architecture("ViT-B-32-quickgelu")
     assert quick.vision.act == quick.text.act == "quick_gelu"
     assert base.vision.act == base.text.act == "gelu"
     assert apply_overrides(quick, {"vision.act": "gelu", "text.act": "gelu"}) == base
@@ -47,12 +47,12 @@ def test_quickgelu_suffix_resolves_to_base_preset():
 
 def test_unknown_name_lists_closest():
     with pytest.raises(UnknownModelError, match="ViT-B-32") as info:
-        get_model_config("ViT-B-23")
+        get_architecture("ViT-B-23")
     assert isinstance(info.value, ValueError)
 
 
 def test_openai_override_paths_work():
-    config = apply_overrides(get_model_config("RN50"), ["vision.act=quick_gelu", "text.act=quick_gelu"])
+    config = apply_overrides(get_architecture("RN50"), ["vision.act=quick_gelu", "text.act=quick_gelu"])
     assert config.vision.act == "quick_gelu" and config.text.act == "quick_gelu"
     with pytest.raises(ConfigError, match="act"):
         apply_overrides(config, {"vision.act": "relu"})
@@ -80,12 +80,12 @@ def test_presets_match_open_clip_architectures():
     for name in REQUIRED:
         if name.startswith("tiny"):
             continue
-        assert config_from_open_clip(json.loads((src / f"{name}.json").read_text())) == get_model_config(name), name
+        assert config_from_open_clip(json.loads((src / f"{name}.json").read_text())) == get_architecture(name), name
 
 
 @pytest.mark.parametrize("name", [n for n in REQUIRED if n != "tiny-siglip"])
 def test_open_clip_config_round_trip(name):
-    config = get_model_config(name)
+    config = get_architecture(name)
     assert config_from_open_clip(config_to_open_clip(config)) == config
 
 
@@ -97,5 +97,5 @@ def test_open_clip_config_rejects_unsupported_options():
 
 
 def test_logit_scale_default_is_clip_temperature():
-    assert get_model_config("ViT-B-32").init_logit_scale == pytest.approx(math.log(1 / 0.07))
-    assert get_model_config("ViT-B-16-SigLIP").init_logit_bias == -10
+    assert get_architecture("ViT-B-32").init_logit_scale == pytest.approx(math.log(1 / 0.07))
+    assert get_architecture("ViT-B-16-SigLIP").init_logit_bias == -10

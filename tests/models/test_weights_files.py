@@ -5,11 +5,12 @@ import warnings
 import zipfile
 
 import pytest
+from references import require
 import torch
 from safetensors.torch import save_file
 
 from clipforge._atomic import atomic_path
-from clipforge.models._checkpoint_file import CheckpointFileError, detect_format, read_state_dict
+from clipforge.models._checkpoint_file import CheckpointFileError, detect_file_format, read_state_dict
 
 
 def _random_state_dict():
@@ -28,7 +29,7 @@ def test_safetensors_round_trip(tmp_path):
     sd = _random_state_dict()
     path = tmp_path / "w.safetensors"
     save_file(sd, str(path))
-    assert detect_format(path) == "safetensors"
+    assert detect_file_format(path) == "safetensors"
     got = read_state_dict(path)
     assert set(got) == set(sd)
     for name in sd:
@@ -38,7 +39,7 @@ def test_safetensors_round_trip(tmp_path):
 def test_torch_state_dict(tmp_path):
     sd = _random_state_dict()
     torch.save(sd, tmp_path / "w.bin")
-    assert detect_format(tmp_path / "w.bin") == "torch"
+    assert detect_file_format(tmp_path / "w.bin") == "torch"
     _assert_same(read_state_dict(tmp_path / "w.bin", format_hint="torch"), sd)
     with pytest.raises(CheckpointFileError, match="expected to be a safetensors"):
         read_state_dict(tmp_path / "w.bin", format_hint="safetensors")
@@ -131,7 +132,7 @@ def test_torchscript_archive_is_read_without_running_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.jit, "load", refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    assert detect_format(tmp_path / "ViT-T.pt") == "torchscript"
+    assert detect_file_format(tmp_path / "ViT-T.pt") == "torchscript"
     got = read_state_dict(tmp_path / "ViT-T.pt")
     _assert_same(got, expected)
     assert "not_state" not in got and "visual.1.running_mean" in got
@@ -196,7 +197,7 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 
 def test_scripted_open_clip_model_reads_like_torch_jit_load(tmp_path):
     """A TorchScript archive of a real CLIP (open_clip's, OpenAI layout): the names and values torch.jit.load gives."""
-    pytest.importorskip("open_clip")
+    require("open_clip")
     from open_clip.model import CLIP
 
     cfg = {"embed_dim": 16, "quick_gelu": True,

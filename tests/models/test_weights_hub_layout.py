@@ -2,10 +2,13 @@
 import json
 
 import pytest
+from references import require
 import torch
 
-from clipforge.models import weights
-from clipforge.models.weights import read_state_dict, resolve_weights, save_hub_layout
+from clipforge.models._checkpoint_file import read_state_dict
+from clipforge.models.hub_layout import QUICK_GELU_OVERRIDES, save_hub_layout
+from clipforge.models.resolve import resolve_weights
+from clipforge.transforms import PreprocessConfig
 
 TINY_MODEL_CFG = {
     "embed_dim": 16,
@@ -34,8 +37,9 @@ def test_round_trip_through_our_reader(tmp_path, mode, files):
                     safe_serialization=mode)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == files
     local = resolve_weights(tmp_path / "out")
-    assert local.open_clip_config == {"model_cfg": TINY_MODEL_CFG, "preprocess_cfg": TINY_PREPROCESS}
-    assert local.preprocess["image_size"] == 32 and local.preprocess["std"] == [0.25] * 3
+    written = json.loads((tmp_path / "out" / "open_clip_config.json").read_text())
+    assert written == {"model_cfg": TINY_MODEL_CFG, "preprocess_cfg": TINY_PREPROCESS}
+    assert local.declared.preprocess.image_size == 32 and local.declared.preprocess.std == (0.25,) * 3
     _assert_same(read_state_dict(local.weights_path), sd)
 
 
@@ -72,14 +76,14 @@ def test_interrupted_save_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_open_clip_loads_what_we_save(tmp_path):
-    open_clip = pytest.importorskip("open_clip")
+    open_clip = require("open_clip")
     from open_clip.model import CLIP
 
     reference = CLIP(**TINY_MODEL_CFG)
-    ours = weights.default_preprocess(image_size=32, **TINY_PREPROCESS)
+    ours = PreprocessConfig(image_size=32, **TINY_PREPROCESS)
     save_hub_layout(tmp_path, reference.state_dict(), {"model_cfg": TINY_MODEL_CFG,
-                                                       "preprocess_cfg": weights.open_clip_preprocess_cfg(ours)})
-    assert resolve_weights(tmp_path).preprocess == ours  # and back
+                                                       "preprocess_cfg": ours.to_open_clip()})
+    assert resolve_weights(tmp_path).declared.preprocess == ours  # and back
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")
     _assert_same(model.state_dict(), reference.state_dict())
     assert model.visual.preprocess_cfg["interpolation"] == "bilinear"
@@ -88,7 +92,7 @@ def test_open_clip_loads_what_we_save(tmp_path):
 
 
 def test_we_read_what_open_clip_saves(tmp_path):
-    open_clip = pytest.importorskip("open_clip")
+    open_clip = require("open_clip")
     from open_clip.model import CLIP
     from open_clip.push_to_hf_hub import save_config_for_hf
 
@@ -97,8 +101,8 @@ def test_we_read_what_open_clip_saves(tmp_path):
     save_config_for_hf(reference, tmp_path / "open_clip_config.json", model_config=TINY_MODEL_CFG)
     torch.save(reference.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
     local = resolve_weights(tmp_path)
-    assert local.preprocess["mean"] == [0.1, 0.2, 0.3] and local.preprocess["image_size"] == 32
-    assert local.arch_overrides == weights.QUICK_GELU_OVERRIDES
+    assert local.declared.preprocess.mean == (0.1, 0.2, 0.3) and local.declared.preprocess.image_size == 32
+    assert local.declared.overrides == QUICK_GELU_OVERRIDES
     written = json.loads((tmp_path / "open_clip_config.json").read_text())
-    assert written["model_cfg"] == local.open_clip_config["model_cfg"] == TINY_MODEL_CFG
+    assert written["model_cfg"] == TINY_MODEL_CFG and local.declared.config.vision.act == "quick_gelu"
     _assert_same(read_state_dict(local.weights_path), reference.state_dict())

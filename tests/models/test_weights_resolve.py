@@ -6,22 +6,24 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clipforge.models import weights
-from clipforge.models.weights import (
-    QUICK_GELU_OVERRIDES, WeightEntry, WeightsNotCachedError, read_state_dict, resolve_weights,
-)
+from clipforge.models import resolve, weights
+from clipforge.models._checkpoint_file import read_state_dict
+from clipforge.models._download import WeightsNotCachedError
+from clipforge.models.resolve import resolve_weights
+from clipforge.models.weights import QUICK_GELU_OVERRIDES, WeightEntry
+from clipforge.transforms import OPENAI_MEAN, PreprocessConfig
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 OPEN_CLIP_CONFIG = {
     "model_cfg": {"embed_dim": 8, "quick_gelu": True,
-                  "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "patch_size": 8},
+                  "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "patch_size": 8, "head_width": 8},
                   "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}},
     "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear",
                        "resize_mode": "squash"},
 }
 HF_CONFIG = {"architectures": ["CLIPModel"], "projection_dim": 8,
-             "vision_config": {"image_size": 48, "hidden_size": 16, "hidden_act": "quick_gelu"},
-             "text_config": {"hidden_size": 16, "hidden_act": "gelu"}}
+             "vision_config": {"image_size": 48, "hidden_size": 16, "num_attention_heads": 2, "hidden_act": "quick_gelu"},
+             "text_config": {"hidden_size": 16, "num_attention_heads": 2, "hidden_act": "gelu"}}
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +62,7 @@ def test_tag_resolves_through_the_hub_cache(tmp_path):
     local = resolve_weights("laion2b-s34b-b79k", "ViT-B-32", cache_dir=tmp_path / "hub", local_files_only=True)
     assert local.weights_path == snapshot / "open_clip_model.safetensors"
     assert local.format_hint == "safetensors" and local.entry.tag == "laion2b_s34b_b79k"
-    assert local.preprocess["image_size"] == 224 and local.arch_overrides == {}
+    assert local.declared.preprocess.image_size == 224 and local.declared.overrides == {}
     assert "ViT-B-32::laion2b_s34b_b79k" in local.source
     assert torch.equal(read_state_dict(local.weights_path)["visual.proj"], tensors["visual.proj"])
 
@@ -71,19 +73,19 @@ def test_quickgelu_tag_declares_its_overrides(tmp_path):
                    {"open_clip_pytorch_model.bin": (tmp_path / "w.bin").read_bytes()})
     for arch in ("ViT-B-32", "ViT-B-32-quickgelu"):
         local = resolve_weights("openai", arch, cache_dir=tmp_path, local_files_only=True)
-        assert local.arch_overrides == QUICK_GELU_OVERRIDES and local.format_hint == "torch"
+        assert local.declared.overrides == QUICK_GELU_OVERRIDES and local.format_hint == "torch"
 
 
 def test_tag_falls_back_to_the_url_cache(tmp_path, monkeypatch):
     payload = b"weights"
     entry = WeightEntry(arch="ViT-T", tag="t", hf_hub_id="org/absent", hf_filename="open_clip_pytorch_model.bin",
                         url="https://example.invalid/a/vit-t.pt", sha256=hashlib.sha256(payload).hexdigest(),
-                        sha256_is_full=True, preprocess=weights.default_preprocess())
+                        sha256_is_full=True, preprocess={"image_size": 224})
     (tmp_path / "vit-t.pt").write_bytes(payload)
-    assert weights._fetch_entry(entry, tmp_path, True, None) == tmp_path / "vit-t.pt"
+    assert resolve._fetch_entry(entry, tmp_path, True, None) == tmp_path / "vit-t.pt"
     (tmp_path / "vit-t.pt").unlink()
     with pytest.raises(WeightsNotCachedError) as info:
-        weights._fetch_entry(entry, tmp_path, True, None)
+        resolve._fetch_entry(entry, tmp_path, True, None)
     assert "org/absent" in str(info.value) and "vit-t.pt" in str(info.value)
 
 
@@ -96,13 +98,13 @@ def test_hf_hub_open_clip_layout_with_pinned_revision(tmp_path):
     older = "a" * 40
     make_hub_cache(tmp_path, "org/tiny", {"open_clip_config.json": OPEN_CLIP_CONFIG,
                                           "open_clip_model.safetensors": _safetensors_bytes(tmp_path, _tensors())})
-    old = make_hub_cache(tmp_path, "org/tiny", {"open_clip_config.json": {"model_cfg": {}},
+    old = make_hub_cache(tmp_path, "org/tiny", {"open_clip_config.json": OPEN_CLIP_CONFIG,
                                                 "open_clip_pytorch_model.bin": b"x" * 16}, revision=older, ref=None)
     local = resolve_weights("hf-hub:org/tiny", cache_dir=tmp_path, local_files_only=True)
-    assert local.open_clip_config == OPEN_CLIP_CONFIG and local.hf_config is None
-    assert local.preprocess == {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
-                                "interpolation": "bilinear", "resize_mode": "squash"}
-    assert local.arch_overrides == QUICK_GELU_OVERRIDES and local.entry is None
+    assert local.declared.config.vision.width == 16 and local.declared.config.vision.act == "quick_gelu"
+    assert local.declared.preprocess == PreprocessConfig(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                                         interpolation="bilinear", resize_mode="squash")
+    assert local.declared.overrides == QUICK_GELU_OVERRIDES and local.entry is None
     pinned = resolve_weights(f"hf-hub:org/tiny@{older}", cache_dir=tmp_path, local_files_only=True)
     assert pinned.weights_path == old / "open_clip_pytorch_model.bin" and "@" + older in pinned.source
 
@@ -113,9 +115,9 @@ def test_hf_hub_transformers_layout(tmp_path):
                                                                           "image_std": [1, 1, 1], "resample": 3},
                                              "model.safetensors": _safetensors_bytes(tmp_path, _tensors())})
     local = resolve_weights("hf-hub:openai/tiny", cache_dir=tmp_path, local_files_only=True)
-    assert local.hf_config == HF_CONFIG and local.open_clip_config is None
-    assert local.preprocess["image_size"] == 48 and local.preprocess["mean"] == [0.1, 0.2, 0.3]
-    assert local.arch_overrides == {"vision.act": "quick_gelu"}  # the text tower says gelu
+    assert local.declared.config.vision.image_size == 48 and local.declared.config.embed_dim == 8
+    assert local.declared.preprocess.image_size == 48 and local.declared.preprocess.mean == (0.1, 0.2, 0.3)
+    assert local.declared.overrides == {"vision.act": "quick_gelu"}  # the text tower says gelu
 
 
 def test_hf_hub_repo_not_cached(tmp_path):
@@ -136,15 +138,15 @@ def test_directory_layouts(tmp_path):
     (oc / "open_clip_config.json").write_text(json.dumps(OPEN_CLIP_CONFIG))
     torch.save(_tensors(), oc / "open_clip_pytorch_model.bin")
     local = resolve_weights(oc)
-    assert local.weights_path == oc / "open_clip_pytorch_model.bin" and local.open_clip_config == OPEN_CLIP_CONFIG
+    assert local.weights_path == oc / "open_clip_pytorch_model.bin" and local.declared.config.embed_dim == 8
     assert resolve_weights(f"local-dir:{oc}").weights_path == local.weights_path
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps(HF_CONFIG))
     save_file(_tensors(), str(hf / "model.safetensors"))
     local = resolve_weights(str(hf))
-    assert local.hf_config == HF_CONFIG and local.format_hint == "safetensors"
-    assert local.preprocess["mean"] == list(weights.OPENAI_MEAN)  # no preprocessor_config.json: CLIP defaults
+    assert local.declared.config.vision.image_size == 48 and local.format_hint == "safetensors"
+    assert local.declared.preprocess.mean == OPENAI_MEAN  # no preprocessor_config.json: CLIP defaults
 
 
 def test_directory_without_a_layout_lists_what_it_expects(tmp_path):
@@ -172,7 +174,7 @@ def test_plain_files_and_missing_paths(tmp_path):
     torch.save(_tensors(), tmp_path / "epoch_1.pt")
     local = resolve_weights(str(tmp_path / "epoch_1.pt"), "ViT-B-32")
     assert local.weights_path == tmp_path / "epoch_1.pt" and local.format_hint == "torch"
-    assert local.open_clip_config is None and local.preprocess is None and local.entry is None
+    assert local.declared.config is None and local.declared.preprocess is None and local.entry is None
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         resolve_weights(str(tmp_path / "missing.safetensors"), "ViT-B-32")
 

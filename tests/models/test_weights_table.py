@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from references import require
 
 from clipforge.models import weights
 from clipforge.models.weights import (
@@ -35,14 +36,14 @@ def test_well_known_pairs_are_listed():
 
 
 def test_matches_open_clip_list_for_supported_archs():
-    open_clip = pytest.importorskip("open_clip")
+    open_clip = require("open_clip")
     wanted = set(ARCHS) | {a + "-quickgelu" for a in ARCHS}
     theirs = [(a, t) for a, t in open_clip.list_pretrained() if a in wanted]
     assert list_pretrained() == theirs
 
 
 def test_entries_carry_source_preprocess_and_overrides():
-    open_clip = pytest.importorskip("open_clip")
+    open_clip = require("open_clip")
     for arch, tag in list_pretrained():
         entry = get_weight_entry(arch, tag)
         theirs = open_clip.get_pretrained_cfg(arch, tag)
@@ -110,7 +111,7 @@ def test_unknown_tag_lists_that_archs_tags():
 
 
 def test_open_clip_helper_names():
-    open_clip = pytest.importorskip("open_clip")
+    open_clip = require("open_clip")
     assert weights.list_pretrained_tags_by_model("ViT-L-14") == list_pretrained_tags("ViT-L-14")
     for tag in ("openai", "webli", "laion2b-s34b-b79k"):
         theirs = [a for a in open_clip.list_pretrained_models_by_tag(tag) if a.replace("-quickgelu", "") in ARCHS]
@@ -135,7 +136,7 @@ def test_format_table_for_the_cli():
 
 
 def test_committed_table_is_what_the_generator_writes():
-    pytest.importorskip("open_clip")
+    require("open_clip")
     spec = importlib.util.spec_from_file_location("make_pretrained_table", ROOT / "tools" / "make_pretrained_table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

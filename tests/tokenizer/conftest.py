@@ -1,4 +1,5 @@
 import pytest
+from references import require
 
 from tokenizer_corpus import make_corpus
 
@@ -10,7 +11,7 @@ def corpus():
 
 @pytest.fixture(scope="session")
 def reference():
-    open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
+    open_clip_tokenizer = require("open_clip.tokenizer")
     return open_clip_tokenizer.SimpleTokenizer()
 
 

@@ -4,6 +4,7 @@ import sys
 
 import ftfy
 import pytest
+from references import require
 
 from clipforge.tokenizer import clean
 
@@ -52,7 +53,7 @@ def test_plain_captions_never_call_ftfy(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["lower", "whitespace", "canonicalize"])
 def test_clean_modes_match_open_clip(mode, corpus):
-    reference = pytest.importorskip("open_clip.tokenizer").get_clean_fn(mode)
+    reference = require("open_clip.tokenizer").get_clean_fn(mode)
     ours = clean.get_clean_fn(mode)
     subset = corpus[::3]
     diffs = [text for text in subset if ours(text) != reference(text)]

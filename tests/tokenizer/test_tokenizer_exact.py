@@ -1,5 +1,6 @@
 """Id-for-id parity of ClipTokenizer with open_clip's SimpleTokenizer on a 12,000-caption hostile corpus."""
 import pytest
+from references import require
 import torch
 
 from clipforge.tokenizer import ClipTokenizer, clean_text
@@ -41,7 +42,7 @@ def test_other_context_lengths_match(context_length, corpus, clip_tokenizer, ref
 
 @pytest.mark.parametrize("mode", ["whitespace", "canonicalize"])
 def test_other_clean_modes_match(mode, corpus):
-    open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
+    open_clip_tokenizer = require("open_clip.tokenizer")
     subset = corpus[1::10]
     ours = ClipTokenizer(clean=mode)(subset)
     theirs = open_clip_tokenizer.SimpleTokenizer(clean=mode)(subset)

@@ -5,6 +5,7 @@ import random
 import shutil
 
 import pytest
+from references import require
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -55,8 +56,8 @@ def siglip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_cls():
-    pytest.importorskip("transformers")
-    return pytest.importorskip("open_clip.tokenizer").HFTokenizer
+    require("transformers")
+    return require("open_clip.tokenizer").HFTokenizer
 
 
 @pytest.mark.parametrize("clean", ["canonicalize", "whitespace", "lower"])

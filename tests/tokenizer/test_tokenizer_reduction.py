@@ -4,6 +4,7 @@ import sys
 import types
 
 import pytest
+from references import require
 import torch
 
 from clipforge.tokenizer import ClipTokenizer, create_tokenizer, get_reduction
@@ -20,7 +21,7 @@ def _seeded(fn, seed=7):
 
 @pytest.mark.parametrize("name", ["simple", "random", "shuffle"])
 def test_random_strategies_match_open_clip_under_the_same_seed(name):
-    open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
+    open_clip_tokenizer = require("open_clip.tokenizer")
     ours = ClipTokenizer(reduction=name, context_length=12)
     theirs = open_clip_tokenizer.SimpleTokenizer(reduction_mask=name, context_length=12)
     for seed in range(5):
@@ -63,7 +64,7 @@ class _FakeNltk(types.ModuleType):
 
 
 def test_syntax_strategy_matches_open_clip_with_the_same_tagger(monkeypatch):
-    open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
+    open_clip_tokenizer = require("open_clip.tokenizer")
     monkeypatch.setitem(sys.modules, "nltk", _FakeNltk())
     texts = ["the red cat sitting on a red mat with the dog and the sleepy cat", "a cat", "the the the cat"]
     for length in (5, 8, 30):

@@ -90,7 +90,9 @@ def test_missing_captions_and_bad_images_are_skipped_and_counted(tmp_path):
     data = csv_loader(table)
     batches = list(data)
     assert len(batches) == 2 and all(images.shape[0] == 4 for images, _ in batches)
-    assert data.stats.missing_fields == 1 and data.stats.corrupt_images == 2 and data.stats.filled == 2
+    # a missing file is named as missing, not as corrupt
+    assert data.stats.missing_fields == 1 and data.stats.corrupt_images == 1 and data.stats.missing_images == 1
+    assert data.stats.filled == 2 and "1 missing image files" in data.stats.summary()
     seen = {i for _, t in batches for i in items(t)}
     assert 3 not in seen and 5 not in seen
 

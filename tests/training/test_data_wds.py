@@ -6,12 +6,13 @@ import random
 import tarfile
 
 import pytest
+from references import require
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
 from clipforge.config import ConfigError, apply_overrides, from_dict
-from clipforge.training.data import DataConfig, create_eval_dataset, create_train_loader, expand_shards
+from clipforge.training.data import DataConfig, create_train_loader, expand_shards
 from clipforge.training.data.shards import worker_shards
 from clipforge.training.data.tar_stream import buffer_shuffle
 
@@ -126,8 +127,8 @@ def test_corrupt_missing_and_truncated_samples_are_skipped_and_counted(tmp_path,
     assert data.stats.shard_errors >= 1   # d-1.tar ends mid-member
     assert data.stats.filled == data.stats.skipped
     assert (0, 0, 7) not in {i for _, t in batches for i in ids(t)}
-    summary = [r.getMessage() for r in caplog.records if "corrupt images" in r.getMessage()]
-    assert summary and f"skipped {data.stats.corrupt_images} corrupt images" in summary[-1]
+    summary = [r.getMessage() for r in caplog.records if "undecodable images" in r.getMessage()]
+    assert summary and f"skipped {data.stats.corrupt_images} undecodable images" in summary[-1]
 
 
 def test_every_rank_and_worker_gets_distinct_shards():
@@ -184,7 +185,7 @@ def test_buffer_shuffle_is_a_seeded_permutation():
 
 
 def test_pipe_and_fsspec_urls(tmp_path):
-    fsspec = pytest.importorskip("fsspec")
+    fsspec = require("fsspec")
     spec = make_shards(tmp_path, [4, 4], sizes_json=False)
     files = sorted(str(p) for p in tmp_path.glob("s-*.tar"))
     piped = list(loader(f"pipe:cat {files[0]}::pipe:cat {files[1]}", num_samples=8))
@@ -196,12 +197,16 @@ def test_pipe_and_fsspec_urls(tmp_path):
     assert sorted(ids(remote[0][1])) == [(0, 0, j) for j in range(4)]
 
 
-def test_eval_dataset_keeps_labels_and_order(tmp_path):
+def test_training_shards_read_as_an_evaluation_set(tmp_path):
+    """The benchmark and the trainer's evaluation read training-style shards with the same tar reader."""
+    from clipforge.evaluation.datasets import load_dataset
     spec = make_shards(tmp_path, [3, 2])
-    data = create_eval_dataset(spec, image_transform=PLAIN)
-    assert len(data) == 5 and data.labels == [0, 1, 2, 0, 1]
-    image, caption, label = data[4]
-    assert image.shape == (3, 8, 8) and caption == "0 1 1" and label == 1
+    (tmp_path / "classnames.txt").write_text("zero\none\ntwo\n")
+    data = load_dataset(f"wds:{spec}", transform=PLAIN)
+    assert len(data.dataset) == 5 and data.labels.tolist() == [0, 1, 2, 0, 1]
+    assert data.tasks == ("classification", "retrieval")
+    image, index = data.dataset[4]
+    assert image.shape == (3, 8, 8) and data.captions[index] == ["0 1 1"] and data.labels[index] == 1
 
 
 def test_bad_input_is_reported_before_reading(tmp_path):

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from clipforge.losses.config import LossConfig, create_loss
 from clipforge.models.factory import create_model
 from clipforge.training.config import DistConfig, OptimConfig
-from clipforge.training.launch import RunContext, wrap_model
+from clipforge.training.launch import RunContext, distribute_model
 from clipforge.training.optim import create_optimizer
 from clipforge.training.step import train_step
 
@@ -22,10 +22,11 @@ def _batch():
     return torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=gen), torch.randint(1, 1000, (GLOBAL_BATCH, 16), generator=gen)
 
 
-def _step(model, images, tokens, world, rank, accum, clip=None):
+def _step(model, images, tokens, world, rank, accum, clip=None, replicated=()):
     loss_fn = create_loss(LossConfig(tiled=False), rank=rank, world_size=world)
     optimizer = create_optimizer(model, OptimConfig(lr=1e-3))
-    out = train_step(model, images, tokens, loss_fn, optimizer, accum_steps=accum, grad_clip=clip)
+    out = train_step(model, images, tokens, loss_fn, optimizer, accum_steps=accum, grad_clip=clip,
+                     replicated_params=replicated)
     return out.loss
 
 
@@ -44,10 +45,11 @@ def _worker(rank, world, strategy, accum, clip, port, result_path):
     torch.manual_seed(0)
     model = create_model("tiny-vit")
     ctx = RunContext(rank=rank, local_rank=rank, world_size=world, device=torch.device("cpu"), workdir=None)
-    model = wrap_model(model, ctx, DistConfig(strategy=strategy))
+    wrapped = distribute_model(model, ctx, DistConfig(strategy=strategy))
+    model = wrapped.module
     images, tokens = _batch()
     local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-    loss = _step(model, images[local], tokens[local], world, rank, accum, clip)
+    loss = _step(model, images[local], tokens[local], world, rank, accum, clip, wrapped.replicated_params)
     params = _full_grads(model)
     if rank == 0:
         torch.save({"grads": params, "loss": loss}, result_path)

@@ -12,7 +12,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from clipforge.training import shapes
-from clipforge.training.data import DataConfig, create_eval_dataset, create_train_loader
+from clipforge.evaluation.datasets import load_dataset
+from clipforge.training.data import DataConfig, create_train_loader
 
 
 def read_split(folder, split):
@@ -36,8 +37,9 @@ def read_split(folder, split):
 def test_writes_shards_sizes_and_info(tmp_path):
     info = shapes.generate_shapes_dataset(tmp_path, n_train=25, n_val=7, shard_size=10)
     names = sorted(os.listdir(tmp_path))
-    assert names == ["dataset.json", "sizes.json", "train-000000.tar", "train-000001.tar", "train-000002.tar",
-                     "val-000000.tar"]
+    assert names == ["classnames.txt", "dataset.json", "sizes.json", "templates.txt", "train-000000.tar",
+                     "train-000001.tar", "train-000002.tar", "val-000000.tar"]
+    assert (tmp_path / "classnames.txt").read_text().splitlines() == info["classnames"]
     sizes = json.loads((tmp_path / "sizes.json").read_text())
     assert sizes == {"train-000000.tar": 10, "train-000001.tar": 10, "train-000002.tar": 5, "val-000000.tar": 7}
     assert info == shapes.load_shapes_info(tmp_path)
@@ -110,8 +112,10 @@ def test_generated_dataset_feeds_the_train_loader_and_eval_dataset(tmp_path):
     data = create_train_loader(cfg, image_transform=transform, tokenize=tokenize)
     batches = list(data)
     assert data.num_samples == 40 and len(batches) == 5 and batches[0][0].shape == (8, 3, 16, 16)
-    val = create_eval_dataset(info["val"], image_transform=transform)
-    assert len(val) == 10 and all(0 <= label < len(info["classnames"]) for label in val.labels)
+    val = load_dataset(f"wds:{info['val']}", transform=transform)
+    assert len(val.dataset) == 10 and val.classnames == info["classnames"] and val.tasks == ("classification",
+                                                                                              "retrieval")
+    assert all(0 <= label < len(info["classnames"]) for label in val.labels.tolist())
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path):

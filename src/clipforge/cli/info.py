@@ -14,7 +14,7 @@ def run(args) -> int:
     if spec.arch is None:
         raise ValueError("info takes an architecture name (optionally ARCH::TAG); for hub or directory sources use "
                          "create_model in Python")
-    config = registry.get_model_config(spec.arch)
+    config = registry.get_architecture(spec.arch)
     stats = profile.profile_model(config)
     rows = [("architecture", spec.arch),
             ("parameters", f"{stats.params_total / 1e6:.2f} M (image {stats.params_image / 1e6:.2f} M, "

@@ -20,7 +20,7 @@ def add_arguments(parser):
     parser.add_argument("--model", default="tiny-vit", help="architecture (a tiny preset by default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
+                        help="CPU threads for torch (default: automatic, 1 when the CPUs are already busy)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra training config overrides")
 
 
@@ -34,6 +34,7 @@ def quickstart_config(args, info: dict):
     cfg = TrainConfig(
         workdir=str(Path(args.workdir) / "run"),
         seed=args.seed,
+        threads=args.threads,
         model=ModelSection(name=args.model, image_size=info["image_size"]),
         data=DataConfig(kind="webdataset", train=info["train"], batch_size=args.batch_size,
                         num_samples=info["num_train"], workers=0, seed=args.seed, shuffle_buffer=1000),
@@ -41,51 +42,50 @@ def quickstart_config(args, info: dict):
         optim=OptimConfig(lr=2e-3, weight_decay=0.1, beta2=0.98),
         schedule=ScheduleConfig(kind="cosine", steps=args.steps, warmup_steps=max(1, args.steps // 20)),
         checkpoint=CheckpointConfig(every_steps=max(1, args.steps // 3), keep_last=1, resume="auto"),
-        eval=EvalConfig(every_steps=0, zeroshot_data=info["val"], classnames=tuple(info["classnames"]),
-                        templates=tuple(info["templates"])),
+        eval=EvalConfig(every_steps=0, datasets=(f"{VAL}=wds:{info['val']}",)),
         log=LogConfig(every_steps=max(1, args.steps // 10)),
     )
     return apply_overrides(cfg, args.set)
 
 
 def run(args) -> int:
-    from clipforge.models.factory import get_tokenizer
-    from clipforge.training.evaluate import heldout_evaluator
     from clipforge.training.loop import train
     from clipforge.training.shapes import generate_shapes_dataset
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data_dir = Path(args.workdir) / "data"
     info = generate_shapes_dataset(str(data_dir), n_train=args.train_size, n_val=args.val_size, image_size=64,
-                                   seed=args.seed)
+                                   seed=args.seed, show_progress=True)
     print(f"[1/3] dataset: {info['num_train']} train / {info['num_val']} val images of "
-          f"{len(info['classnames'])} classes in {data_dir} ({time.perf_counter() - start:.1f}s)")
+          f"{len(info['classnames'])} classes in {data_dir} ({time.perf_counter() - start:.1f}s)", flush=True)
     cfg = quickstart_config(args, info)
-    evaluate = heldout_evaluator(cfg.eval, get_tokenizer(cfg.model.name))
-    print(f"[2/3] training {cfg.model.name} for {cfg.schedule.steps} steps (batch {cfg.data.batch_size}) on CPU")
-    result = train(cfg, evaluate=evaluate)
+    print(f"[2/3] training {cfg.model.name} for {cfg.schedule.steps} steps (batch {cfg.data.batch_size}) on CPU",
+          flush=True)
+    result = train(cfg)
     print(f"[3/3] held-out evaluation ({time.perf_counter() - start:.0f}s in total)\n")
-    print(format_results(result.metrics, len(cfg.eval.classnames)))
-    print(f"\ncheckpoint: {result.checkpoint}\nmetrics log: {Path(cfg.workdir) / 'metrics.jsonl'}")
+    print(format_results(result.metrics, len(info["classnames"]), info["num_val"]))
+    print(f"\ncheckpoint: {result.checkpoint}\nmodel folder: {result.model_dir}\n"
+          f"metrics log: {Path(cfg.workdir) / 'metrics.jsonl'}\n"
+          f"benchmark it: clipforge benchmark --model local-dir:{result.model_dir} --datasets "
+          f"'{VAL}=wds:{info['val']}'")
     return 0
 
 
-def format_results(metrics: dict[str, float], num_classes: int) -> str:
-    rows = [("zero-shot top-1 accuracy", metrics.get("zeroshot/acc1"), 1 / num_classes),
-            ("zero-shot top-5 accuracy", metrics.get("zeroshot/acc5"), min(1.0, 5 / num_classes)),
-            ("zero-shot mean per-class recall", metrics.get("zeroshot/mean_per_class_recall"), 1 / num_classes),
-            ("image->text recall@1", metrics.get("retrieval/text_retrieval_recall@1"),
-             metrics.get("retrieval/chance@1")),
-            ("text->image recall@1", metrics.get("retrieval/image_retrieval_recall@1"),
-             metrics.get("retrieval/chance@1")),
-            ("image->text recall@5", metrics.get("retrieval/text_retrieval_recall@5"),
-             metrics.get("retrieval/chance@5")),
-            ("text->image recall@5", metrics.get("retrieval/image_retrieval_recall@5"),
-             metrics.get("retrieval/chance@5"))]
+VAL = "val"  # the held-out split's name in the metrics
+
+
+def format_results(metrics: dict[str, float], num_classes: int, num_val: int) -> str:
+    def get(name):
+        return metrics.get(f"{VAL}/{name}")
+
+    chance1, chance5 = 1 / max(1, num_val), min(1.0, 5 / max(1, num_val))
+    rows = [("zero-shot top-1 accuracy", get("acc1"), 1 / num_classes),
+            ("zero-shot top-5 accuracy", get("acc5"), min(1.0, 5 / num_classes)),
+            ("zero-shot mean per-class recall", get("mean_per_class_recall"), 1 / num_classes),
+            ("image->text recall@1", get("text_retrieval_recall@1"), chance1),
+            ("text->image recall@1", get("image_retrieval_recall@1"), chance1),
+            ("image->text recall@5", get("text_retrieval_recall@5"), chance5),
+            ("text->image recall@5", get("image_retrieval_recall@5"), chance5)]
     width = max(len(r[0]) for r in rows)
     lines = [f"| {'metric':<{width}} | model  | chance |", f"|{'-' * (width + 2)}|--------|--------|"]
     for name, value, chance in rows:

@@ -35,5 +35,11 @@ def run(args) -> int:
         print(config_to_json(cfg))
         return 0
     result = train(cfg)
-    print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, checkpoint {result.checkpoint}")
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())
+                        if k.rsplit("/", 1)[-1] in ("acc1", "acc5", "image_retrieval_recall@5",
+                                                    "text_retrieval_recall@5"))
+    state = "already complete" if result.already_complete else "done"
+    print(f"{state}: {result.steps} steps, final loss {result.final_loss:.4f}"
+          + (f", {metrics}" if metrics else "") + f"\ncheckpoint: {result.checkpoint}"
+          + (f"\nmodel folder: {result.model_dir}" if result.model_dir else ""))
     return 0

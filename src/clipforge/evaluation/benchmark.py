@@ -1,29 +1,29 @@
 """Run the benchmark: models x datasets x tasks -> flat metrics -> tables.
 
-``evaluate(encoders, datasets)`` is the Python entry (used by ``clipforge benchmark`` and the trainer's eval
-hook): it takes the model's encode functions and loaded datasets and returns ``{"<dataset>/<metric>": value}``.
-``run_benchmark(model_specs, config)`` adds the model loading (``ARCH``, ``ARCH::TAG``, ``ARCH::path``,
-``hf-hub:org/repo``), resource statistics and the feature cache.
+``evaluate(encoders, datasets, config)`` is the Python entry the trainer's evaluation calls: it takes the model's
+encode functions and loaded datasets and returns ``{"<dataset>/<metric>": value}``. ``run_benchmark(model_specs,
+config)`` adds model loading (any name ``create_model`` takes: ``ARCH``, ``ARCH::TAG``, ``ARCH::path``,
+``hf-hub:org/repo``, ``local-dir:PATH``), resource statistics and the feature cache.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import sys
-import time
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
-from clipforge.models.factory import ModelLoadError  # the one error for models that cannot be loaded
-from clipforge.models.weights import split_model_tag
 from clipforge.evaluation import datasets as ds
 from clipforge.evaluation import suites
 from clipforge.evaluation.features import EncodedImages, Encoders, cache_key, cached, encode_images
 from clipforge.evaluation.linear_probe import probe_features
+from clipforge.evaluation.metrics import check_tie_rule
 from clipforge.evaluation.retrieval import retrieve
 from clipforge.evaluation.stats import resource_usage
 from clipforge.evaluation.zeroshot import build_classifier, classify
+from clipforge.precision import get_precision
+from clipforge.progress import progress
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "statistics")
 _TASKS_OF = {"classification": ("zeroshot_classification", "linear_probe"), "retrieval": ("zeroshot_retrieval",)}
@@ -31,7 +31,11 @@ _TASKS_OF = {"classification": ("zeroshot_classification", "linear_probe"), "ret
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
-    """What to run. ``datasets`` may name suites (``vtab``, ``retrieval``, ``classification``)."""
+    """What to run. ``datasets`` may name suites (``vtab``, ``retrieval``, ``classification``).
+
+    ``ties``: how equal scores are ranked (``evaluation.metrics``): "reference" (clip_benchmark's top-k, comparable
+    with published tables) or "pessimistic". ``precision``: a ``clipforge.precision`` name (``amp_bf16``...).
+    """
 
     tasks: tuple[str, ...] = ("zeroshot_classification", "zeroshot_retrieval")
     datasets: tuple[str, ...] = ("classification", "retrieval")
@@ -45,6 +49,7 @@ class BenchmarkConfig:
     templates: str = ""  # a shipped template set to use for every dataset, e.g. "imagenet1k_selected"
     device: str = "cpu"
     precision: str = "fp32"
+    ties: Literal["reference", "pessimistic"] = "reference"
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -52,23 +57,10 @@ class BenchmarkConfig:
             raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
         if self.templates:
             suites.get_templates(self.templates, strict=True)  # a typo must not fall back to other prompts
-
-
-class Progress:
-    """Prints '<label>: n/total images' to stderr at most every ``every`` seconds."""
-
-    def __init__(self, label: str, total: int | None, every: float = 2.0, stream=sys.stderr):
-        self.label, self.total, self.every, self.stream = label, total, every, stream
-        self.done, self._last, self._start = 0, float("-inf"), time.perf_counter()
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self._last >= self.every or (self.total and self.done >= self.total):
-            rate = self.done / max(now - self._start, 1e-9)
-            total = f"/{self.total}" if self.total else ""
-            print(f"  {self.label}: {self.done}{total} images ({rate:.0f} img/s)", file=self.stream, flush=True)
-            self._last = now
+        get_precision(self.precision)
+        check_tie_rule(self.ties)
+        if self.batch_size < 1 or self.num_workers < 0 or not self.recall_k or min(self.recall_k) < 1:
+            raise ValueError("batch_size and every recall_k must be >= 1, num_workers >= 0")
 
 
 def make_loader(dataset, batch_size: int, num_workers: int, device: str = "cpu"):
@@ -78,45 +70,60 @@ def make_loader(dataset, batch_size: int, num_workers: int, device: str = "cpu")
 
 def _encode(encoders: Encoders, loaded: ds.LoadedDataset, split: str, config: BenchmarkConfig,
             quiet: bool) -> EncodedImages:
+    """Features of every readable image, with their dataset indices as targets (cached when asked)."""
     path = None
     if config.cache_dir:
         key = cache_key(encoders.model_id, loaded.name, split, encoders.transform_id, len(loaded.dataset),
                         loaded.source)
         path = os.path.join(config.cache_dir, key + ".pt")
-    label = f"{encoders.model_id} {loaded.name}/{split}"
-    progress = None if quiet else Progress(label, len(loaded.dataset))
 
     def compute():
         loader = make_loader(loaded.dataset, config.batch_size, config.num_workers, config.device)
-        encoded = encode_images(encoders.encode_image, loader, progress)
+        with progress(total=len(loaded.dataset), desc=f"{encoders.model_id} {loaded.name}/{split}", unit="img",
+                      enabled=not quiet) as bar:
+            encoded = encode_images(encoders.encode_image, loader, bar.update)
         return dataclasses.asdict(encoded)
 
     return EncodedImages(**cached(path, compute))
 
 
+def _view(encoded: EncodedImages, targets) -> EncodedImages:
+    return EncodedImages(encoded.features, targets, encoded.skipped)
+
+
 def evaluate_dataset(encoders: Encoders, loaded: ds.LoadedDataset, config: BenchmarkConfig,
                      train: ds.LoadedDataset | None = None, quiet: bool = True) -> dict[str, float]:
-    """Metrics of one model on one loaded dataset, keyed ``<dataset>/<metric>``."""
+    """Metrics of one model on one loaded dataset, keyed ``<dataset>/<metric>``. Images are encoded once for
+    every task the dataset supports and the config asks for."""
     out: dict[str, float] = {}
+    wanted = [task for task in loaded.tasks if set(_TASKS_OF[task]) & set(config.tasks)]
+    if not wanted:
+        return out
     encoded = _encode(encoders, loaded, config.split, config, quiet)
-    if loaded.task == "retrieval":
-        if "zeroshot_retrieval" in config.tasks:
-            out.update(retrieve(encoded, encoders.encode_text, encoders.tokenize, config.recall_k))
-    else:
+    index = encoded.targets.long()
+    if "retrieval" in wanted:
+        captions = [loaded.captions[i] for i in index.tolist()]
+        out.update(retrieve(_view(encoded, captions), encoders.encode_text, encoders.tokenize, config.recall_k,
+                            config.ties))
+    if "classification" in wanted:
+        labels = loaded.labels[index]
         if "zeroshot_classification" in config.tasks:
             templates = suites.get_templates(config.templates, strict=True) if config.templates else loaded.templates
             classifier = build_classifier(encoders.encode_text, encoders.tokenize, loaded.classnames, templates)
-            out.update(classify(encoded, classifier, loaded.classnames))
+            out.update(classify(_view(encoded, labels), classifier, loaded.classnames, config.ties))
         if "linear_probe" in config.tasks and train is not None and not loaded.multilabel:
             train_encoded = _encode(encoders, train, "train", config, quiet)
-            probe = probe_features(train_encoded, encoded, len(loaded.classnames))
+            train_view = _view(train_encoded, train.labels[train_encoded.targets.long()])
+            probe = probe_features(train_view, _view(encoded, labels), len(loaded.classnames))
             out.update({f"linear_probe_{k}": v for k, v in probe.items()})
+    if loaded.shard_errors:
+        out["shard_errors"] = loaded.shard_errors
     return {f"{loaded.name}/{k}": v for k, v in out.items()}
 
 
 def evaluate(encoders: Encoders, loaded: Sequence[ds.LoadedDataset], config: BenchmarkConfig | None = None,
              quiet: bool = True) -> dict[str, float]:
-    """Flat metrics of one model over already loaded datasets (the trainer's eval hook calls this)."""
+    """Flat metrics of one model over already loaded datasets (the trainer's evaluation calls this)."""
     config = config or BenchmarkConfig()
     results: dict[str, float] = {}
     for item in loaded:
@@ -130,21 +137,23 @@ def dataset_root(data_root: str, name: str) -> str:
     return data_root.replace("{dataset}", folder) if "{dataset}" in data_root else os.path.join(data_root, folder)
 
 
-def _load_all(names: list[str], encoders: Encoders, config: BenchmarkConfig) -> list[tuple]:
+def load_datasets(names: Sequence[str], config: BenchmarkConfig, transform: Callable | None,
+                  ) -> list[tuple[ds.LoadedDataset, ds.LoadedDataset | None]]:
     """Load every dataset (and its train split for the linear probe) before encoding anything.
 
-    All missing datasets are reported in one error, so a long run does not stop at the 18th dataset.
+    All unusable datasets are reported in one error, so a long run does not stop at the 18th dataset.
     """
     loaded, errors = [], []
-    for name in names:
-        root = dataset_root(config.data_root, name)
+    for name in suites.expand(list(names)):
         try:
-            test = ds.load_dataset(name, root, config.split, encoders.transform, config.allow_download)
-            if not set(_TASKS_OF[test.task]) & set(config.tasks):
+            request = ds.parse_dataset(name)
+            root = request.path or dataset_root(config.data_root, name)
+            test = ds.load_dataset(name, root, config.split, transform, config.allow_download)
+            if not any(set(_TASKS_OF[t]) & set(config.tasks) for t in test.tasks):
                 continue
             train = None
-            if "linear_probe" in config.tasks and test.task == "classification" and not test.multilabel:
-                train = ds.load_dataset(name, root, "train", encoders.transform, config.allow_download)
+            if "linear_probe" in config.tasks and "classification" in test.tasks and not test.multilabel:
+                train = ds.load_dataset(name, root, "train", transform, config.allow_download)
             loaded.append((test, train))
         except (FileNotFoundError, ValueError, KeyError) as e:
             errors.append(str(e.args[0] if isinstance(e, KeyError) else e))
@@ -161,61 +170,40 @@ def benchmark_model(load: Callable[[], Encoders], config: BenchmarkConfig, quiet
     if not [t for t in config.tasks if t != "statistics"]:
         return results
     encoders = load()
-    for test, train in _load_all(suites.expand(list(config.datasets)), encoders, config):
+    for test, train in load_datasets(config.datasets, config, encoders.transform):
         results.update(evaluate_dataset(encoders, test, config, train, quiet=quiet))
     return results
 
 
-def parse_model_spec(spec: str) -> tuple[str, str | None]:
-    """'ARCH' -> (ARCH, None); 'ARCH::TAG' or 'ARCH::path' -> (ARCH, TAG/path); 'hf-hub:org/repo' unchanged."""
-    try:
-        return split_model_tag(spec)
-    except ValueError:
-        raise ModelLoadError(f"model spec '{spec}' must look like ARCH, ARCH::TAG or ARCH::path/to/weights") from None
-
-
 def load_model_encoders(spec: str, device: str = "cpu", precision: str = "fp32") -> Encoders:
-    """Build a clipforge model from a spec and wrap it into ``Encoders`` (device moves and autocast included)."""
-    name, pretrained = parse_model_spec(spec)
-    try:
-        from clipforge.models.factory import create_model_and_transforms, get_tokenizer
-        model, _, preprocess = create_model_and_transforms(name, pretrained=pretrained, device=device,
-                                                           precision=precision)
-        tokenizer = get_tokenizer(name)
-    except Exception as e:
-        raise ModelLoadError(f"cannot load model '{spec}': {type(e).__name__}: {e}. "
-                             "Check the name with `clipforge models`, and that the weights file exists.") from e
-    model.eval()
-    weights = _weights_file(model, pretrained)
-    preprocess_config = getattr(model, "preprocess_config", None)
-    size = getattr(preprocess_config, "image_size", None) or getattr(getattr(model, "visual", None), "image_size", 224)
-    model_id = f"{spec}@{precision}"
+    """Build a clipforge model from any name ``create_model`` takes and wrap it into ``Encoders``."""
+    from clipforge.models.factory import create_model_and_transforms, get_tokenizer
+
+    cast = get_precision(precision)
+    model, _, preprocess = create_model_and_transforms(spec, device=device, precision=cast.name)
+    tokenizer = get_tokenizer(spec)
+    weights = model.info.weights_path
+    model_id = f"{spec}@{cast.name}"
     if weights and os.path.isfile(weights):  # retrained weights at the same path must not reuse cached features
         stat = os.stat(weights)
         model_id += f"@{stat.st_size}-{int(stat.st_mtime)}"
-    return wrap_model(model, tokenizer, preprocess, model_id, device, precision, weights, size)
+    weights_dir = os.path.dirname(weights) if weights and spec.startswith("local-dir:") else weights
+    return make_encoders(model, tokenizer, preprocess, model_id, device, cast.name, weights_dir,
+                         model.preprocess_config.image_size)
 
 
-def _weights_file(model, pretrained: str | None) -> str | None:
-    """The local weights file (or folder) behind a model, for disk usage and cache invalidation."""
-    for candidate in (pretrained, getattr(model, "weights_path", None), getattr(model, "pretrained_source", None)):
-        if candidate and os.path.exists(str(candidate)):
-            return str(candidate)
-    return None
-
-
-def wrap_model(model, tokenizer, preprocess, model_id: str, device: str = "cpu", precision: str = "fp32",
-               weights_path: str | None = None, image_size=224) -> Encoders:
-    """Encoders around any model with ``encode_image``/``encode_text`` (clipforge's or a reference's)."""
-    amp = precision.startswith("amp")
-    amp_dtype = torch.bfloat16 if precision.endswith("bf16") else torch.float16
+def make_encoders(model, tokenizer, preprocess, model_id: str, device: str = "cpu", precision: str = "fp32",
+                  weights_path: str | None = None, image_size=224) -> Encoders:
+    """Encoders around any model with ``encode_image``/``encode_text`` (clipforge's or a reference's): inputs are
+    moved to ``device`` and cast to the weights' dtype, or run under autocast for AMP precisions."""
+    cast = get_precision(precision)
     device_type = torch.device(device).type
     dtype = next(model.parameters()).dtype
 
     def run(fn, x):
-        with torch.no_grad(), torch.autocast(device_type, dtype=amp_dtype, enabled=amp):
+        with torch.no_grad(), cast.autocast_context(device_type):
             x = x.to(device, non_blocking=True)
-            return fn(x if amp or not x.is_floating_point() else x.to(dtype))
+            return fn(x if cast.is_amp or not x.is_floating_point() else x.to(dtype))
 
     if isinstance(image_size, (tuple, list)):
         image_size = tuple(image_size)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.evaluation.features import EncodedImages, EncodeFn, Progress, encode_images, encode_texts
-from clipforge.evaluation.metrics import classification_metrics
+from clipforge.evaluation.metrics import TieRule, classification_metrics
 
 Templates = Sequence[str] | Mapping[str, Sequence[str]]
 
@@ -39,23 +39,24 @@ def build_classifier(encode_text: EncodeFn, tokenize: Callable[[list[str]], torc
     return F.normalize(means, dim=-1).t().contiguous()
 
 
-def classify(encoded: EncodedImages, classifier: torch.Tensor, classnames: Sequence[str]) -> dict[str, float]:
+def classify(encoded: EncodedImages, classifier: torch.Tensor, classnames: Sequence[str],
+             ties: TieRule = "reference") -> dict[str, float]:
     """Metrics of pre-encoded images against a (D, C) classifier, with the skipped-sample count."""
     if classifier.shape[1] != len(classnames):
         raise ValueError(f"classifier has {classifier.shape[1]} columns for {len(classnames)} class names")
     logits = encoded.features @ classifier.to(encoded.features.dtype)
-    metrics = classification_metrics(logits, encoded.targets, len(classnames))
+    metrics = classification_metrics(logits, encoded.targets, len(classnames), ties)
     return {**metrics, "num_samples": len(encoded.features), "num_skipped": encoded.skipped}
 
 
 def zero_shot_classification(encode_image: EncodeFn, encode_text: EncodeFn,
                              tokenize: Callable[[list[str]], torch.Tensor], dataloader: Iterable,
                              classnames: Sequence[str], templates: Templates,
-                             progress: Progress | None = None) -> dict[str, float]:
+                             progress: Progress | None = None, ties: TieRule = "reference") -> dict[str, float]:
     """Zero-shot classify every image of ``dataloader``.
 
     Returns ``acc1``, ``acc5``, ``mean_per_class_recall`` (or ``mean_average_precision`` when targets are
     multi-hot (B, C)), plus ``num_samples`` and ``num_skipped`` (samples that failed to decode).
     """
     classifier = build_classifier(encode_text, tokenize, classnames, templates)
-    return classify(encode_images(encode_image, dataloader, progress), classifier, classnames)
+    return classify(encode_images(encode_image, dataloader, progress), classifier, classnames, ties)

@@ -1,14 +1,26 @@
-"""Inference-only fused linear layers on CPU: bias, activation and residual add inside the GEMM.
+"""The fast CPU inference path, behind one switch: bias, activation, residual add (and for convolutions the folded
+BatchNorm and ReLU) inside oneDNN's GEMM and convolution primitives.
 
-An ``nn.Linear`` on CPU is a bias broadcast copy plus a BLAS GEMM, and the activation and the residual
-add that follow are two more passes over the activations, each its own OpenMP parallel region. oneDNN's
-linear primitive applies bias, GELU or the residual add as post-ops while the output tile is still in
-cache: one pass and one parallel region per layer. Its own GEMM kernels can also be much faster than the
-BLAS torch links (on the AMD development machine MKL's sgemm reaches about half of oneDNN's rate). Used
-only where no gradient is needed (the oneDNN ops have no autograd formula), for float32 CPU tensors;
-everything else goes through plain ``F.linear``.
+An ``nn.Linear`` on CPU is a bias broadcast copy plus a BLAS GEMM, and the activation and the residual add that
+follow are two more passes over the activations, each its own OpenMP parallel region. oneDNN applies them as
+post-ops while the output tile is still in cache. Its own GEMM kernels are also faster than the BLAS torch links on
+some CPUs (on the development machine MKL's sgemm reaches about half of oneDNN's rate).
+
+This module is the only place that calls the private ``torch.ops.mkldnn`` pointwise ops (the ones torch.compile's
+CPU backend uses). Every caller asks ``fusion_applies(x, *params)`` first and falls back to plain torch when it says
+no. It says yes only for float32 CPU tensors (input and parameters), with autograd off, autocast off, oneDNN
+enabled, nothing being traced, exported or compiled, and the switch on:
+
+- ``set_fused_inference(False)`` turns it off for the process (like timm's ``set_fused_attn``);
+  ``CLIPFORGE_FUSED=0`` in the environment does the same at import;
+- ``with fused_inference(False): ...`` turns it off for a block.
+
+The ops have no autograd formula, which is why training never takes this path.
 """
 from __future__ import annotations
+
+import contextlib
+import os
 
 import torch
 from torch import nn
@@ -18,23 +30,39 @@ from torch.nn import functional as F
 _POST_OPS = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
 
 
-def _mkldnn_linear_available() -> bool:
+def _ops_available() -> tuple[bool, bool]:
     ops = getattr(torch.ops, "mkldnn", None)
     try:
-        return torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
+        mkldnn = torch.backends.mkldnn.is_available()
     except (AttributeError, RuntimeError):
-        return False
+        return False, False
+    return (mkldnn and hasattr(ops, "_linear_pointwise"),
+            mkldnn and hasattr(ops, "_convolution_pointwise") and hasattr(ops, "_reorder_convolution_weight"))
 
 
-_AVAILABLE = _mkldnn_linear_available()
+_LINEAR_OPS, _CONV_OPS = _ops_available()
+_enabled = os.environ.get("CLIPFORGE_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def fusion_applies(x: torch.Tensor) -> bool:
-    """True when ``x`` may take the fused oneDNN path: CPU float32, no autograd, oneDNN enabled, and not being
-    traced, exported or compiled (those want the portable aten graph; ``torch.backends.mkldnn.flags(enabled=False)``
-    also switches the fused path off)."""
-    return (_AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and torch.backends.mkldnn.enabled and not _capturing())
+def set_fused_inference(enabled: bool) -> None:
+    """Turn the fused CPU inference path on or off for the whole process."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def fused_inference_enabled() -> bool:
+    return _enabled
+
+
+@contextlib.contextmanager
+def fused_inference(enabled: bool):
+    """Turn the fused path on or off inside a ``with`` block (restored afterwards)."""
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled = previous
 
 
 def _capturing() -> bool:
@@ -42,8 +70,28 @@ def _capturing() -> bool:
         torch.onnx.is_in_onnx_export()
 
 
+def fusion_applies(x: torch.Tensor, *params: torch.Tensor | None, conv: bool = False) -> bool:
+    """True when ``x`` (and the parameters the fused op will read) may take the fused oneDNN path."""
+    if not (_enabled and (_CONV_OPS if conv else _LINEAR_OPS)):
+        return False
+    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+        return False
+    if torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled or _capturing():
+        return False
+    return all(p is None or (p.dtype == torch.float32 and p.device.type == "cpu") for p in params)
+
+
+def linear_applies(x: torch.Tensor, *linears: nn.Linear) -> bool:
+    """``fusion_applies`` for the weights and biases of some ``nn.Linear`` layers."""
+    return fusion_applies(x, *(t for layer in linears for t in (layer.weight, layer.bias)))
+
+
+# ------------------------------------------------------------------------------------------ linear layers
+
+
 def linear_act(x: torch.Tensor, linear: nn.Linear, act: str | None = None) -> torch.Tensor | None:
-    """``act(linear(x))`` in one oneDNN call, or None when ``act`` has no fused form (caller falls back)."""
+    """``act(linear(x))`` in one oneDNN call, or None when ``act`` has no fused form (caller falls back).
+    Call only where ``linear_applies(x, linear)``."""
     attr, algorithm = _POST_OPS.get(act, (None, None)) if act is not None else ("none", "none")
     if attr is None:
         return None
@@ -51,13 +99,34 @@ def linear_act(x: torch.Tensor, linear: nn.Linear, act: str | None = None) -> to
 
 
 def linear_add(x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
-    """``residual + linear(x)`` in one oneDNN call (``residual`` is read, not modified)."""
+    """``residual + linear(x)`` in one oneDNN call (``residual`` is read, not modified).
+    Call only where ``linear_applies(x, linear)`` and ``residual`` is float32 on the CPU."""
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.weight, linear.bias, "add")
 
 
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, through oneDNN when ``fusion_applies(x)`` (its GEMM is the faster one on some CPUs)."""
-    if fusion_applies(x):
+    """``F.linear``, through oneDNN when ``fusion_applies`` (its GEMM is the faster one on some CPUs)."""
+    if fusion_applies(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
     return F.linear(x, weight, bias)
+
+
+# ------------------------------------------------------------------------------------------- convolutions
+
+
+def pack_conv_weight(weight: torch.Tensor, conv: nn.Conv2d, input_shape) -> torch.Tensor:
+    """``weight`` reordered into oneDNN's blocked layout for convolutions of inputs shaped like ``input_shape``
+    (oneDNN then skips reordering the plain weight on every call). Call only where ``fusion_applies(conv=True)``."""
+    return torch.ops.mkldnn._reorder_convolution_weight(weight, conv.padding, conv.stride, conv.dilation,
+                                                        conv.groups, list(input_shape))
+
+
+def conv_pointwise(x: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor, *, relu: bool,
+                   residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``relu?(conv(x; weight, bias) + residual?)`` in one oneDNN call (``weight`` plain or packed).
+    Call only where ``fusion_applies(x, ..., conv=True)``."""
+    args = (conv.padding, conv.stride, conv.dilation, conv.groups)
+    if residual is not None:
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, weight, bias, *args, "add", 1.0, "relu" if relu else None, [], None)
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "relu" if relu else "none", [], "")

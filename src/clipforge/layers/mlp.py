@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clipforge.layers.fused import fusion_applies, linear_act, linear_add
+from clipforge.layers.fused import linear_act, linear_add, linear_applies
 
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
 
@@ -47,7 +47,7 @@ class Mlp(nn.Module):
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + forward(x)``, with bias, activation and the add fused into the GEMMs where possible."""
-        if not fusion_applies(x):
+        if not (linear_applies(x, self.fc1, self.fc2) and residual.dtype == torch.float32):
             return residual + self.forward(x)
         hidden = linear_act(x, self.fc1, self.act_name)
         if hidden is None:  # no fused form of this activation

@@ -1,6 +1,9 @@
 """Input checks shared by every loss: clear errors instead of deep tracebacks or silently wrong numbers."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 
@@ -58,13 +61,31 @@ def check_scale(logit_scale: torch.Tensor) -> None:
                          "scale (model.logit_scale.exp()), not its logarithm")
 
 
+_VALUE_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("clipforge_loss_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """Turn the losses' checks of input values (finite features, positive scale) on or off inside a block.
+
+    Each check costs a device sync. The training step turns them off: it checks the loss once per step instead
+    (NaN or inf inputs make the loss non-finite) and skips the update. Shape and dtype checks always run.
+    """
+    token = _VALUE_CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
 def check_inputs(image_features, text_features, logit_scale, logit_bias=None):
     """Validate and return ``(logit_scale, logit_bias)`` as 0-dim tensors (bias may stay None)."""
     check_features(image_features, text_features)
     scale = as_scalar(logit_scale, "logit_scale", image_features)
     bias = None if logit_bias is None else as_scalar(logit_bias, "logit_bias", image_features)
-    check_finite(image_features=image_features, text_features=text_features, logit_scale=scale, logit_bias=bias)
-    check_scale(scale)
+    if _VALUE_CHECKS.get():
+        check_finite(image_features=image_features, text_features=text_features, logit_scale=scale, logit_bias=bias)
+        check_scale(scale)
     return scale, bias
 
 

@@ -11,7 +11,9 @@ Formats read by ``read_state_dict``:
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
 import os
 import pickle
 import re
@@ -22,6 +24,8 @@ from typing import Any, Iterator
 import torch
 
 FORMATS = ("safetensors", "torch", "torchscript")
+SECTION_KEY = "clipforge"  # the self-description training checkpoints carry (see models.hub_layout)
+logger = logging.getLogger("clipforge")
 _ZIP_MAGIC = b"PK\x03\x04"
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
@@ -42,7 +46,7 @@ def _corrupt(path: Path, why: str) -> CheckpointFileError:
         f"download?): delete it and download it again.")
 
 
-def detect_format(path: Path) -> str:
+def detect_file_format(path: Path) -> str:
     """'safetensors', 'torch' or 'torchscript', from the file's first bytes and (for zips) its members."""
     with open(path, "rb") as f:
         head = f.read(9)
@@ -62,8 +66,19 @@ def detect_format(path: Path) -> str:
     return "torch"  # the legacy (pre zip) torch.save format starts with a pickle opcode
 
 
-def read_state_dict(path: str | os.PathLike, format_hint: str | None = None) -> dict[str, torch.Tensor]:
-    """Read ``name -> tensor`` from a weights file (see the module docstring for the formats).
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """What a weights file holds: the tensors, the ``clipforge`` section of a self-describing file (training
+    checkpoints carry the architecture they were trained with), and the names of objects that were skipped because
+    they cannot be read without running code (e.g. a saved ``argparse.Namespace``)."""
+
+    tensors: dict[str, torch.Tensor]
+    section: dict | None = None
+    ignored: tuple[str, ...] = ()
+
+
+def read_checkpoint(path: str | os.PathLike, format_hint: str | None = None) -> Checkpoint:
+    """Read a weights file (see the module docstring for the formats).
 
     The format is read from the file's content; ``format_hint`` (one of FORMATS), when given, must agree with it.
     """
@@ -72,18 +87,39 @@ def read_state_dict(path: str | os.PathLike, format_hint: str | None = None) -> 
         raise FileNotFoundError(f"weights file not found: {path}")
     if format_hint is not None and format_hint not in FORMATS:
         raise ValueError(f"unknown weights format '{format_hint}'; known: {', '.join(FORMATS)}")
-    kind = detect_format(path)
+    kind = detect_file_format(path)
     if format_hint is not None and format_hint != kind:
         raise CheckpointFileError(f"{path} was expected to be a {format_hint} file but its content is {kind}")
+    section, ignored = None, ()
     if kind == "safetensors":
         tensors = _read_safetensors(path)
     elif kind == "torchscript":
         tensors = _SafeArchiveReader(path).module_tensors()
     else:
-        tensors = _unwrap(_read_torch(path), path)
+        root = _read_torch(path)
+        tensors, section, ignored = _unwrap(root, path), _section(root), _ignored_objects(root)
     if not tensors:
         raise CheckpointFileError(f"weights file {path} contains no tensors")
-    return tensors
+    if ignored:
+        logger.warning("%s: ignored %s (objects that cannot be read without running code); the weights were read",
+                       path, ", ".join(ignored))
+    return Checkpoint(tensors, section, ignored)
+
+
+def read_state_dict(path: str | os.PathLike, format_hint: str | None = None) -> dict[str, torch.Tensor]:
+    """``name -> tensor`` of a weights file (``read_checkpoint(...).tensors``)."""
+    return read_checkpoint(path, format_hint).tensors
+
+
+def _section(root: Any) -> dict | None:
+    section = root.get(SECTION_KEY) if isinstance(root, dict) else None
+    return section if isinstance(section, dict) else None
+
+
+def _ignored_objects(root: Any) -> tuple[str, ...]:
+    if not isinstance(root, dict):
+        return ()
+    return tuple(f"'{k}' ({v.qualname})" for k, v in root.items() if isinstance(v, _Inert))
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -171,13 +207,18 @@ def _identity(value, *_ignored):
     return value
 
 
+class _OrderedDict(dict):
+    """``collections.OrderedDict`` read back as a plain dict. torch state dicts carry a ``_metadata`` attribute
+    (pickled as BUILD state), which a ``dict`` instance could not take: this subclass has a ``__dict__`` for it."""
+
+
 # The only callables a pickle may reach; everything else becomes an inert placeholder.
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): dict,
+    ("collections", "OrderedDict"): _OrderedDict,
     ("torch.jit._pickle", "build_intlist"): _identity,
     ("torch.jit._pickle", "build_doublelist"): _identity,
     ("torch.jit._pickle", "build_boollist"): _identity,

@@ -1,7 +1,8 @@
 """The two-tower CLIP model: ``visual`` and ``text`` submodules plus the learned logit scale and bias."""
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from clipforge.models.config import ClipConfig
 from clipforge.models.resnet import ModifiedResNet
 from clipforge.models.text import TextTransformer
 from clipforge.models.vit import VisionTransformer
+from clipforge.transforms import PreprocessConfig
 
 
 # Without autograd, big batches run through the towers in slices of this many items: the activations of a
@@ -38,17 +40,44 @@ def _set_trainable(items: Sequence, trainable: bool) -> None:
             param.requires_grad_(trainable)
 
 
-class CLIP(nn.Module):
-    """images (B, 3, H, W) and tokens (B, L) -> L2-normalised features (B, embed_dim) and logit scale/bias."""
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a model was built from and how its images are prepared. ``create_model`` fills it in; checkpoints and
+    exported folders record it, so a model can be rebuilt from its files alone.
 
-    def __init__(self, config: ClipConfig):
+    ``arch``: the preset name (``"ViT-B-32"``), None when the architecture came from a file or a config object;
+    ``overrides``: dotted fields where the architecture differs from that preset; ``source``: where the weights came
+    from (``"tag ViT-B-32::openai"``, ``"file ..."``), None for random init; ``weights_path``: the local file.
+    """
+
+    preprocess: PreprocessConfig
+    arch: str | None = None
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    source: str | None = None
+    weights_path: str | None = None
+
+
+class CLIP(nn.Module):
+    """images (B, 3, H, W) and tokens (B, L) -> L2-normalised features (B, embed_dim) and logit scale/bias.
+
+    ``info`` (a ``ModelInfo``) says where the model came from; without one, the preprocessing defaults to the
+    architecture's image size.
+    """
+
+    def __init__(self, config: ClipConfig, info: ModelInfo | None = None):
         super().__init__()
         self.config = config
+        self.info = info or ModelInfo(preprocess=PreprocessConfig(image_size=config.vision.image_size))
         self.visual = build_vision_tower(config)
         self.text = TextTransformer(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.logit_bias = (nn.Parameter(torch.tensor(float(config.init_logit_bias)))
                            if config.init_logit_bias is not None else None)
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        """The image preprocessing these weights expect (``info.preprocess``)."""
+        return self.info.preprocess
 
     @property
     def context_length(self) -> int:

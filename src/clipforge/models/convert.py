@@ -7,8 +7,8 @@ Pure functions, state_dict -> state_dict. Supported sources:
 - Hugging Face transformers ``CLIPModel``;
 - clipforge itself.
 
-Every conversion ends with ``check_state_dict``: keys and shapes must match the architecture in the
-config exactly, so a checkpoint for another architecture fails here, loudly, instead of loading partially.
+The maps only rename and reshape; ``models.loading`` then checks keys and shapes once against the model, so a
+checkpoint for another architecture fails there, loudly, instead of loading partially.
 The architecture-level conversions (open_clip / HF configs -> ClipConfig) live in ``convert_config.py``.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module."
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
-def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
+def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     """``"clipforge"``, ``"openai"``, ``"open_clip"`` or ``"hf"``; a DDP ``module.`` prefix is ignored."""
     keys = set(strip_prefix(state_dict))
     if "text.pos_embed" in keys:
@@ -206,37 +206,14 @@ def expected_shapes(config: ClipConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-_RESIZABLE = ("visual.pos_embed", "visual.attn_pool.pos_embed")
-
-
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClipConfig,
-                     allow_pos_embed_resize: bool = True) -> None:
-    """Raise ``ConversionError`` unless keys and shapes match ``config`` exactly.
-
-    Positional embeddings of the image tower may differ in length when ``allow_pos_embed_resize``
-    (``resize_state_dict_pos_embed`` fits them to the config's grid).
-    """
+def shapes_match(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> bool:
+    """True when ``state_dict`` (clipforge keys) has exactly the keys and shapes of a model for ``config``."""
     expected = expected_shapes(config)
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {expected[k]}"
-             for k in sorted(set(expected) & set(state_dict))
-             if tuple(state_dict[k].shape) != expected[k]
-             and not (allow_pos_embed_resize and k in _RESIZABLE and state_dict[k].shape[1:] == expected[k][1:])]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} keys ({', '.join(missing[:5])})")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:5])})")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches ({'; '.join(wrong[:3])})")
-    if problems:
-        raise ConversionError("checkpoint does not match the architecture: " + "; ".join(problems)
-                              + ". Check that the model name matches the weights.")
+    return set(expected) == set(state_dict) and all(tuple(state_dict[k].shape) == expected[k] for k in expected)
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> StateDict:
-    """Any supported layout -> clipforge keys for ``config``; raises ``ConversionError`` on any mismatch."""
+    """Any supported layout -> clipforge keys for ``config`` (a pure key map: the loader checks keys and shapes)."""
     state_dict = strip_prefix(dict(state_dict))
     converters: dict[str, Callable[[StateDict], StateDict]] = {
         "clipforge": dict,
@@ -245,9 +222,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClipConfi
         "open_clip": lambda sd: _open_clip_to_clipforge(sd, config),
         "hf": _hf_to_clipforge,
     }
-    out = converters[detect_format(state_dict)](state_dict)
-    check_state_dict(out, config)
-    return out
+    return converters[detect_layout(state_dict)](state_dict)
 
 
 def resize_state_dict_pos_embed(state_dict: StateDict, config: ClipConfig) -> StateDict:

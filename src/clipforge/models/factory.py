@@ -1,32 +1,39 @@
 """Build models the way users ask for them: a short pipeline of named steps.
 
-``create_model`` = parse the name -> resolve the architecture -> locate the weights -> apply the changes the weights
-declare -> check that weights and architecture agree -> build -> convert the checkpoint -> strict load -> cast.
-Every step is a small function so that a failure names the step and the fix.
+``create_model`` = parse the name -> locate the weights and what they declare -> resolve the architecture (the
+preset, the weights' own config, the user's overrides) -> build -> load strictly -> cast. Every step is a small
+function so that a failure names the step and the fix.
+
+Names: ``ARCH``, ``ARCH::TAG``, ``ARCH::path/to/weights``, ``hf-hub:org/repo[@rev]``, ``local-dir:PATH``, or a bare
+path to a self-describing file or folder (a clipforge checkpoint, an exported model folder).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from clipforge.config import apply_overrides, to_dict
-from clipforge.models import convert, convert_config, registry, weights
-from clipforge.models.clip import CLIP
+from clipforge.config import ConfigError, apply_overrides, to_dict
+from clipforge.models import convert, convert_config, registry
+from clipforge.models.clip import CLIP, ModelInfo
 from clipforge.models.config import ClipConfig
+from clipforge.models.hub_layout import CLIPFORGE_SECTION, DeclaredModel, clipforge_section, save_hub_layout
+from clipforge.models.loading import ModelLoadError, dotted_diff, load_weights
+from clipforge.models.resolve import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, LocalWeights, resolve_weights
+from clipforge.models.weights import split_model_tag
+from clipforge.precision import get_precision
 from clipforge.transforms import (AugmentConfig, PreprocessConfig, create_eval_transform, create_train_transform,
                                   resolve_preprocess)
 
-_PRECISIONS = {"fp32": torch.float32, "amp": torch.float32, "amp_bf16": torch.float32,
-               "fp16": torch.float16, "bf16": torch.bfloat16, "pure_fp16": torch.float16, "pure_bf16": torch.bfloat16}
-_SCHEMAS = ("hf-hub:", "local-dir:")
+logger = logging.getLogger("clipforge")
 
-
-class ModelLoadError(ValueError):
-    """The requested model cannot be built or its weights cannot be loaded as asked."""
+__all__ = ["ModelLoadError", "ModelSpec", "parse_model_spec", "create_model", "create_model_and_transforms",
+           "create_model_from_pretrained", "get_tokenizer", "tokenizer_for_config", "save_pretrained",
+           "get_model_config", "describe"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,17 +43,25 @@ class ModelSpec:
     pretrained: str | None
 
 
+def _is_path_like(name: str) -> bool:
+    return Path(name).expanduser().exists() and ("/" in name or name.endswith((".pt", ".pth", ".bin",
+                                                                                ".safetensors", ".ckpt")))
+
+
 def parse_model_spec(model_name: str, pretrained: str | None = None) -> ModelSpec:
-    """``"ViT-B-32"``, ``"ViT-B-32::laion2b_s34b_b79k"``, ``"hf-hub:org/repo[@rev]"`` or ``"local-dir:/path"``."""
+    """``"ViT-B-32"``, ``"ViT-B-32::laion2b_s34b_b79k"``, ``"hf-hub:org/repo[@rev]"``, ``"local-dir:/path"``, or the
+    path of a self-describing weights file or folder."""
     if not isinstance(model_name, str) or not model_name.strip():
         raise ModelLoadError(f"model name must be a non-empty string, got {model_name!r}")
     name = model_name.strip()
-    if name.startswith(_SCHEMAS):
+    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) or ("::" not in name and _is_path_like(name)):
         if pretrained:
             raise ModelLoadError(f"'{name}' already names its weights; do not also pass pretrained={pretrained!r}")
-        source = name[len("local-dir:"):] if name.startswith("local-dir:") else name
-        return ModelSpec(arch=None, pretrained=source)
-    arch, tag = weights.split_model_tag(name)
+        return ModelSpec(arch=None, pretrained=name)
+    try:
+        arch, tag = split_model_tag(name)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
     if tag is not None:
         if pretrained and pretrained != tag:
             raise ModelLoadError(f"'{name}' names the tag '{tag}' but pretrained={pretrained!r} was also given")
@@ -54,45 +69,36 @@ def parse_model_spec(model_name: str, pretrained: str | None = None) -> ModelSpe
     return ModelSpec(arch=name, pretrained=pretrained)
 
 
-def _config_from_weights(local: weights.LocalWeights) -> ClipConfig | None:
-    """The architecture a self-describing checkpoint declares (hub/dir configs), if any."""
-    if local.open_clip_config is not None and "model_cfg" in local.open_clip_config:
-        return convert_config.config_from_open_clip(local.open_clip_config["model_cfg"])
-    if local.hf_config is not None:
-        return convert_config.config_from_hf(local.hf_config)
-    return None
-
-
-def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """``key.sub: a vs b`` for every leaf where two nested dicts differ."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _dict_diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: {va!r} vs {vb!r}")
-    return out
-
-
-def resolve_config(spec: ModelSpec, local: weights.LocalWeights | None, overrides: Mapping[str, Any] | None,
+def resolve_config(spec: ModelSpec, declared: DeclaredModel, source: str, overrides: Mapping[str, Any] | None,
                    image_size: int | None) -> ClipConfig:
-    """Architecture = preset (or the checkpoint's own config) + the weights' declared changes + user overrides."""
-    declared = _config_from_weights(local) if local is not None else None
-    config = registry.get_model_config(spec.arch) if spec.arch is not None else declared
-    if config is None:
-        raise ModelLoadError(f"cannot tell the architecture of '{spec.pretrained}': it has no open_clip_config.json "
-                             "or config.json. Pass the architecture name too, e.g. create_model('ViT-B-32', "
-                             "pretrained='path/to/file')")
-    if local is not None and local.arch_overrides:
-        config = apply_overrides(config, local.arch_overrides)
-    if declared is not None and spec.arch is not None:
-        diff = _dict_diff(to_dict(config), to_dict(declared))
-        if diff:
-            raise ModelLoadError(
-                f"the weights in {local.source} declare an architecture that differs from '{spec.arch}':\n  "
-                + "\n  ".join(diff[:12]) + "\nLoad them by their own name (e.g. 'hf-hub:org/repo') or pick the "
-                "matching architecture.")
+    """Architecture = the preset (or the weights' own config) + the weights' declared changes + user overrides.
+
+    Weights that declare a whole architecture are built as declared. Naming a different architecture for them is an
+    error that lists the differences, unless it is the same preset the weights were made from (a training run's
+    overrides, e.g. its image size, belong to its weights).
+    """
+    if spec.arch is None:
+        if declared.config is None:
+            raise ModelLoadError(f"cannot tell the architecture of {source}: it does not describe itself. Pass the "
+                                 "architecture name too, e.g. create_model('ViT-B-32', pretrained='path/to/file') or "
+                                 "'ViT-B-32::path/to/file'")
+        config = declared.config
+    else:
+        config = registry.get_architecture(spec.arch)
+        if declared.overrides:
+            config = apply_overrides(config, dict(declared.overrides))
+        if declared.config is not None:
+            diff = dotted_diff(config, declared.config)
+            same_preset = declared.arch is not None and _same_arch(declared.arch, spec.arch)
+            if diff and not same_preset:
+                made_from = f" (made from '{declared.arch}')" if declared.arch else ""
+                lines = "\n  ".join(f"{k}: {spec.arch} has {_get(config, k)!r}, the weights {v!r}"
+                                    for k, v in list(diff.items())[:12])
+                raise ModelLoadError(
+                    f"the weights in {source} declare an architecture{made_from} that differs from "
+                    f"'{spec.arch}':\n  {lines}\nLoad them by their own description (give the path alone, or "
+                    f"'local-dir:PATH' / 'hf-hub:org/repo') or pick the matching architecture.")
+            config = declared.config
     if overrides:
         config = apply_overrides(config, dict(overrides))
     if image_size is not None:
@@ -100,43 +106,38 @@ def resolve_config(spec: ModelSpec, local: weights.LocalWeights | None, override
     return config
 
 
-def load_weights_into(model: CLIP, local: weights.LocalWeights) -> None:
-    """Read, convert and strictly load a checkpoint; any missing, unexpected or mis-shaped key is an error."""
-    state_dict = weights.read_state_dict(local.weights_path, local.format_hint)
-    state_dict = convert.convert_state_dict(state_dict, model.config)
-    state_dict = convert.resize_state_dict_pos_embed(state_dict, model.config)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    misshaped = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                       for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or misshaped:
-        lines = []
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if keys:
-                lines.append(f"{len(keys)} {title}: " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
-        raise ModelLoadError(f"weights from {local.source} do not fit the architecture:\n  " + "\n  ".join(lines))
-    model.load_state_dict(state_dict, strict=True)
+def _same_arch(a: str, b: str) -> bool:
+    try:
+        return registry.canonical_name(a) == registry.canonical_name(b)
+    except ValueError:
+        return a.strip().lower() == b.strip().lower()
 
 
-def _cast(model: CLIP, precision: str, device: str | torch.device) -> CLIP:
-    if precision not in _PRECISIONS:
-        raise ModelLoadError(f"unknown precision '{precision}'; choose one of {', '.join(_PRECISIONS)}")
-    return model.to(device=device, dtype=_PRECISIONS[precision])
+def _get(config: ClipConfig, dotted: str) -> Any:
+    value: Any = to_dict(config)
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
-def _preprocess_for(config: ClipConfig, local: weights.LocalWeights | None,
+def _preprocess_for(config: ClipConfig, declared: DeclaredModel,
                     preprocess_overrides: Mapping[str, Any] | None) -> PreprocessConfig:
-    declared = PreprocessConfig(**local.preprocess) if local is not None and local.preprocess else None
-    from_file = None
-    if local is not None and local.open_clip_config and local.open_clip_config.get("preprocess_cfg"):
-        from_file = PreprocessConfig.from_open_clip(local.open_clip_config["preprocess_cfg"])
     base = dict(preprocess_overrides or {})
-    if declared is None and from_file is None:
-        base.setdefault("image_size", config.vision.image_size)
-    elif config.vision.image_size != (declared or from_file).image_size:
-        base.setdefault("image_size", config.vision.image_size)  # the user asked for another size
-    return resolve_preprocess(declared, from_file, base or None)
+    wanted = config.vision.image_size
+    if declared.preprocess is None or declared.preprocess.image_size != wanted:
+        base.setdefault("image_size", wanted)  # no declared preprocessing, or the user asked for another size
+    return resolve_preprocess(declared.preprocess, None, base or None)
+
+
+def _arch_and_overrides(spec: ModelSpec, declared: DeclaredModel, config: ClipConfig) -> tuple[str | None, dict]:
+    arch = spec.arch or declared.arch
+    if arch is None:
+        return None, {}
+    try:
+        arch = registry.canonical_name(arch)
+        return arch, dotted_diff(registry.get_architecture(arch), config)
+    except ValueError:  # a preset the weights name but this installation lacks: keep the name, no diff
+        return arch, dict(declared.overrides)
 
 
 def create_model(model_name: str, pretrained: str | None = None, *, precision: str = "fp32",
@@ -146,22 +147,29 @@ def create_model(model_name: str, pretrained: str | None = None, *, precision: s
     """Build a CLIP model by name, optionally with pretrained weights (tag, file, ``hf-hub:`` id or directory).
 
     ``overrides`` replaces architecture fields by dotted path (``{"vision.patch_dropout": 0.5}``); ``image_size``
-    builds the model for another resolution and interpolates the positional embedding of the weights.
-    The resolved preprocessing is attached as ``model.preprocess_config``.
+    builds the model for another resolution and interpolates the positional embedding of the weights (weights are
+    never interpolated unless asked). ``precision`` is a name of ``clipforge.precision`` (``fp32``, ``bf16``, ...).
+    Where the model came from and its preprocessing are in ``model.info``.
     """
     spec = parse_model_spec(model_name, pretrained)
-    local = None
+    cast = get_precision(precision)  # an unknown name fails before any download
+    local: LocalWeights | None = None
     if spec.pretrained is not None:
-        local = weights.resolve_weights(spec.pretrained, spec.arch, cache_dir=cache_dir,
-                                        local_files_only=local_files_only)
-    config = resolve_config(spec, local, overrides, image_size)
-    model = CLIP(config)
+        local = resolve_weights(spec.pretrained, spec.arch, cache_dir=cache_dir, local_files_only=local_files_only)
+    declared = local.declared if local is not None else DeclaredModel()
+    source = local.source if local is not None else ""
+    try:
+        config = resolve_config(spec, declared, source, overrides, image_size)
+    except ConfigError as e:
+        raise ModelLoadError(str(e)) from None
+    arch, arch_overrides = _arch_and_overrides(spec, declared, config)
+    info = ModelInfo(preprocess=_preprocess_for(config, declared, preprocess_overrides), arch=arch,
+                     overrides=arch_overrides, source=local.source if local is not None else None,
+                     weights_path=str(local.weights_path) if local is not None else None)
+    model = CLIP(config, info)
     if local is not None:
-        load_weights_into(model, local)
-    model.preprocess_config = _preprocess_for(config, local, preprocess_overrides)
-    model.pretrained_source = local.source if local is not None else None
-    model.weights_path = str(local.weights_path) if local is not None else None
-    return _cast(model, precision, device).eval()
+        load_weights(model, local.state_dict(), local.source, resize_pos_embed=image_size is not None)
+    return model.to(device=device, dtype=cast.weights).eval()
 
 
 def create_model_and_transforms(model_name: str, pretrained: str | None = None, *,
@@ -178,17 +186,20 @@ def create_model_from_pretrained(model_name: str, pretrained: str | None = None,
     return model, create_eval_transform(model.preprocess_config)
 
 
+def _config_of(model_name: str, cache_dir=None, local_files_only: bool = False) -> ClipConfig:
+    spec = parse_model_spec(model_name)
+    if spec.arch is not None:
+        return registry.get_architecture(spec.arch)
+    local = resolve_weights(spec.pretrained, None, cache_dir=cache_dir, local_files_only=local_files_only)
+    if local.declared.config is None:
+        raise ModelLoadError(f"'{model_name}' does not describe its architecture: no config file found")
+    return local.declared.config
+
+
 def get_tokenizer(model_name: str, context_length: int | None = None, *, cache_dir: str | Path | None = None,
                   local_files_only: bool = False, **kwargs):
     """The tokenizer a model's weights need: CLIP BPE, or the hub tokenizer of SigLIP weights."""
-    spec = parse_model_spec(model_name)
-    if spec.arch is not None:
-        config = registry.get_model_config(spec.arch)
-    else:
-        local = weights.resolve_weights(spec.pretrained, None, cache_dir=cache_dir, local_files_only=local_files_only)
-        config = _config_from_weights(local)
-        if config is None:
-            raise ModelLoadError(f"cannot tell which tokenizer '{model_name}' needs: no config file found")
+    config = _config_of(model_name, cache_dir, local_files_only)
     return tokenizer_for_config(config, context_length, cache_dir=cache_dir, local_files_only=local_files_only,
                                 **kwargs)
 
@@ -202,14 +213,40 @@ def tokenizer_for_config(config: ClipConfig, context_length: int | None = None, 
                             clean=config.tokenizer_clean, **kwargs)
 
 
+def get_model_config(model_name: str) -> dict | None:
+    """open_clip's ``get_model_config``: the architecture as open_clip's ``model_cfg`` dict, or None for an unknown
+    name. (clipforge's own config object is ``clipforge.models.registry.get_architecture``.)"""
+    try:
+        config = _config_of(model_name)
+    except (ValueError, FileNotFoundError):
+        return None
+    try:
+        return convert_config.config_to_open_clip(config)
+    except ConfigError:
+        return None  # an architecture open_clip's vocabulary cannot express
+
+
 def save_pretrained(model: CLIP, directory: str | Path, *, preprocess: PreprocessConfig | None = None) -> Path:
-    """Write ``directory`` in the hub layout open_clip reads (open_clip_config.json + open_clip_model.safetensors)."""
-    preprocess = preprocess or getattr(model, "preprocess_config", None) or PreprocessConfig(
-        image_size=model.config.vision.image_size)
-    state_dict = convert.to_open_clip_state_dict(model.state_dict(), model.config)
-    open_clip_config = {"model_cfg": convert_config.config_to_open_clip(model.config),
-                        "preprocess_cfg": preprocess.to_open_clip()}
-    weights.save_hub_layout(Path(directory), state_dict, open_clip_config)
+    """Write ``directory`` in the hub layout open_clip reads (open_clip_config.json + open_clip_model.safetensors).
+
+    The folder also records clipforge's exact architecture (name, overrides, full config), so
+    ``create_model("local-dir:DIR")`` rebuilds the model exactly, and open_clip loads it with ``local-dir:DIR``.
+    An architecture open_clip's vocabulary cannot express (e.g. a MAP-pooled ViT without timm) is written with
+    ``model_cfg: null`` and clipforge's own keys: clipforge reads it, open_clip cannot (a warning says so).
+    """
+    preprocess = preprocess or model.preprocess_config
+    try:
+        model_cfg = convert_config.config_to_open_clip(model.config)
+        state_dict = convert.to_open_clip_state_dict(model.state_dict(), model.config)
+    except (ConfigError, convert.ConversionError) as e:
+        logger.warning("%s: open_clip cannot build this architecture (%s); the folder is for clipforge only",
+                       directory, e)
+        model_cfg, state_dict = None, model.state_dict()
+    section = clipforge_section(model.config, model.info.arch, model.info.overrides)
+    section["preprocess"] = to_dict(preprocess)
+    open_clip_config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess.to_open_clip(),
+                        CLIPFORGE_SECTION: section}
+    save_hub_layout(Path(directory), state_dict, open_clip_config)
     return Path(directory)
 
 

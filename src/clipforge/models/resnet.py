@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clipforge.layers.fused import fusion_applies
+from clipforge.layers import fused
 from clipforge.layers.pool import AttentionPool2d
 from clipforge.models.config import VisionConfig
 
@@ -29,11 +29,10 @@ def _fold_key(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple:
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, pack_for: torch.Tensor | None = None):
     """Conv weight and bias with the eval-mode BatchNorm folded in. Without autograd they are cached on the
-    conv (keyed by the tensors' storage and version counters, so loading or training new weights refreshes
-    them): rebuilding them per call would also make oneDNN re-pack the weights every time, which dominates
-    at batch 1. With ``pack_for`` (an input), the cached weight is in oneDNN's blocked layout for that
-    convolution, so oneDNN does not reorder the plain weight on every call (up to 20x faster for 3x3
-    convolutions on a 7x7 map); it stays valid for inputs of other sizes."""
+    conv (keyed by the tensors' storage, version counter, dtype and device, so loading or training new weights or
+    casting the model refreshes them): rebuilding them per call would also make oneDNN re-pack the weights every
+    time, which dominates at batch 1. With ``pack_for`` (an input), the cached weight is in oneDNN's blocked layout
+    for that convolution (``fused.pack_conv_weight``); it stays valid for inputs of other sizes."""
     if torch.is_grad_enabled():
         return _fold(conv, bn)  # differentiable w.r.t. the conv and BatchNorm parameters
     key = (_fold_key(conv, bn), pack_for is not None)
@@ -41,19 +40,14 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, pack_for: torch.Tensor | None =
     if cached is None or cached[0] != key:
         weight, bias = _fold(conv, bn)
         if pack_for is not None:
-            weight = torch.ops.mkldnn._reorder_convolution_weight(
-                weight, conv.padding, conv.stride, conv.dilation, conv.groups, list(pack_for.shape))
+            weight = fused.pack_conv_weight(weight, conv, pack_for.shape)
         cached = (key, weight, bias)
         conv.__dict__["_folded"] = cached
     return cached[1], cached[2]
 
 
-_CONV_FUSION = (hasattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise") and
-                torch.backends.mkldnn.is_available())
-
-
-def _conv_fusion_applies(x: torch.Tensor) -> bool:
-    return _CONV_FUSION and fusion_applies(x)
+def _conv_fusion_applies(x: torch.Tensor, *modules: nn.Module) -> bool:
+    return fused.fusion_applies(x, *(p for m in modules for p in m.parameters(recurse=False)), conv=True)
 
 
 def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool = False,
@@ -64,14 +58,10 @@ def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool = 
     if bn.training:
         out = bn(conv(x))
     else:
-        fused = _conv_fusion_applies(x)
-        weight, bias = _folded(conv, bn, pack_for=x if fused else None)
-        args = (conv.padding, conv.stride, conv.dilation, conv.groups)
-        if fused:
-            if residual is not None:
-                return torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, residual, weight, bias, *args, "add", 1.0, "relu" if relu else None, [], None)
-            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "relu" if relu else "none", [], "")
+        fast = _conv_fusion_applies(x, conv, bn) and (residual is None or residual.dtype == torch.float32)
+        weight, bias = _folded(conv, bn, pack_for=x if fast else None)
+        if fast:
+            return fused.conv_pointwise(x, conv, weight, bias, relu=relu, residual=residual)
         out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if residual is not None:
         out = out + residual
@@ -153,7 +143,7 @@ class ModifiedResNet(nn.Module):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}; "
                              f"resize with the model's preprocessing or build the model with "
                              f"vision.image_size={images.shape[-1]}")
-        if _conv_fusion_applies(images):
+        if _conv_fusion_applies(images, self.conv1):
             # oneDNN's convolutions run natively on NHWC; NCHW input would be reordered around every conv
             images = images.contiguous(memory_format=torch.channels_last)
         x = self.stem(images)

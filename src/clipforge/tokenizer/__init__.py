@@ -9,8 +9,8 @@ from clipforge.tokenizer.clean import CLEAN_MODES, clean_text
 from clipforge.tokenizer.hf import HFTokenizer
 from clipforge.tokenizer.reduction import REDUCTIONS, get_reduction
 
-__all__ = ["ClipTokenizer", "HFTokenizer", "create_tokenizer", "clean_text", "get_reduction", "CLEAN_MODES",
-           "REDUCTIONS"]
+__all__ = ["ClipTokenizer", "HFTokenizer", "create_tokenizer", "tokenize", "clean_text", "get_reduction",
+           "CLEAN_MODES", "REDUCTIONS"]
 
 DEFAULT_CLEAN = {"clip": "lower", "hf": "whitespace"}  # open_clip's defaults for each tokenizer family
 
@@ -38,3 +38,14 @@ def create_tokenizer(kind: str = "clip", *, context_length: int | None = None, m
     if reduction:
         raise ValueError(f"reduction {reduction!r} is only available for the CLIP tokenizer, not for '{kind}'")
     return HFTokenizer(kind, cache_dir=cache_dir, local_files_only=local_files_only, **common, **kwargs)
+
+
+_DEFAULT: dict[int, ClipTokenizer] = {}
+
+
+def tokenize(texts, context_length: int = 77):
+    """open_clip's ``tokenize``: CLIP BPE ids of ``texts`` (a string or a list of them) as a (N, context_length)
+    LongTensor, start and end tokens included, truncated to the context (one tokenizer per length, reused)."""
+    if context_length not in _DEFAULT:
+        _DEFAULT[context_length] = ClipTokenizer(context_length=context_length)
+    return _DEFAULT[context_length](texts)

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 
 from clipforge.config import ConfigError, apply_overrides, from_dict, to_dict
 from clipforge.losses.config import LossConfig
+from clipforge.precision import get_precision
 from clipforge.training.data import DataConfig
 from clipforge.transforms import AugmentConfig
 
@@ -41,6 +42,12 @@ class TokenizeConfig:
     reduction: Optional[Literal["simple", "random", "shuffle", "syntax"]] = None  # shorten long captions
 
 
+def _check(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     lr: float = 5e-4
@@ -50,7 +57,27 @@ class OptimConfig:
     eps: float = 1e-6
     grad_clip: Optional[float] = None         # max global grad norm
     accum_steps: int = 1                      # exact large-batch gradient via cached features
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype; fp16 adds a grad scaler
+    # a clipforge.precision name: fp32, amp (fp16 autocast + grad scaler), amp_bf16 (bf16 autocast), bf16 (weights)
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        _check([(self.lr > 0, f"optim.lr must be positive, got {self.lr}"),
+                (self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}"),
+                (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+                 f"optim.beta1 and optim.beta2 must be in [0, 1), got {self.beta1}, {self.beta2}"),
+                (self.eps > 0, f"optim.eps must be positive, got {self.eps}"),
+                (self.grad_clip is None or self.grad_clip > 0,
+                 f"optim.grad_clip must be positive or null, got {self.grad_clip}"),
+                (self.accum_steps >= 1, f"optim.accum_steps must be >= 1 (1 = no accumulation), got "
+                                        f"{self.accum_steps}")])
+        try:
+            precision = get_precision(self.precision)
+        except ValueError as e:
+            raise ConfigError(f"optim.precision: {e}") from None
+        if precision.name == "fp16":
+            raise ConfigError("optim.precision='fp16' (float16 weights) cannot train: float16 gradients underflow "
+                              "and the grad scaler refuses them. Use 'amp' (float16 autocast with a scaler) or "
+                              "'amp_bf16'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,22 +87,49 @@ class ScheduleConfig:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.0
 
+    def __post_init__(self):
+        _check([(self.steps >= 1, f"schedule.steps must be >= 1, got {self.steps}"),
+                (0 <= self.warmup_steps <= self.steps,
+                 f"schedule.warmup_steps={self.warmup_steps} must be in [0, schedule.steps={self.steps}]"),
+                (0 <= self.min_lr_ratio <= 1, f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")])
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    every_steps: int = 100
+    every_steps: int = 100                    # 0: only at the end
     keep_last: int = 2
     resume: Optional[str] = "auto"            # "auto": latest in workdir; a path; None: start fresh
     max_nonfinite: int = 5                    # consecutive non-finite losses before the run stops
+    allow_config_change: bool = False         # resume although fields that change the run differ (recorded)
+    export_model: bool = True                 # write WORKDIR/model (hub layout) at the end of the run
+
+    def __post_init__(self):
+        _check([(self.every_steps >= 0, f"checkpoint.every_steps must be >= 0, got {self.every_steps}"),
+                (self.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {self.keep_last}"),
+                (self.max_nonfinite >= 1, f"checkpoint.max_nonfinite must be >= 1, got {self.max_nonfinite}")])
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
+    """Zero-shot evaluation during and after training, on datasets given as ``clipforge benchmark`` takes them:
+    shipped names under ``data_root`` (``cifar10``), or ``folder:``, ``wds:``, ``captions:`` paths, optionally
+    labelled (``val=wds:data/val-{000000..000001}.tar``). Metrics are logged as ``eval/<dataset>/<metric>``."""
+    datasets: tuple[str, ...] = ()
+    data_root: str = "data"
     every_steps: int = 0                      # 0: only at the end
-    zeroshot_data: Optional[str] = None       # WebDataset spec with cls labels (e.g. the quickstart's val shards)
-    classnames: tuple[str, ...] = ()
-    templates: tuple[str, ...] = ("a photo of a {}.",)
+    tasks: tuple[str, ...] = ("zeroshot_classification", "zeroshot_retrieval")
+    templates: str = ""                       # a shipped template set for every dataset (else each dataset's own)
+    ties: Literal["reference", "pessimistic"] = "reference"
     batch_size: int = 64
+    workers: int = 0
+
+    def __post_init__(self):
+        allowed = ("zeroshot_classification", "zeroshot_retrieval")
+        _check([(self.every_steps >= 0, f"eval.every_steps must be >= 0, got {self.every_steps}"),
+                (self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}"),
+                (self.workers >= 0, f"eval.workers must be >= 0, got {self.workers}"),
+                (all(t in allowed for t in self.tasks), f"eval.tasks must be among {list(allowed)}, got "
+                                                        f"{list(self.tasks)}")])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +150,7 @@ class DistConfig:
 class TrainConfig:
     workdir: str = "runs/default"
     seed: int = 0
+    threads: Optional[int] = None             # CPU threads for torch; None: auto (1 when the CPUs are already busy)
     model: ModelSection = ModelSection()
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -136,6 +191,22 @@ def _run_config_file(file: Path, arg: str | None) -> TrainConfig:
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"{file}: get_config must return a TrainConfig, got {type(config).__name__}")
     return config
+
+
+# Fields a resumed run may change without changing what it computes; others need checkpoint.allow_config_change.
+RESUMABLE_CHANGES = ("workdir", "threads", "schedule.steps", "checkpoint.", "log.", "eval.", "data.workers")
+
+
+def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted paths where two config dicts differ."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def config_to_json(config: TrainConfig) -> str:

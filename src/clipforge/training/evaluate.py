@@ -1,6 +1,9 @@
-"""The trainer's evaluation hook: zero-shot classification and retrieval on a held-out WebDataset split.
+"""The trainer's evaluation: the ``eval`` section's datasets, scored with ``clipforge.evaluation``.
 
-It only builds loaders and calls ``clipforge.evaluation``; evaluation never calls back into training.
+Datasets are given as ``clipforge benchmark`` takes them and read by the same readers, so a number logged during
+training is the number the benchmark prints for the same checkpoint. They are loaded once, before the first step
+(a missing dataset fails the run before any work), and every evaluation encodes each image once for all tasks.
+Evaluation never calls back into training.
 """
 from __future__ import annotations
 
@@ -8,49 +11,42 @@ from typing import Callable
 
 import torch
 
-from clipforge.evaluation.benchmark import wrap_model
-from clipforge.evaluation.retrieval import zero_shot_retrieval
-from clipforge.evaluation.zeroshot import zero_shot_classification
+from clipforge.evaluation.benchmark import BenchmarkConfig, evaluate, load_datasets, make_encoders
 from clipforge.training.config import EvalConfig
-from clipforge.training.data import create_eval_dataset
-from clipforge.transforms import create_eval_transform
+from clipforge.transforms import PreprocessConfig, create_eval_transform
 
 
-def _labels_collate(items):
-    images, _, labels = zip(*items)
-    return torch.stack(images), torch.tensor(labels)
+class Evaluator:
+    """``evaluator(model, step) -> {"<dataset>/<metric>": value}`` over the loaded datasets."""
 
+    def __init__(self, cfg: EvalConfig, tokenizer: Callable, preprocess: PreprocessConfig, device: str = "cpu"):
+        self.config = BenchmarkConfig(tasks=tuple(cfg.tasks), datasets=tuple(cfg.datasets), data_root=cfg.data_root,
+                                      batch_size=cfg.batch_size, num_workers=cfg.workers, templates=cfg.templates,
+                                      ties=cfg.ties, device=device)
+        self.tokenizer, self.preprocess = tokenizer, preprocess
+        self.transform = create_eval_transform(preprocess)
+        self.datasets = [test for test, _ in load_datasets(cfg.datasets, self.config, self.transform)]
 
-def _captions_collate(items):
-    images, captions, _ = zip(*items)
-    return torch.stack(images), [[c] for c in captions]
-
-
-def heldout_evaluator(cfg: EvalConfig, tokenizer: Callable) -> Callable:
-    """``evaluate(model, step) -> {"zeroshot/acc1": ..., "retrieval/...": ...}`` for ``train(..., evaluate=)``."""
-    if not cfg.zeroshot_data:
-        raise ValueError("eval.zeroshot_data is not set: give WebDataset shards with 'cls' labels, "
-                         "e.g. eval.zeroshot_data='data/val-{000000..000000}.tar'")
-    if not cfg.classnames:
-        raise ValueError("eval.classnames is empty: list the class names in label order")
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.datasets]
 
     @torch.no_grad()
-    def evaluate(model, step: int) -> dict[str, float]:
+    def __call__(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        transform = create_eval_transform(model.preprocess_config)
-        dataset = create_eval_dataset(cfg.zeroshot_data, image_transform=transform)
-        device = str(next(model.parameters()).device)
-        encoders = wrap_model(model, tokenizer, transform, f"step-{step}", device=device)
-        encode = (encoders.encode_image, encoders.encode_text, tokenizer)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=_labels_collate)
-        out = {f"zeroshot/{k}": v for k, v in zero_shot_classification(
-            *encode, loader, list(cfg.classnames), list(cfg.templates)).items()}
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=_captions_collate)
-        out.update({f"retrieval/{k}": v for k, v in zero_shot_retrieval(*encode, loader).items()})
-        n = len(dataset)
-        out.update({"retrieval/chance@1": 1 / n, "retrieval/chance@5": min(1.0, 5 / n)})
-        model.train(was_training)
-        return out
+        try:
+            device = str(next(model.parameters()).device)
+            encoders = make_encoders(model, self.tokenizer, self.transform, f"step-{step}", device=device,
+                                     image_size=self.preprocess.image_size)
+            return evaluate(encoders, self.datasets, self.config)
+        finally:
+            model.train(was_training)
 
-    return evaluate
+
+def create_evaluator(cfg: EvalConfig, tokenizer: Callable, preprocess: PreprocessConfig,
+                     device: str = "cpu") -> Evaluator | None:
+    """The run's evaluator, or None when ``eval.datasets`` is empty."""
+    if not cfg.datasets:
+        return None
+    return Evaluator(cfg, tokenizer, preprocess, device)

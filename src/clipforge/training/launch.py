@@ -67,31 +67,40 @@ def init_run(cfg: DistConfig, workdir: str | Path) -> RunContext:
     return RunContext(rank=rank, local_rank=local_rank, world_size=world, device=device, workdir=Path(workdir))
 
 
-def wrap_model(model: torch.nn.Module, ctx: RunContext, cfg: DistConfig) -> torch.nn.Module:
+@dataclasses.dataclass(frozen=True)
+class DistributedModel:
+    """A model wrapped for the run's strategy. ``module`` is what the step calls; ``replicated_params`` are the
+    parameters no wrapper hook synchronises (FSDP2 cannot shard 0-d tensors: the temperature and bias), whose
+    gradients the training step averages itself; ``sharded`` is True under FSDP2 (collective evaluation and
+    sharded checkpoints)."""
+
+    module: torch.nn.Module
+    replicated_params: tuple[torch.nn.Parameter, ...] = ()
+    sharded: bool = False
+
+
+def distribute_model(model: torch.nn.Module, ctx: RunContext, cfg: DistConfig) -> DistributedModel:
     """DDP keeps a full replica per rank; FSDP2 (``fully_shard``) shards parameters, gradients and optimizer state."""
     if not ctx.distributed:
-        return model
+        return DistributedModel(model)
     if cfg.strategy == "ddp":
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return DistributedModel(torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids))
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     # Shard each transformer/residual block (the members of every ModuleList), then the root: blocks are the
     # natural unit of communication and of activation memory.
-    # FSDP2 cannot shard 0-d parameters (the temperature and bias): they stay replicated and train_step averages
-    # their gradients itself (see `replicated_params`).
-    scalars = {p for p in model.parameters() if p.ndim == 0}
+    scalars = tuple(p for p in model.parameters() if p.ndim == 0)  # same order on every rank (bucketed all-reduce)
     for module in list(model.modules()):
         if isinstance(module, torch.nn.ModuleList):
             for block in module:
                 fully_shard(block)
                 _register_methods(block, ("forward_token",), register_fsdp_forward_method)
-    fully_shard(model, ignored_params=scalars)
+    fully_shard(model, ignored_params=set(scalars))
     # entry points other than forward() must gather the parameters too (the last block's single-token path,
     # and encode_image / encode_text called by evaluation hooks)
     _register_methods(model, ("encode_image", "encode_text"), register_fsdp_forward_method)
-    model.replicated_params = sorted(scalars, key=id)
-    return model
+    return DistributedModel(model, replicated_params=scalars, sharded=True)
 
 
 def _register_methods(module, names, register) -> None:

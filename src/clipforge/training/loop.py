@@ -1,33 +1,45 @@
-"""The training run, top to bottom: set up, resume, step loop with logging, evaluation and checkpoints.
+"""The training run, top to bottom: check, set up, resume, step loop with logging, evaluation and checkpoints, export.
 
 ``train(config)`` is what ``clipforge train`` and ``python -m clipforge.train`` (under torchrun) call, and what the
-tests call. Phases: context -> model -> data -> loss/optimizer -> resume -> loop -> final checkpoint.
+tests call. Phases: validate -> context -> model -> data, evaluation sets -> resume (refusing a changed run) ->
+write the run folder -> loop -> final checkpoint, evaluation and model folder (``WORKDIR/model``).
+
+Nothing is written to the run folder until every input has been checked (model, data, evaluation sets, resume).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as torch_dist
 
 from clipforge import dist
 from clipforge._atomic import write_text_atomic
+from clipforge.config import ConfigError, to_dict
+from clipforge.cpu import set_threads
 from clipforge.losses.config import create_loss
 from clipforge.models import convert
 from clipforge.models.factory import create_model, tokenizer_for_config
+from clipforge.models.hub_layout import clipforge_section
+from clipforge.models.resolve import SECTION_KEY
+from clipforge.precision import get_precision
 from clipforge.training import checkpoint as ckpt
-from clipforge.training.config import TrainConfig, config_to_json
-from clipforge.training.data import create_train_loader
-from clipforge.training.launch import RunContext, barrier, init_run, shutdown, wrap_model
-from clipforge.training.logging import MetricsLogger
+from clipforge.training.config import RESUMABLE_CHANGES, TrainConfig, changed_fields, config_to_json
+from clipforge.training.data import DataStats, create_train_loader
+from clipforge.training.evaluate import create_evaluator
+from clipforge.training.launch import DistributedModel, RunContext, barrier, distribute_model, init_run, shutdown
+from clipforge.training.logging import METRICS_FILE, MetricsLogger, last_value
 from clipforge.training.optim import create_optimizer, set_lr
 from clipforge.training.step import train_step, unwrap
 from clipforge.transforms import create_train_transform
+
+logger = logging.getLogger("clipforge")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,28 +63,30 @@ class RunResult:
     steps: int
     final_loss: float
     metrics: dict[str, float]
+    model_dir: Optional[Path] = None
+    already_complete: bool = False  # the run had finished before this call: nothing was trained
 
 
 def validate(cfg: TrainConfig) -> None:
     """Every input problem that can be seen from the config alone, before any model or data is touched."""
     from clipforge.models.factory import parse_model_spec
-    from clipforge.models.registry import get_model_config
+    from clipforge.models.registry import get_architecture
 
     spec = parse_model_spec(cfg.model.name, cfg.model.pretrained)
-    arch = get_model_config(spec.arch) if spec.arch is not None else None  # unknown name: lists close ones
+    arch = get_architecture(spec.arch) if spec.arch is not None else None  # unknown name: lists close ones
     cfg.data.check_ready()
     if cfg.data.batch_size % cfg.optim.accum_steps:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by optim.accum_steps="
-                         f"{cfg.optim.accum_steps}; pick a batch size that is a multiple of it")
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by optim.accum_steps="
+                          f"{cfg.optim.accum_steps}; pick a batch size that is a multiple of it")
     if cfg.loss.kind == "siglip" and arch is not None and arch.init_logit_bias is None \
             and "init_logit_bias" not in cfg.model.overrides:
-        raise ValueError(f"loss.kind=siglip needs a model with a learned logit bias, and {spec.arch} has none: use "
-                         "a SigLIP architecture or set model.overrides={'init_logit_bias': -10.0}")
+        raise ConfigError(f"loss.kind=siglip needs a model with a learned logit bias, and {spec.arch} has none: use "
+                          "a SigLIP architecture or set model.overrides={'init_logit_bias': -10.0}")
     if (cfg.loss.kind == "distill") != (cfg.model.teacher is not None):
-        raise ValueError("loss.kind=distill and model.teacher go together: set both (e.g. model.teacher="
-                         "'ViT-L-14::openai') or neither")
-    if cfg.schedule.steps < 1:
-        raise ValueError(f"schedule.steps must be >= 1, got {cfg.schedule.steps}")
+        raise ConfigError("loss.kind=distill and model.teacher go together: set both (e.g. model.teacher="
+                          "'ViT-L-14::openai') or neither")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads must be >= 1 (or null for automatic), got {cfg.threads}")
 
 
 def build_teacher(cfg: TrainConfig, ctx: RunContext, student_image_size: int) -> Optional[torch.nn.Module]:
@@ -80,9 +94,9 @@ def build_teacher(cfg: TrainConfig, ctx: RunContext, student_image_size: int) ->
         return None
     teacher = create_model(cfg.model.teacher).to(ctx.device).eval().requires_grad_(False)
     if teacher.config.vision.image_size != student_image_size:
-        raise ValueError(f"the teacher {cfg.model.teacher} takes {teacher.config.vision.image_size}px images but the "
-                         f"student takes {student_image_size}px; both see the same batch, so pick matching sizes "
-                         "(model.image_size)")
+        raise ConfigError(f"the teacher {cfg.model.teacher} takes {teacher.config.vision.image_size}px images but "
+                          f"the student takes {student_image_size}px; both see the same batch, so pick matching "
+                          "sizes (model.image_size)")
     return teacher
 
 
@@ -95,23 +109,32 @@ def build_model(cfg: TrainConfig, ctx: RunContext) -> torch.nn.Module:
         model.lock_text_tower(unlocked_layers=m.lock_text_unlocked_layers)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    return model.to(ctx.device)
+    return model.to(device=ctx.device, dtype=get_precision(cfg.optim.precision).weights)
 
 
-def _meta(state: RunState, cfg: TrainConfig) -> dict[str, Any]:
-    """What every checkpoint holds besides weights and optimizer: position, RNG of every rank, config."""
+def _model_section(model: torch.nn.Module) -> dict[str, Any]:
+    """The architecture, overrides and preprocessing every checkpoint carries (see models.hub_layout)."""
+    inner = unwrap(model)
+    section = clipforge_section(inner.config, inner.info.arch, inner.info.overrides)
+    section["preprocess"] = to_dict(inner.preprocess_config)
+    return section
+
+
+def _meta(state: RunState, cfg: TrainConfig, model, metrics: dict[str, float]) -> dict[str, Any]:
+    """What every checkpoint holds besides weights and optimizer: position, RNG of every rank, config, the model's
+    own description and the latest metrics."""
     return {"epoch": state.epoch, "run_state": dataclasses.asdict(state), "rng": all_rng_states(),
-            "config": json.loads(config_to_json(cfg))}
+            "config": json.loads(config_to_json(cfg)), SECTION_KEY: _model_section(model), "metrics": dict(metrics)}
 
 
-def _checkpoint_payload(model, optimizer, scaler, state: RunState, cfg: TrainConfig) -> dict[str, Any]:
+def _checkpoint_payload(model, optimizer, scaler, state: RunState, cfg: TrainConfig, metrics) -> dict[str, Any]:
     inner = unwrap(model)
     try:  # open_clip's key layout when the architecture has one, so its tools read our checkpoints too
         weights = convert.to_open_clip_state_dict(inner.state_dict(), inner.config)
     except convert.ConversionError:
         weights = inner.state_dict()
     return {"state_dict": weights, "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, **_meta(state, cfg)}
+            "scaler": scaler.state_dict() if scaler is not None else None, **_meta(state, cfg, model, metrics)}
 
 
 def all_rng_states() -> list[dict[str, Any]]:
@@ -123,10 +146,6 @@ def all_rng_states() -> list[dict[str, Any]]:
     return states
 
 
-def _sharded(model) -> bool:
-    return hasattr(model, "replicated_params")  # set by launch.wrap_model for FSDP2
-
-
 def _shard_templates(model, optimizer) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -134,44 +153,83 @@ def _shard_templates(model, optimizer) -> dict[str, Any]:
     return {"model": model_state, "optimizer": optim_state}
 
 
-def _resume(cfg: TrainConfig, ctx: RunContext, model, optimizer, scaler) -> RunState:
+def _read_checkpoint(path: Path, wrapped: DistributedModel, optimizer) -> tuple[dict[str, Any], Any]:
+    """(payload, shard templates or None) of one checkpoint; raises ValueError when it cannot be read."""
+    if path.is_dir():
+        if not wrapped.sharded:
+            raise ConfigError(f"{path} is a sharded (FSDP2) checkpoint; resume it with dist.strategy=fsdp2")
+        shards = _shard_templates(wrapped.module, optimizer)
+        return ckpt.load_sharded(path, shards), shards
+    return ckpt.load_checkpoint(path), None
+
+
+def _load_resume_point(cfg: TrainConfig, ctx: RunContext, wrapped, optimizer) -> tuple[Optional[Path], Any, Any]:
+    """The checkpoint to resume from with its payload; a damaged latest checkpoint falls back to the previous one."""
     target = cfg.checkpoint.resume
     if target is None:
-        return RunState()
-    path = ckpt.latest_checkpoint(ctx.workdir / "checkpoints") if target == "auto" else Path(target)
+        return None, None, None
+    if target != "auto":
+        path = Path(target)
+        return (path, *_read_checkpoint(path, wrapped, optimizer))
+    candidates = ckpt.list_checkpoints(ctx.workdir / "checkpoints")
+    for path in reversed(candidates):
+        try:
+            return (path, *_read_checkpoint(path, wrapped, optimizer))
+        except ValueError as e:
+            logger.warning("checkpoint %s cannot be read (%s); falling back to the previous one", path,
+                           str(e).splitlines()[0])
+    if candidates:
+        raise ValueError(f"no checkpoint in {ctx.workdir / 'checkpoints'} can be read; start a new run (another "
+                         "workdir, or checkpoint.resume=null)")
+    return None, None, None
+
+
+def _check_config_change(cfg: TrainConfig, payload: dict, path: Path) -> list[str]:
+    """The fields that differ from the checkpoint's config; raises for changes that alter the run unless allowed."""
+    changed = changed_fields(payload.get("config", {}), json.loads(config_to_json(cfg)))
+    blocking = [f for f in changed if not any(f == p or (p.endswith(".") and f.startswith(p))
+                                              for p in RESUMABLE_CHANGES)]
+    if blocking and not cfg.checkpoint.allow_config_change:
+        raise ConfigError(f"the run in {cfg.workdir} was started with a different config ({', '.join(blocking)} "
+                          f"changed; resuming from {path.name}). Use a new workdir, or pass --set "
+                          "checkpoint.allow_config_change=true to continue with the new values (recorded)")
+    return changed
+
+
+def _resume(cfg: TrainConfig, ctx: RunContext, wrapped: DistributedModel, optimizer, scaler):
+    """(RunState, changed fields, checkpoint metrics) from the latest readable checkpoint, or a fresh state."""
+    path, payload, shards = _load_resume_point(cfg, ctx, wrapped, optimizer)
     if path is None:
-        return RunState()
-    if path.is_dir():
-        if not _sharded(model):
-            raise ValueError(f"{path} is a sharded (FSDP2) checkpoint; resume it with dist.strategy=fsdp2")
+        return RunState(), [], {}
+    changed = _check_config_change(cfg, payload, path)
+    if shards is not None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        shards = _shard_templates(model, optimizer)
-        payload = ckpt.load_sharded(path, shards)
-        set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+        set_state_dict(wrapped.module, optimizer, model_state_dict=shards["model"],
+                       optim_state_dict=shards["optimizer"])
     else:
-        payload = ckpt.load_checkpoint(path)
-        inner = unwrap(model)
+        inner = unwrap(wrapped.module)
         inner.load_state_dict(convert.convert_state_dict(payload["state_dict"], inner.config), strict=True)
         optimizer.load_state_dict(payload["optimizer"])
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
     rngs = payload["rng"]
     if len(rngs) != ctx.world_size:
-        raise ValueError(f"{path} was written by {len(rngs)} ranks and this run has {ctx.world_size}: exact resume "
-                         "needs the same world size")
+        raise ConfigError(f"{path} was written by {len(rngs)} ranks and this run has {ctx.world_size}: exact "
+                          "resume needs the same world size")
     ckpt.set_rng_state(rngs[ctx.rank])
     state = RunState(**payload["run_state"])
     state.nonfinite_in_row = 0
-    return state
+    return state, changed, dict(payload.get("metrics") or {})
 
 
-def _save(ctx, cfg, model, optimizer, scaler, state) -> Optional[Path]:
+def _save(ctx, cfg, wrapped: DistributedModel, optimizer, scaler, state, metrics) -> Optional[Path]:
     directory = ctx.workdir / "checkpoints"
-    if _sharded(model):
-        return ckpt.save_sharded(directory, state.step, _shard_templates(model, optimizer), _meta(state, cfg),
-                                 is_main=ctx.is_main, keep_last=cfg.checkpoint.keep_last, barrier=barrier)
-    payload = _checkpoint_payload(model, optimizer, scaler, state, cfg)  # collective: every rank takes part
+    if wrapped.sharded:
+        return ckpt.save_sharded(directory, state.step, _shard_templates(wrapped.module, optimizer),
+                                 _meta(state, cfg, wrapped.module, metrics), is_main=ctx.is_main,
+                                 keep_last=cfg.checkpoint.keep_last, barrier=barrier)
+    payload = _checkpoint_payload(wrapped.module, optimizer, scaler, state, cfg, metrics)  # collective
     path = None
     if ctx.is_main:
         path = ckpt.save_checkpoint(directory, state.step, payload, cfg.checkpoint.keep_last)
@@ -179,90 +237,199 @@ def _save(ctx, cfg, model, optimizer, scaler, state) -> Optional[Path]:
     return path
 
 
-def _batches(cfg, ctx, state: RunState, transform, tokenizer):
-    """Endless stream of (images, tokens), epoch after epoch, starting at the saved data position."""
-    while True:
-        loader = create_train_loader(cfg.data, image_transform=transform, tokenize=tokenizer, rank=ctx.rank,
-                                     world_size=ctx.world_size, epoch=state.epoch, start_batch=state.batch_in_epoch)
-        for images, tokens in loader:
-            yield images.to(ctx.device, non_blocking=True), tokens.to(ctx.device, non_blocking=True)
-        state.epoch += 1
-        state.batch_in_epoch = 0
+class _Batches:
+    """Endless stream of (images, tokens), epoch after epoch, from the saved data position. The first loader is
+    made at once, so a data problem fails the run before anything is written; ``stats()`` sums what the data
+    pipeline skipped over every epoch so far, the current one included."""
+
+    def __init__(self, cfg: TrainConfig, ctx: RunContext, state: RunState, transform, tokenizer):
+        self.cfg, self.ctx, self.state, self.transform, self.tokenizer = cfg, ctx, state, transform, tokenizer
+        self.done = DataStats()
+        self.loader = self._loader()
+        self._it = None
+
+    def _loader(self):
+        return create_train_loader(self.cfg.data, image_transform=self.transform, tokenize=self.tokenizer,
+                                   rank=self.ctx.rank, world_size=self.ctx.world_size, epoch=self.state.epoch,
+                                   start_batch=self.state.batch_in_epoch)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        while True:
+            if self._it is None:
+                self._it = iter(self.loader)
+            batch = next(self._it, None)
+            if batch is not None:
+                images, tokens = batch
+                return images.to(self.ctx.device, non_blocking=True), tokens.to(self.ctx.device, non_blocking=True)
+            self.done.add(self.loader.stats.as_dict())
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+            self.loader, self._it = self._loader(), None
+
+    def stats(self) -> DataStats:
+        total = DataStats()
+        total.add(self.done.as_dict())
+        total.add(self.loader.stats.as_dict())
+        return total
 
 
-def _on_skipped_step(state: RunState, cfg: TrainConfig, ctx: RunContext, logger: MetricsLogger) -> None:
+def _on_skipped_step(state: RunState, cfg: TrainConfig, ctx: RunContext, log: MetricsLogger) -> None:
     """Count a step skipped for a non-finite loss; too many in a row stop the run (last checkpoint kept)."""
     state.nonfinite_in_row += 1
     state.nonfinite_total += 1
-    logger.warn(f"step {state.step}: non-finite loss, update skipped "
-                f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
+    log.warn(f"step {state.step}: non-finite loss, update skipped "
+             f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
     if state.nonfinite_in_row >= cfg.checkpoint.max_nonfinite:
         raise NonFiniteLossError(
             f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step}: stopping. The last good "
             f"checkpoint is in {ctx.workdir / 'checkpoints'}; lower optim.lr, enable optim.grad_clip or use "
-            "optim.precision=bf16/fp32, then resume.")
+            "optim.precision=amp_bf16/fp32, then resume.")
+
+
+@dataclasses.dataclass
+class _Run:
+    """Everything the step loop works with, built and checked before anything is written."""
+    cfg: TrainConfig
+    ctx: RunContext
+    wrapped: DistributedModel
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    loss_fn: Callable
+    teacher: Any
+    batches: Any
+    evaluate: Any
+    state: RunState
+    changed: list[str]
+    metrics: dict[str, float]
+
+
+def _set_up(cfg: TrainConfig, evaluate) -> _Run:
+    validate(cfg)
+    ctx = init_run(cfg.dist, cfg.workdir)
+    threads = set_threads(cfg.threads) if ctx.device.type == "cpu" else torch.get_num_threads()
+    torch.manual_seed(cfg.seed + ctx.rank)
+    model = build_model(cfg, ctx)
+    teacher = build_teacher(cfg, ctx, model.config.vision.image_size)
+    tokenizer = tokenizer_for_config(model.config, cfg.tokenize.context_length, reduction=cfg.tokenize.reduction)
+    if evaluate is None:
+        evaluate = create_evaluator(cfg.eval, tokenizer_for_config(model.config), model.preprocess_config,
+                                    str(ctx.device))
+    transform = create_train_transform(model.preprocess_config, cfg.augment)
+    loss_fn = create_loss(cfg.loss, rank=ctx.rank, world_size=ctx.world_size)
+    wrapped = distribute_model(model, ctx, cfg.dist)
+    if cfg.model.compile:
+        wrapped = dataclasses.replace(wrapped, module=torch.compile(wrapped.module))
+    optimizer = create_optimizer(wrapped.module, cfg.optim)
+    precision = get_precision(cfg.optim.precision)
+    scaler = torch.amp.GradScaler(ctx.device.type) if precision.needs_grad_scaler else None
+    state, changed, metrics = _resume(cfg, ctx, wrapped, optimizer, scaler)
+    batches = _Batches(cfg, ctx, state, transform, tokenizer)
+    if ctx.device.type == "cpu" and ctx.is_main:
+        logger.info("using %d CPU thread%s for torch", threads, "s" * (threads != 1))
+    return _Run(cfg, ctx, wrapped, optimizer, scaler, loss_fn, teacher, batches, evaluate, state, changed, metrics)
+
+
+def _write_run_folder(run: _Run, log: MetricsLogger) -> None:
+    """config.json (and, on resume, a record of changed fields); the log keeps no step beyond the checkpoint."""
+    if not run.ctx.is_main:
+        return
+    write_text_atomic(run.ctx.workdir / "config.json", config_to_json(run.cfg))
+    if run.state.step:
+        log.note(f"resuming from step {run.state.step}" + (f" with changed {', '.join(run.changed)}"
+                                                            if run.changed else ""))
+
+
+def _evaluate(run: _Run, log: MetricsLogger) -> None:
+    # FSDP2 gathers parameters collectively, so every rank runs the evaluation; otherwise the main rank alone
+    if run.evaluate is None or not (run.ctx.is_main or run.wrapped.sharded):
+        return
+    run.metrics = run.evaluate(unwrap(run.wrapped.module), run.state.step)
+    log.step(run.state.step, {f"eval/{k}": v for k, v in run.metrics.items()}, force=True)
+
+
+def _loop(run: _Run, log: MetricsLogger, last_step: int) -> tuple[Optional[Path], Optional[int], Any]:
+    cfg, state = run.cfg, run.state
+    out, path, saved_at = None, None, None
+    while state.step < last_step:
+        images, tokens = next(run.batches)
+        lr = set_lr(run.optimizer, cfg.optim.lr, state.step, cfg.schedule)
+        start = time.perf_counter()
+        out = train_step(run.wrapped.module, images, tokens, run.loss_fn, run.optimizer,
+                         accum_steps=cfg.optim.accum_steps, precision=cfg.optim.precision, scaler=run.scaler,
+                         grad_clip=cfg.optim.grad_clip, teacher=run.teacher,
+                         replicated_params=run.wrapped.replicated_params)
+        state.batch_in_epoch += 1
+        if out.skipped:
+            _on_skipped_step(state, cfg, run.ctx, log)
+            continue
+        state.nonfinite_in_row = 0
+        state.step += 1
+        samples = images.shape[0] * run.ctx.world_size
+        log.step(state.step, {"loss": out.loss, **{k: v for k, v in out.parts.items() if k != "loss"}, "lr": lr,
+                              "logit_scale": out.logit_scale,
+                              "samples_per_s": samples / max(1e-9, time.perf_counter() - start)})
+        if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
+            path, saved_at = _save(run.ctx, cfg, run.wrapped, run.optimizer, run.scaler, state, run.metrics), \
+                state.step
+        if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and state.step < cfg.schedule.steps:
+            _evaluate(run, log)
+    return path, saved_at, out
+
+
+def _finish(run: _Run, log: MetricsLogger, path, saved_at) -> tuple[Optional[Path], Optional[Path]]:
+    """Final evaluation, checkpoint and model folder: (checkpoint, model folder or None)."""
+    complete = run.state.step == run.cfg.schedule.steps
+    if complete:
+        _evaluate(run, log)
+    if saved_at != run.state.step:
+        path = _save(run.ctx, run.cfg, run.wrapped, run.optimizer, run.scaler, run.state, run.metrics)
+    stats = run.batches.stats()
+    if stats.skipped or stats.shard_errors:
+        log.warn(f"data skipped over the run: {stats.summary()}")
+    if not (complete and run.cfg.checkpoint.export_model):
+        return path, None
+    barrier()
+    model_dir = None
+    if run.ctx.is_main:
+        from clipforge.training.export import export_model
+
+        model_dir = export_model(path, run.ctx.workdir / "model", force=True, metrics=run.metrics)
+    barrier()
+    return path, model_dir
+
+
+def _already_complete(run: _Run) -> RunResult:
+    path = ckpt.latest_checkpoint(run.ctx.workdir / "checkpoints")
+    model_dir = run.ctx.workdir / "model"
+    final = last_value(run.ctx.workdir / METRICS_FILE, "loss")
+    if run.ctx.is_main:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(run.metrics.items())) or "no evaluation sets"
+        logger.info("the run in %s is complete (%d steps); final metrics: %s", run.ctx.workdir, run.state.step, shown)
+    shutdown()
+    return RunResult(run.ctx.workdir, path, run.state.step, final, run.metrics,
+                     model_dir if model_dir.is_dir() else None, already_complete=True)
 
 
 def train(cfg: TrainConfig, evaluate=None, stop_at_step: Optional[int] = None) -> RunResult:
     """Run (or continue) the training run described by ``cfg``.
 
-    ``evaluate(model, step) -> dict`` is called every ``eval.every_steps`` steps and at the end (main rank only).
-    ``stop_at_step`` ends this process early with a checkpoint (a time-limited job slice); the schedule still
-    spans ``schedule.steps``, and the next call continues from there.
+    ``evaluate(model, step) -> dict`` replaces the evaluation of the ``eval`` section (called every
+    ``eval.every_steps`` steps and at the end). ``stop_at_step`` ends this process early with a checkpoint (a
+    time-limited job slice); the schedule still spans ``schedule.steps``, and the next call continues from there.
     """
-    validate(cfg)
-    ctx = init_run(cfg.dist, cfg.workdir)
-    torch.manual_seed(cfg.seed + ctx.rank)
-    model = build_model(cfg, ctx)
-    teacher = build_teacher(cfg, ctx, model.config.vision.image_size)
-    tokenizer = tokenizer_for_config(model.config, cfg.tokenize.context_length, reduction=cfg.tokenize.reduction)
-    transform = create_train_transform(unwrap(model).preprocess_config, cfg.augment)
-    loss_fn = create_loss(cfg.loss, rank=ctx.rank, world_size=ctx.world_size)
-    model = wrap_model(model, ctx, cfg.dist)
-    if cfg.model.compile:
-        model = torch.compile(model)
-    optimizer = create_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler(ctx.device.type) if cfg.optim.precision == "fp16" else None
-    state = _resume(cfg, ctx, model, optimizer, scaler)
-    if ctx.is_main:
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(ctx.workdir / "config.json", config_to_json(cfg))
-    logger = MetricsLogger(ctx.workdir, cfg.log, enabled=ctx.is_main, total_steps=cfg.schedule.steps,
-                           start_step=state.step)
-    batches = _batches(cfg, ctx, state, transform, tokenizer)
-    # FSDP2 gathers parameters collectively, so every rank runs the evaluation; otherwise the main rank alone
-    evaluates_here = ctx.is_main or _sharded(model)
-    out, metrics, path, saved_at = None, {}, None, None
+    run = _set_up(cfg, evaluate)
+    if run.state.step >= cfg.schedule.steps:
+        return _already_complete(run)
+    log = MetricsLogger(run.ctx.workdir, cfg.log, enabled=run.ctx.is_main, total_steps=cfg.schedule.steps,
+                        start_step=run.state.step, samples_per_step=cfg.data.batch_size * run.ctx.world_size)
+    _write_run_folder(run, log)
     last_step = min(cfg.schedule.steps, stop_at_step or cfg.schedule.steps)
-    while state.step < last_step:
-        images, tokens = next(batches)
-        lr = set_lr(optimizer, cfg.optim.lr, state.step, cfg.schedule)
-        start = time.perf_counter()
-        out = train_step(model, images, tokens, loss_fn, optimizer, accum_steps=cfg.optim.accum_steps,
-                         precision=cfg.optim.precision, scaler=scaler, grad_clip=cfg.optim.grad_clip,
-                         teacher=teacher)
-        state.batch_in_epoch += 1
-        if out.skipped:
-            _on_skipped_step(state, cfg, ctx, logger)
-            continue
-        state.nonfinite_in_row = 0
-        state.step += 1
-        samples = images.shape[0] * ctx.world_size
-        logger.step(state.step, {"loss": out.loss, **out.parts, "lr": lr,
-                                 "logit_scale": float(unwrap(model).logit_scale.detach().exp()),
-                                 "samples_per_s": samples / max(1e-9, time.perf_counter() - start)})
-        if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
-            path, saved_at = _save(ctx, cfg, model, optimizer, scaler, state), state.step
-        if evaluate and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and evaluates_here:
-            metrics = evaluate(unwrap(model), state.step)
-            logger.step(state.step, {f"eval/{k}": v for k, v in metrics.items()})
-    if saved_at != state.step:
-        path = _save(ctx, cfg, model, optimizer, scaler, state)
-    if evaluate and evaluates_here and state.step == cfg.schedule.steps:
-        metrics = evaluate(unwrap(model), state.step)
-        logger.step(state.step, {f"eval/{k}": v for k, v in metrics.items()})
-    logger.close()
-    final_loss = out.loss if out is not None else math.nan
+    try:
+        path, saved_at, out = _loop(run, log, last_step)
+        path, model_dir = _finish(run, log, path, saved_at)
+    finally:
+        log.close()
     shutdown()
-    return RunResult(workdir=ctx.workdir, checkpoint=path, steps=state.step, final_loss=final_loss,
-                     metrics=metrics)
+    final_loss = out.loss if out is not None else math.nan
+    return RunResult(workdir=run.ctx.workdir, checkpoint=path, steps=run.state.step, final_loss=final_loss,
+                     metrics=run.metrics, model_dir=model_dir)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 from clipforge._atomic import atomic_open, write_text_atomic
+from clipforge.progress import progress
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220),
@@ -114,7 +115,7 @@ def _write_json(path: str, obj) -> None:
 
 
 def _write_split(out_dir: str, split: str, count: int, shard_size: int, image_size: int, image_format: str,
-                 rng: random.Random) -> dict[str, int]:
+                 rng: random.Random, bar) -> dict[str, int]:
     sizes = {}
     for shard, start in enumerate(range(0, count, shard_size)):
         members = []
@@ -126,6 +127,7 @@ def _write_split(out_dir: str, split: str, count: int, shard_size: int, image_si
             members += [(f"{key}.{image_format}", _encode(image, image_format)),
                         (f"{key}.txt", sample.caption.encode()), (f"{key}.cls", str(sample.label).encode()),
                         (f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
+            bar.update(1)
         name = f"{split}-{shard:06d}.tar"
         _write_shard(os.path.join(out_dir, name), members)
         sizes[name] = min(count, start + shard_size) - start
@@ -133,11 +135,13 @@ def _write_split(out_dir: str, split: str, count: int, shard_size: int, image_si
 
 
 def generate_shapes_dataset(out_dir: str, n_train: int, n_val: int, image_size: int = 64, seed: int = 0,
-                            shard_size: int = 1000, image_format: str = "jpg") -> dict:
+                            shard_size: int = 1000, image_format: str = "jpg", show_progress: bool = False) -> dict:
     """Write the shapes dataset to ``out_dir`` and return its description (also saved as dataset.json).
 
     The returned dict has ``train`` / ``val`` brace specs for ``DataConfig.train``, ``num_train`` /
-    ``num_val``, ``classnames``, ``templates`` and the attribute vocabularies.
+    ``num_val``, ``classnames``, ``templates`` and the attribute vocabularies. ``classnames.txt`` and
+    ``templates.txt`` are written next to the shards, so ``wds:<val spec>`` is a complete evaluation set for
+    ``clipforge benchmark`` and the ``eval`` section of a training run.
     """
     if n_train < 1 or n_val < 0:
         raise ValueError(f"n_train must be >= 1 and n_val >= 0, got n_train={n_train}, n_val={n_val}")
@@ -148,8 +152,9 @@ def generate_shapes_dataset(out_dir: str, n_train: int, n_val: int, image_size: 
     os.makedirs(out_dir, exist_ok=True)
     # Separate streams per split: changing n_train never changes the validation images.
     train_rng, val_rng = random.Random(f"{seed}-train"), random.Random(f"{seed}-val")
-    sizes = _write_split(out_dir, "train", n_train, shard_size, image_size, image_format, train_rng)
-    sizes.update(_write_split(out_dir, "val", n_val, shard_size, image_size, image_format, val_rng))
+    with progress(total=n_train + n_val, desc="shapes dataset", unit="img", enabled=show_progress) as bar:
+        sizes = _write_split(out_dir, "train", n_train, shard_size, image_size, image_format, train_rng, bar)
+        sizes.update(_write_split(out_dir, "val", n_val, shard_size, image_size, image_format, val_rng, bar))
     info = {
         "train": _spec("train", _ceil_div(n_train, shard_size)),
         "val": _spec("val", _ceil_div(n_val, shard_size)) if n_val else None,
@@ -158,6 +163,8 @@ def generate_shapes_dataset(out_dir: str, n_train: int, n_val: int, image_size: 
         "shapes": list(SHAPES), "colors": list(COLORS), "positions": list(POSITIONS), "sizes": list(SIZES),
     }
     _write_json(os.path.join(out_dir, "sizes.json"), sizes)
+    write_text_atomic(os.path.join(out_dir, "classnames.txt"), "\n".join(class_names()) + "\n")
+    write_text_atomic(os.path.join(out_dir, "templates.txt"), "\n".join(ZERO_SHOT_TEMPLATES) + "\n")
     # Shard patterns are stored relative to the folder (it can move) and returned absolute.
     _write_json(os.path.join(out_dir, "dataset.json"), info)
     return _absolute(info, out_dir)

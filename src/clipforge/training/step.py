@@ -7,17 +7,18 @@ which plain loss-per-micro-batch accumulation does not give for a contrastive lo
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as torch_dist
 
 from clipforge import dist
 from clipforge.dist import average_gradients
+from clipforge.losses import value_checks
 from clipforge.losses.distill import TeacherOutputs
+from clipforge.precision import Precision, get_precision
 from clipforge.training.grad_cache import grad_cache_step
 
 _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
@@ -29,6 +30,7 @@ class StepOutput:
     parts: dict[str, float]
     skipped: bool                 # the loss was not finite: no update was made
     grad_norm: Optional[float] = None
+    logit_scale: float = math.nan  # exp(logit_scale) before the update
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -47,48 +49,32 @@ def teacher_outputs(teacher: Optional[torch.nn.Module], images: torch.Tensor, to
     return TeacherOutputs(out["image_features"].float(), out["text_features"].float(), out["logit_scale"].float())
 
 
-def autocast(device_type: str, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device_type, dtype=dtype)
-
-
-def _all_finite(value: torch.Tensor) -> bool:
-    """True when the loss is finite on every rank, so all ranks skip or step together."""
-    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
-    if dist.is_initialized():
-        flag = flag.to(value.device)
-        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
-
-
 def _features(model, images, tokens):
     out = model(images, tokens, output_dict=True)
     return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
 
 
-def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler, teacher=None) -> dict:
+def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision: str | Precision, scaler,
+                          teacher=None) -> dict:
     """Exact large-batch gradient with activations of one chunk at a time (gradient caching).
 
-    The encoders are called on the unwrapped model, so under DDP the gradients are averaged here by hand.
+    The encoders are called on the unwrapped model, so under DDP the gradients are averaged here (in buckets).
     """
+    precision = get_precision(precision)
     if images.shape[0] % accum_steps:
         raise ValueError(f"batch size {images.shape[0]} is not divisible by optim.accum_steps={accum_steps}")
     inner = unwrap(model)
     device_type = images.device.type
 
     def encode_image(x):
-        with autocast(device_type, precision):
+        with precision.autocast_context(device_type):
             return inner.encode_image(x, normalize=True).float()
 
     def encode_text(t):
-        with autocast(device_type, precision):
+        with precision.autocast_context(device_type):
             return inner.encode_text(t, normalize=True).float()
 
     def loss(image_features, text_features):
-        if not _all_finite(torch.stack([image_features.sum(), text_features.sum()]).detach()):
-            return {"loss": (image_features.sum() + text_features.sum()) * float("nan")}  # the step is skipped
         bias = inner.logit_bias.float() if getattr(inner, "logit_bias", None) is not None else None
         extra = {"teacher": teacher} if teacher is not None else {}
         return loss_fn(image_features, text_features, inner.logit_scale.float().exp(), bias, **extra)
@@ -100,42 +86,60 @@ def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision
     return losses
 
 
+def _read_step(losses: dict[str, torch.Tensor], logit_scale: torch.Tensor, grad_norm: torch.Tensor | None):
+    """Everything the host needs from this step in one device sync: whether the loss is finite on every rank
+    (all ranks then skip or step together), the loss parts, the temperature and the gradient norm."""
+    total = losses["loss"].detach().float()
+    flag = torch.isfinite(total).float().reshape(1)
+    if dist.is_initialized():
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
+    values = [flag.reshape(()), *(v.detach().float().reshape(()) for v in losses.values()),
+              logit_scale.detach().float().exp().reshape(())]
+    if grad_norm is not None:
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        values.append(grad_norm.detach().float().reshape(()).to(flag.device))
+    numbers = torch.stack([v.to(flag.device) for v in values]).tolist()
+    finite, parts = numbers[0] > 0, dict(zip(losses, numbers[1:1 + len(losses)]))
+    scale = numbers[1 + len(losses)]
+    norm = numbers[-1] if grad_norm is not None else None
+    return finite, parts, scale, norm
+
+
 def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, loss_fn: Callable,
-               optimizer: torch.optim.Optimizer, *, accum_steps: int = 1, precision: str = "fp32",
+               optimizer: torch.optim.Optimizer, *, accum_steps: int = 1, precision: str | Precision = "fp32",
                scaler: Optional[torch.amp.GradScaler] = None, grad_clip: Optional[float] = None,
-               teacher: Optional[torch.nn.Module] = None) -> StepOutput:
-    """One update on the batch. ``teacher``: a frozen model whose features feed ``loss.kind=distill``."""
+               teacher: Optional[torch.nn.Module] = None,
+               replicated_params: Sequence[torch.nn.Parameter] = ()) -> StepOutput:
+    """One update on the batch. ``teacher``: a frozen model whose features feed ``loss.kind=distill``.
+    ``replicated_params``: parameters no DDP/FSDP hook synchronises (FSDP2 leaves the 0-d temperature and bias
+    replicated); their gradients are averaged here. A non-finite loss skips the update on every rank."""
+    precision = get_precision(precision)
     device_type = images.device.type
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    with autocast(device_type, precision):
+    with precision.autocast_context(device_type):
         distill = teacher_outputs(teacher, images, tokens)
     extra = {"teacher": distill} if distill is not None else {}
-    if accum_steps > 1:
-        losses = _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler, distill)
-        total = losses["loss"]
-        if not _all_finite(total):
-            optimizer.zero_grad(set_to_none=True)
-            return StepOutput(float("nan"), {k: float(v.detach()) for k, v in losses.items()}, skipped=True)
-    else:
-        with autocast(device_type, precision):
-            image_features, text_features, logit_scale, logit_bias = _features(model, images, tokens)
-        features_ok = _all_finite(torch.stack([image_features.sum(), text_features.sum(), logit_scale]).detach())
-        if not features_ok:  # a diverged model: skip rather than let the loss raise
-            return StepOutput(float("nan"), {}, skipped=True)
-        with autocast(device_type, precision):
-            losses = loss_fn(image_features.float(), text_features.float(), logit_scale.float(),
-                             None if logit_bias is None else logit_bias.float(), **extra)
-        total = losses["loss"]
-        if not _all_finite(total):
-            return StepOutput(float("nan"), {k: float(v.detach()) for k, v in losses.items()}, skipped=True)
-        (scaler.scale(total) if scaler else total).backward()
-    average_gradients(getattr(model, "replicated_params", ()))  # the 0-d parameters FSDP2 leaves unsharded
-    grad_norm = None
+    with value_checks(False):  # one finiteness check per step, on the loss, in _read_step
+        if accum_steps > 1:
+            losses = _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler, distill)
+        else:
+            with precision.autocast_context(device_type):
+                image_features, text_features, logit_scale, logit_bias = _features(model, images, tokens)
+                losses = loss_fn(image_features.float(), text_features.float(), logit_scale.float(),
+                                 None if logit_bias is None else logit_bias.float(), **extra)
+            (scaler.scale(losses["loss"]) if scaler else losses["loss"]).backward()
+    average_gradients(replicated_params)
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if grad_clip is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip is not None else None
+    finite, parts, scale, norm = _read_step(losses, unwrap(model).logit_scale, grad_norm)
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()  # the scaler saw inf gradients in unscale_: let it lower the scale
+        return StepOutput(float("nan"), parts, skipped=True, logit_scale=scale)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -143,5 +147,4 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
         optimizer.step()
     with torch.no_grad():
         unwrap(model).logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
-    return StepOutput(float(total.detach()), {k: float(v.detach()) for k, v in losses.items()}, skipped=False,
-                      grad_norm=grad_norm)
+    return StepOutput(parts["loss"], parts, skipped=False, grad_norm=norm, logit_scale=scale)

@@ -7,7 +7,6 @@ builds it and whenever: that is what makes resuming mid-epoch exact.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import random
 from dataclasses import dataclass, fields
@@ -16,6 +15,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from clipforge.data.images import ImageReadError, read_image
 
 from .text import mask_tokens
 
@@ -30,8 +31,10 @@ class DataStats:
     """Counts of what the pipeline read and skipped (summed over workers in the main process)."""
 
     samples: int = 0           # good samples delivered in batches
-    corrupt_images: int = 0    # image bytes or file that PIL could not decode / open
-    missing_fields: int = 0    # samples without an image or caption (or an empty caption)
+    corrupt_images: int = 0    # image bytes or file that PIL could not decode
+    missing_images: int = 0    # image files that do not exist (CSV rows naming a missing path)
+    oversized_images: int = 0  # images over Pillow's decompression-bomb pixel limit
+    missing_fields: int = 0    # samples without an image or caption (or an empty or non-UTF-8 caption)
     shard_errors: int = 0      # shards that could not be opened or were truncated / unreadable
     filled: int = 0            # batch slots filled by repeating a good sample of the same batch
 
@@ -44,7 +47,15 @@ class DataStats:
 
     @property
     def skipped(self) -> int:
-        return self.corrupt_images + self.missing_fields
+        return self.corrupt_images + self.missing_images + self.oversized_images + self.missing_fields
+
+    def summary(self) -> str:
+        """``"3 corrupt images, 1 missing image file, ..."`` for the non-zero skip counts."""
+        parts = [(self.corrupt_images, "undecodable images"), (self.missing_images, "missing image files"),
+                 (self.oversized_images, "images over the pixel limit"),
+                 (self.missing_fields, "samples without an image or caption"),
+                 (self.shard_errors, "damaged shards"), (self.filled, "batch slots filled by repeats")]
+        return ", ".join(f"{n} {what}" for n, what in parts if n) or "nothing"
 
 
 def derive_seed(*parts: int) -> int:
@@ -74,11 +85,7 @@ def seeded(seed: int):
         torch.set_rng_state(torch_state)
 
 
-def open_image(data: bytes | str) -> Image.Image:
-    """Decode encoded bytes (or read a file path) to an RGB image; raises on corrupt input."""
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-        img.load()
-        return img.convert("RGB")
+_SKIP_COUNTER = {"missing": "missing_images", "undecodable": "corrupt_images", "too_large": "oversized_images"}
 
 
 @dataclass
@@ -95,10 +102,10 @@ def prepare_sample(raw: RawSample, transform: ImageTransform, seed: int, counts:
         counts["missing_fields"] += 1
         return None
     try:
-        image = open_image(raw.image)
-    except Exception as exc:  # PIL raises many types for bad files; every one means "skip this sample"
-        counts["corrupt_images"] += 1
-        logger.debug("skipping corrupt image: %r", exc)
+        image = read_image(raw.image)
+    except ImageReadError as exc:
+        counts[_SKIP_COUNTER[exc.kind]] += 1
+        logger.debug("skipping image: %s", exc)
         return None
     with seeded(seed):
         return transform(image), raw.caption.strip()

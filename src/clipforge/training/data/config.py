@@ -33,7 +33,7 @@ class DataConfig:
     seed: int = 0
     shuffle_buffer: int = 1000
     resampled: bool = False
-    csv_separator: str = "\t"
+    csv_separator: str | None = None        # None: a tab if the header has one, else a comma
     csv_image_key: str = "filepath"
     csv_caption_key: str = "title"
     wds_image_key: str = "jpg;png;jpeg;webp"

@@ -6,7 +6,7 @@ batch ``K`` is exact for any number of workers.
 """
 from __future__ import annotations
 
-import csv
+import logging
 import os
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,9 +16,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from clipforge.config import ConfigError
+from clipforge.data.tables import read_table
 
 from .batch import EpochPlan, ImageTransform, RawSample, Tokenize, collate, derive_seed, first_good, new_counts, \
     prepare_sample
+
+logger = logging.getLogger("clipforge.data")
 
 
 class IndexedSource(Protocol):
@@ -33,7 +36,7 @@ class CsvTable:
 
     paths: tuple[str, ...]
     captions: tuple[str, ...]
-    missing_captions: int  # rows dropped at load because the caption cell was empty
+    missing_captions: int  # rows dropped at load: empty caption or path, or bytes that are not UTF-8
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -42,27 +45,30 @@ class CsvTable:
         return RawSample(image=self.paths[index], caption=self.captions[index])
 
 
-def load_csv(files: list[str], separator: str, image_key: str, caption_key: str) -> CsvTable:
-    """Read the tables; relative image paths are taken relative to the table's folder when they exist there."""
+def load_csv(files: list[str], separator: str | None, image_key: str, caption_key: str) -> CsvTable:
+    """Read the tables (``separator`` None: tab or comma, from each header line); relative image paths are taken
+    relative to the table's folder when they exist there. Undecodable rows are skipped, counted and logged."""
     paths, captions, missing = [], [], 0
     for file in files:
         if not os.path.isfile(file):
             raise FileNotFoundError(f"CSV file not found: {file!r}. Check data.train")
+        table = read_table(file, separator)
+        for key, field in ((image_key, "csv_image_key"), (caption_key, "csv_caption_key")):
+            if key not in table.columns:
+                raise ConfigError(f"{file}: no column {key!r} (data.{field}); the columns are {list(table.columns)} "
+                                  f"when split by {table.separator!r} (data.csv_separator)")
+        if table.bad_rows:
+            logger.warning("%s: skipped %d rows that are not UTF-8 text (lines %s)", file, len(table.bad_rows),
+                           ", ".join(map(str, table.bad_rows[:10])))
         folder = os.path.dirname(os.path.abspath(file))
-        with open(file, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter=separator)
-            columns = reader.fieldnames or []
-            for key, field in ((image_key, "csv_image_key"), (caption_key, "csv_caption_key")):
-                if key not in columns:
-                    raise ConfigError(f"{file}: no column {key!r} (data.{field}); the columns are {columns} "
-                                      f"when split by data.csv_separator={separator!r}")
-            for row in reader:
-                caption = (row.get(caption_key) or "").strip()
-                if not caption or not row.get(image_key):
-                    missing += 1
-                    continue
-                paths.append(_resolve(row[image_key], folder))
-                captions.append(caption)
+        missing += len(table.bad_rows)
+        for row in table.rows:
+            caption = (row.get(caption_key) or "").strip()
+            if not caption or not row.get(image_key):
+                missing += 1
+                continue
+            paths.append(_resolve(row[image_key], folder))
+            captions.append(caption)
     if not paths:
         raise ConfigError(f"no usable rows in {files}: every row lacks an image path or a caption")
     return CsvTable(tuple(paths), tuple(captions), missing)

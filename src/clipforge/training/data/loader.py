@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader
 
 from clipforge.config import ConfigError
 
+from clipforge.data.shards import check_local_shards, expand_shards, read_total_size
+
 from .batch import DataStats, EpochPlan, ImageTransform, Tokenize, derive_seed
 from .config import DataConfig
 from .indexed import IndexedBatches, SyntheticSource, load_csv
-from .shards import check_local_shards, expand_shards, read_total_size
 from .tar_stream import TarBatches, TarFormat
 
 logger = logging.getLogger("clipforge.data")
@@ -59,10 +60,8 @@ class TrainLoader:
             self.next_batch += 1
             yield images, tokens
         if self.stats.skipped or self.stats.shard_errors:
-            logger.warning("data (rank %d, epoch %d): skipped %d corrupt images, %d samples missing an image or "
-                           "caption, %d shard read errors; %d batch slots filled by repeats",
-                           self.plan.rank, self.plan.epoch, self.stats.corrupt_images, self.stats.missing_fields,
-                           self.stats.shard_errors, self.stats.filled)
+            logger.warning("data (rank %d, epoch %d): skipped %s", self.plan.rank, self.plan.epoch,
+                           self.stats.summary())
 
     def state_dict(self) -> dict:
         """The data position to store in a checkpoint; turn it back into a start with ``resume_batch``."""

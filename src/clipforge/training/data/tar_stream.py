@@ -20,9 +20,12 @@ from typing import Iterator
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from clipforge.data.shards import ShardList, open_url
+from clipforge.data.tar import samples_of
+
 from .batch import (EpochPlan, ImageTransform, RawSample, Tokenize, collate, derive_seed, first_good, new_counts,
                     prepare_sample)
-from .shards import ShardList, open_url, resampled_shards, shard_cycles, worker_shards
+from .shards import resampled_shards, shard_cycles, worker_shards
 
 logger = logging.getLogger("clipforge.data")
 
@@ -37,31 +40,9 @@ class TarFormat:
     resampled: bool = False
 
 
-def iter_tar(url: str, counts: dict) -> Iterator[dict]:
-    """Members of one tar shard grouped by key (webdataset samples); unreadable or truncated shards are
-    counted in ``counts["shard_errors"]`` and cut short, never fatal."""
-    import webdataset as wds
-
-    def handler(exc: Exception) -> bool:
-        counts["shard_errors"] += 1
-        logger.warning("skipping unreadable data in shard %s: %r", url, exc)
-        return True
-
-    try:
-        stream = open_url(url)
-    except Exception as exc:  # missing file, failing pipe command, network: count it and move on
-        handler(exc)
-        return
-    try:
-        files = wds.tariterators.tar_file_expander([dict(url=url, stream=stream)], handler=handler)
-        yield from wds.tariterators.group_by_keys(files, handler=handler)
-    finally:
-        stream.close()
-
-
 def read_shard(url: str, fmt: TarFormat, counts: dict) -> Iterator[RawSample]:
     """Raw (undecoded) samples of one shard."""
-    for sample in iter_tar(url, counts):
+    for sample in samples_of(url, counts, open_url):
         yield RawSample(image=_first(sample, fmt.image_keys), caption=_caption(sample, fmt.caption_keys))
 
 
