@@ -49,7 +49,7 @@ def test_run_benchmark_writes_seed_tables_and_caches_features(tmp_path, encoders
     assert results["tiny::b"] == first
     paths = tables.write_tables(results, str(tmp_path / "out"))
     grid = open(paths["benchmark.md"]).read()
-    assert "| Model" in grid and "Flickr 8k" in grid and "| model_fullname" in grid and "tiny a" in grid
+    assert "| Model" in grid and "Flickr 8k" in grid and "| model_fullname" in grid and "| tiny::a" in grid and "(recall@5)" in grid
     rows = list(csv.DictReader(io.StringIO(open(paths["retrieval.csv"]).read())))
     assert len(rows) == 2 and float(rows[0]["Flickr 8k Image"]) == pytest.approx(
         first["flickr8k/image_retrieval_recall@5"], abs=5e-4)
@@ -152,8 +152,28 @@ def test_grid_table_lines_align_and_best_is_bold():
     assert len({len(line) for line in grid}) == 1  # every line of the grid has the same width
     assert grid[1].startswith("| Model") and "COCO Caption" in grid[1] and set(grid[4]) == {"+", "="}
     assert built["retrieval"].rows[1][1] == "**0.600**" and built["retrieval"].rows[0][2] == "**0.700**"
-    assert built["classification"].rows == [["A x", "**0.900**"], ["B y", "0.800"]]
+    # every table names the models the same way
+    assert built["classification"].rows == [["A::x", "**0.900**"], ["B::y", "0.800"]]
+    assert [row[0] for row in built["statistics"].rows] == [row[0] for row in built["retrieval"].rows] == ["A::x",
+                                                                                                      "B::y"]
     assert built["statistics"].rows[0][3] == "n/a"
+    assert built["retrieval"].title == "Zero-shot retrieval (recall@5)"
+
+
+def test_linear_probe_results_have_a_table():
+    results = {"A::x": {"vtab/cifar10/acc1": 0.5, "vtab/cifar10/linear_probe_acc1": 0.8},
+               "B::y": {"vtab/cifar10/acc1": 0.4, "vtab/cifar10/linear_probe_acc1": 0.7}}
+    built = {t.name: t for t in tables.build_tables(results)}
+    assert built["linear_probe"].rows == [["A::x", "**0.800**"], ["B::y", "0.700"]]
+    assert built["classification"].rows[0][1] == "**0.500**"
+
+
+def test_statistics_of_each_model_are_measured_in_its_own_process():
+    """Peak RAM of the second model of a run once read 0.00 GB: the first had already grown the process."""
+    from clipforge.evaluation.benchmark import isolated_resource_usage
+    first, second = isolated_resource_usage("tiny-vit"), isolated_resource_usage("tiny-resnet")
+    assert first["peak_ram_gb"] > 0.001 and second["peak_ram_gb"] > 0.001
+    assert first["peak_vram_gb"] == "n/a"
 
 
 def test_cli_verb_end_to_end_with_a_stand_in_model(tmp_path, encoders, monkeypatch, capsys):
@@ -170,9 +190,9 @@ def test_cli_verb_end_to_end_with_a_stand_in_model(tmp_path, encoders, monkeypat
                               "--quiet"])
     assert verb.run(args) == 0
     printed = capsys.readouterr().out
-    assert "Zero-shot retrieval" in printed and "| tiny one" in printed and "vtab/cifar10" in printed
-    assert sorted(os.listdir(tmp_path / "out")) == ["benchmark.md", "benchmark_github.md", "classification.csv",
-                                                    "results.json", "retrieval.csv"]
+    assert "Zero-shot retrieval (recall@5)" in printed and "| tiny::one" in printed and "vtab/cifar10" in printed
+    assert sorted(os.listdir(tmp_path / "out")) == ["benchmark.md", "benchmark.png", "benchmark_github.md",
+                                                    "classification.csv", "results.json", "retrieval.csv"]
 
 
 def test_amp_bf16_on_cpu_runs_and_stays_close(tmp_path, tiny):

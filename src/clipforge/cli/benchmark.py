@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give at least one --model (ARCH, ARCH::TAG, ARCH::path or hf-hub:org/repo)")
 
     from clipforge.evaluation.benchmark import BenchmarkConfig, run_benchmark
-    from clipforge.evaluation.tables import build_tables, render_grid, render_markdown, write_tables
+    from clipforge.evaluation.charts import write_benchmark_chart
+    from clipforge.evaluation.tables import GRID_TABLES, build_tables, render_grid, render_markdown, write_tables
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = BenchmarkConfig(tasks=tuple(args.tasks), datasets=tuple(args.datasets), data_root=args.data_root,
@@ -65,8 +66,15 @@ def run(args: argparse.Namespace) -> int:
     config = apply_overrides(config, args.set)
     results = run_benchmark(args.model, config, quiet=args.quiet)
     paths = write_tables(results, args.output)
+    try:
+        chart = write_benchmark_chart(results, args.output)
+    except ImportError as e:  # the plot extra is optional: the tables are the result
+        print(f"no chart: {e}", file=sys.stderr)
+        chart = None
+    if chart is not None:
+        paths["benchmark.png"] = str(chart)
     for table in build_tables(results):
         print(f"\n## {table.title}\n")
-        print(render_markdown(table) if table.name == "classification" else render_grid(table))
+        print(render_grid(table) if table.name in GRID_TABLES else render_markdown(table))
     print(f"\nwrote {', '.join(sorted(paths.values()))}", file=sys.stderr)
     return 0

@@ -162,11 +162,38 @@ def load_datasets(names: Sequence[str], config: BenchmarkConfig, transform: Call
     return loaded
 
 
-def benchmark_model(load: Callable[[], Encoders], config: BenchmarkConfig, quiet: bool = False) -> dict[str, object]:
-    """Every requested task for one model: statistics first (they include loading), then the datasets."""
+def _measure_in_child(spec: str, device: str, precision: str, queue) -> None:
+    try:
+        queue.put(("ok", resource_usage(lambda: load_model_encoders(spec, device, precision), device=device)))
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it with the model's name
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def isolated_resource_usage(spec: str, device: str = "cpu", precision: str = "fp32") -> dict[str, object]:
+    """``resource_usage`` of a clipforge model measured in a fresh process: peak RAM is then the model's own, not
+    what earlier models of the same run left in this process's allocator (the seed's per-model figures)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_measure_in_child, args=(spec, device, precision, queue), daemon=True)
+    child.start()
+    try:
+        status, value = queue.get(timeout=3600)
+    finally:
+        child.join(timeout=60)
+    if status != "ok":
+        raise RuntimeError(f"measuring the statistics of '{spec}' failed: {value}")
+    return value
+
+
+def benchmark_model(load: Callable[[], Encoders], config: BenchmarkConfig, quiet: bool = False,
+                    measure: Callable[[], dict] | None = None) -> dict[str, object]:
+    """Every requested task for one model: statistics first (they include loading), then the datasets.
+    ``measure()`` replaces the in-process statistics (``isolated_resource_usage`` for clipforge models)."""
     results: dict[str, object] = {}
     if "statistics" in config.tasks:
-        results.update(resource_usage(load, device=config.device))
+        results.update(measure() if measure is not None else resource_usage(load, device=config.device))
     if not [t for t in config.tasks if t != "statistics"]:
         return results
     encoders = load()
@@ -219,10 +246,13 @@ def run_benchmark(model_specs: Sequence[str], config: BenchmarkConfig, quiet: bo
 
     ``loader(spec, device, precision) -> Encoders`` defaults to building clipforge models.
     """
+    own = loader is None
     loader = loader or load_model_encoders
     results = {}
     for spec in model_specs:
         if not quiet:
             print(f"[{spec}]", file=sys.stderr, flush=True)
-        results[spec] = benchmark_model(lambda: loader(spec, config.device, config.precision), config, quiet)
+        measure = (lambda: isolated_resource_usage(spec, config.device, config.precision)) if own else None
+        results[spec] = benchmark_model(lambda: loader(spec, config.device, config.precision), config, quiet,
+                                        measure)
     return results

@@ -18,6 +18,7 @@ from clipforge.evaluation import suites
 from clipforge._atomic import write_text_atomic
 
 Results = Mapping[str, Mapping[str, object]]
+GRID_TABLES = ("statistics", "retrieval")  # rendered as grids, as in the seed; the others as Markdown
 
 
 @dataclasses.dataclass
@@ -68,7 +69,7 @@ def stats_table(results: Results) -> Table:
 
 
 def retrieval_table(results: Results, datasets: Sequence[str], k: int = 5, bold: bool = False) -> Table:
-    """Image (text->image) and Text (image->text) recall@k and their average, per dataset."""
+    """Image (text->image) and Text (image->text) recall@k and their average, per dataset; the title says which k."""
     rows = []
     for model, r in results.items():
         row = [model]
@@ -81,21 +82,35 @@ def retrieval_table(results: Results, datasets: Sequence[str], k: int = 5, bold:
         _bold_best(rows, 1)
     groups = [(_title(name), 3) for name in datasets]
     columns = ["Model"] + ["Image", "Text", "Average"] * len(datasets)
-    return Table("retrieval", "Zero-shot retrieval", columns, rows, groups=groups, row_lines=True)
+    return Table("retrieval", f"Zero-shot retrieval (recall@{k})", columns, rows, groups=groups, row_lines=True)
 
 
-def classification_table(results: Results, datasets: Sequence[str], bold: bool = False) -> Table:
-    """Top-1 accuracy (mean average precision for multi-label sets) per dataset; models named 'ARCH TAG'."""
+def _per_dataset_table(results: Results, datasets: Sequence[str], keys: Sequence[str], name: str, title: str,
+                       bold: bool) -> Table:
+    """One row per model (named as in every table), one column per dataset: the first of ``keys`` present."""
     rows = []
     for model, r in results.items():
-        row = [model.replace("::", " ")]
-        for name in datasets:
-            row.append(_fmt(r.get(f"{name}/acc1", r.get(f"{name}/mean_average_precision")), 3))
+        row = [model]
+        for dataset in datasets:
+            value = next((r[f"{dataset}/{k}"] for k in keys if f"{dataset}/{k}" in r), None)
+            row.append(_fmt(value, 3))
         rows.append(row)
     if bold:
         _bold_best(rows, 1)
     columns = ["model_fullname"] + [_title(d) if ":" in d else d for d in datasets]
-    return Table("classification", "Zero-shot classification", columns, rows)
+    return Table(name, title, columns, rows)
+
+
+def classification_table(results: Results, datasets: Sequence[str], bold: bool = False) -> Table:
+    """Top-1 accuracy (mean average precision for multi-label sets) per dataset."""
+    return _per_dataset_table(results, datasets, ("acc1", "mean_average_precision"), "classification",
+                              "Zero-shot classification (top-1 accuracy; mAP for multi-label sets)", bold)
+
+
+def linear_probe_table(results: Results, datasets: Sequence[str], bold: bool = False) -> Table:
+    """Linear-probe top-1 accuracy per dataset."""
+    return _per_dataset_table(results, datasets, ("linear_probe_acc1",), "linear_probe",
+                              "Linear probe (top-1 accuracy)", bold)
 
 
 def _title(name: str) -> str:
@@ -199,6 +214,7 @@ def build_tables(results: Results, bold: bool = True) -> list[Table]:
     retrieval = [d for d in _datasets(keys) if f"{d}/image_retrieval_recall@5" in keys]
     classification = [d for d in _datasets(keys)
                       if f"{d}/acc1" in keys or f"{d}/mean_average_precision" in keys]
+    probed = [d for d in _datasets(keys) if f"{d}/linear_probe_acc1" in keys]
     tables = []
     if "peak_ram_gb" in keys:
         tables.append(stats_table(results))
@@ -206,6 +222,8 @@ def build_tables(results: Results, bold: bool = True) -> list[Table]:
         tables.append(retrieval_table(results, retrieval, bold=bold))
     if classification:
         tables.append(classification_table(results, classification, bold=bold))
+    if probed:
+        tables.append(linear_probe_table(results, probed, bold=bold))
     return tables
 
 
@@ -222,7 +240,7 @@ def write_tables(results: Results, out_dir: str, bold: bool = True) -> dict[str,
     notes = skipped_notes(results)
     footer = ("\n\n" + "\n".join(f"- {n}" for n in notes)) if notes else ""
     files = {
-        "benchmark.md": "\n\n".join(f"## {t.title}\n\n" + (render_grid(t) if t.name != "classification"
+        "benchmark.md": "\n\n".join(f"## {t.title}\n\n" + (render_grid(t) if t.name in GRID_TABLES
                                                            else render_markdown(t)) for t in tables) + footer + "\n",
         "benchmark_github.md": "\n\n".join(f"## {t.title}\n\n{render_markdown(t)}" for t in tables) + footer + "\n",
         "results.json": json.dumps({m: {k: _json_ready(v) for k, v in r.items()} for m, r in results.items()},

@@ -24,6 +24,7 @@ from clipforge.models.config import ClipConfig
 from clipforge.models.hub_layout import CLIPFORGE_SECTION, DeclaredModel, clipforge_section, save_hub_layout
 from clipforge.models.loading import ModelLoadError, dotted_diff, load_weights
 from clipforge.models.resolve import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, LocalWeights, resolve_weights
+from clipforge.models import weights as weights_table
 from clipforge.models.weights import split_model_tag
 from clipforge.precision import get_precision
 from clipforge.transforms import (AugmentConfig, PreprocessConfig, create_eval_transform, create_train_transform,
@@ -33,7 +34,7 @@ logger = logging.getLogger("clipforge")
 
 __all__ = ["ModelLoadError", "ModelSpec", "parse_model_spec", "create_model", "create_model_and_transforms",
            "create_model_from_pretrained", "get_tokenizer", "tokenizer_for_config", "save_pretrained",
-           "get_model_config", "describe"]
+           "get_model_config", "describe", "describe_model"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +86,8 @@ def resolve_config(spec: ModelSpec, declared: DeclaredModel, source: str, overri
         config = declared.config
     else:
         config = registry.get_architecture(spec.arch)
-        if declared.overrides:
-            config = apply_overrides(config, dict(declared.overrides))
+        if declared.overrides and declared.arch is None:  # a tag's (or folder's) changes to any preset it names;
+            config = apply_overrides(config, dict(declared.overrides))  # a run's are relative to its own preset
         if declared.config is not None:
             diff = dotted_diff(config, declared.config)
             same_preset = declared.arch is not None and _same_arch(declared.arch, spec.arch)
@@ -186,14 +187,27 @@ def create_model_from_pretrained(model_name: str, pretrained: str | None = None,
     return model, create_eval_transform(model.preprocess_config)
 
 
-def _config_of(model_name: str, cache_dir=None, local_files_only: bool = False) -> ClipConfig:
+def describe_model(model_name: str, cache_dir=None, local_files_only: bool = False
+                   ) -> tuple[ClipConfig, LocalWeights | None]:
+    """The architecture a name stands for, without building the model or reading tag weights: a preset (with a
+    tag's declared changes) or a self-describing source's own config; and the local weights when they were
+    resolved (files, folders, ``hf-hub:``)."""
     spec = parse_model_spec(model_name)
+    if spec.arch is not None and spec.pretrained is None:
+        return registry.get_architecture(spec.arch), None
+    if spec.arch is not None and weights_table.has_tag(spec.arch, spec.pretrained):
+        entry = weights_table.get_weight_entry(spec.arch, spec.pretrained)
+        return apply_overrides(registry.get_architecture(spec.arch), dict(entry.arch_overrides)), None
+    local = resolve_weights(spec.pretrained, spec.arch, cache_dir=cache_dir, local_files_only=local_files_only)
     if spec.arch is not None:
-        return registry.get_architecture(spec.arch)
-    local = resolve_weights(spec.pretrained, None, cache_dir=cache_dir, local_files_only=local_files_only)
+        return resolve_config(spec, local.declared, local.source, None, None), local
     if local.declared.config is None:
         raise ModelLoadError(f"'{model_name}' does not describe its architecture: no config file found")
-    return local.declared.config
+    return local.declared.config, local
+
+
+def _config_of(model_name: str, cache_dir=None, local_files_only: bool = False) -> ClipConfig:
+    return describe_model(model_name, cache_dir, local_files_only)[0]
 
 
 def get_tokenizer(model_name: str, context_length: int | None = None, *, cache_dir: str | Path | None = None,

@@ -368,10 +368,11 @@ def _loop(run: _Run, log: MetricsLogger, last_step: int) -> tuple[Optional[Path]
         log.step(state.step, {"loss": out.loss, **{k: v for k, v in out.parts.items() if k != "loss"}, "lr": lr,
                               "logit_scale": out.logit_scale,
                               "samples_per_s": samples / max(1e-9, time.perf_counter() - start)})
-        if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
+        final = state.step == cfg.schedule.steps  # evaluated, then saved with its metrics, by _finish
+        if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0 and not final:
             path, saved_at = _save(run.ctx, cfg, run.wrapped, run.optimizer, run.scaler, state, run.metrics), \
                 state.step
-        if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and state.step < cfg.schedule.steps:
+        if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and not final:
             _evaluate(run, log)
     return path, saved_at, out
 
