@@ -3,6 +3,6 @@
 # evaluate it on the held-out split. Extra arguments go to `clipforge quickstart` (e.g. --steps 100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev
+bash scripts/setup.sh train,eval
 export HF_HUB_OFFLINE=1
 exec .venv/bin/clipforge quickstart "$@"

@@ -5,6 +5,8 @@ tags that need QuickGELU, so the pair count equals open_clip's ``list_pretrained
 """
 from __future__ import annotations
 
+import sys
+
 
 def add_arguments(parser):
     parser.add_argument("filter", nargs="?", default="", help="only architectures whose name contains this text")
@@ -33,7 +35,8 @@ def run(args) -> int:
     needle = args.filter.lower()
     archs = [a for a in zoo_names() if needle in a.lower()]
     if not archs:
-        print(f"no architecture name contains '{args.filter}' (try `clipforge models` for all of them)")
+        print(f"clipforge models: no architecture name contains '{args.filter}' (`clipforge models` lists all)",
+              file=sys.stderr)
         return 1
     if args.tags:
         for arch, tag in weights.list_pretrained():

@@ -52,6 +52,11 @@ def run(args) -> int:
     from clipforge.training.loop import train
     from clipforge.training.shapes import generate_shapes_dataset
 
+    for name in ("steps", "train_size", "val_size", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.batch_size > args.train_size:
+        raise ValueError(f"--batch-size {args.batch_size} is larger than --train-size {args.train_size}")
     start = time.perf_counter()
     data_dir = Path(args.workdir) / "data"
     info = generate_shapes_dataset(str(data_dir), n_train=args.train_size, n_val=args.val_size, image_size=64,

@@ -21,7 +21,7 @@ _ALLOWED = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """The pickle references something other than arrays, numbers, strings and bytes."""
 
 

@@ -126,3 +126,22 @@ def samples_of(url: str, counts: dict, open_url: Callable[[str], IO[bytes]]) -> 
         yield from iter_samples(stream, url, counts)
     finally:
         stream.close()
+
+
+def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Extract a downloaded archive (gzip/bzip2/xz tar) into ``destination``, refusing any member that would land
+    outside it (``../`` names, absolute paths, links pointing out) or is not a plain file or folder."""
+    destination = os.path.realpath(destination)
+    with tarfile.open(archive, mode="r:*") as tar:
+        members = tar.getmembers()
+        for member in members:
+            target = os.path.realpath(os.path.join(destination, member.name))
+            if os.path.commonpath([destination, target]) != destination:
+                raise ValueError(f"{archive}: member '{member.name}' would be written outside {destination}; "
+                                 "refusing to extract this archive")
+            if not (member.isfile() or member.isdir()):
+                raise ValueError(f"{archive}: member '{member.name}' is a link or device; refusing to extract")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(destination, members=members, filter="data")
+        else:  # Python without extraction filters: the checks above already vetted every member
+            tar.extractall(destination, members=members)

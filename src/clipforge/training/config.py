@@ -163,6 +163,10 @@ class TrainConfig:
     log: LogConfig = LogConfig()
     dist: DistConfig = DistConfig()
 
+    def __post_init__(self):
+        _check([(self.threads is None or self.threads >= 1,
+                 f"threads must be >= 1 (or null for automatic), got {self.threads}")])
+
 
 def load_config(spec: str | None, overrides: list[str] | None = None) -> TrainConfig:
     """``configs/tiny.py`` or ``configs/clip.py:arg`` (a Python file with ``get_config(arg)``), a resolved

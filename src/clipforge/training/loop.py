@@ -85,8 +85,6 @@ def validate(cfg: TrainConfig) -> None:
     if (cfg.loss.kind == "distill") != (cfg.model.teacher is not None):
         raise ConfigError("loss.kind=distill and model.teacher go together: set both (e.g. model.teacher="
                           "'ViT-L-14::openai') or neither")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError(f"threads must be >= 1 (or null for automatic), got {cfg.threads}")
 
 
 def build_teacher(cfg: TrainConfig, ctx: RunContext, student_image_size: int) -> Optional[torch.nn.Module]:
