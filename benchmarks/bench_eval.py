@@ -23,9 +23,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from clipforge.evaluation import datasets as ds  # noqa: E402
 from clipforge.evaluation import suites  # noqa: E402
-from clipforge.evaluation.benchmark import make_loader, wrap_model  # noqa: E402
-from clipforge.evaluation.retrieval import zero_shot_retrieval  # noqa: E402
-from clipforge.evaluation.zeroshot import zero_shot_classification  # noqa: E402
+from clipforge.evaluation.benchmark import BenchmarkConfig, evaluate, make_encoders  # noqa: E402
+
+
+def _evaluate(model, tokenizer, loaded, transform, args) -> dict:
+    """clipforge's metrics of one loaded dataset (encode once, every task it supports), prefix stripped."""
+    encoders = make_encoders(model, tokenizer, transform, "bench")
+    config = BenchmarkConfig(batch_size=args.batch_size, num_workers=args.workers)
+    prefix = loaded.name + "/"
+    return {k[len(prefix):]: v for k, v in evaluate(encoders, [loaded], config).items()}
 
 
 def build_model(arch: str, image_size: int):
@@ -87,9 +93,8 @@ def run_classification(model, tokenizer, root, image_size, args):
 
     def ours():
         loaded = ds.load_dataset(f"folder:{os.path.join(root, 'classes')}", "", transform=preprocess(image_size))
-        enc = wrap_model(model, tokenizer, preprocess(image_size), "bench")
-        loader = make_loader(loaded.dataset, args.batch_size, args.workers)
-        return zero_shot_classification(enc.encode_image, enc.encode_text, enc.tokenize, loader, names, templates)
+        loaded.classnames, loaded.templates = names, templates
+        return _evaluate(model, tokenizer, loaded, preprocess(image_size), args)
 
     return reference, ours, ("acc1", "acc5", "mean_per_class_recall")
 
@@ -111,9 +116,7 @@ def run_retrieval(model, tokenizer, root, image_size, args):
 
     def ours():
         loaded = ds.load_dataset("flickr8k", folder, transform=preprocess(image_size))
-        enc = wrap_model(model, tokenizer, preprocess(image_size), "bench")
-        loader = make_loader(loaded.dataset, args.batch_size, args.workers)
-        return zero_shot_retrieval(enc.encode_image, enc.encode_text, enc.tokenize, loader)
+        return _evaluate(model, tokenizer, loaded, preprocess(image_size), args)
 
     return reference, ours, ("image_retrieval_recall@5", "text_retrieval_recall@5")
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from clipforge.config import ConfigError, apply_overrides
-from clipforge.cpu import auto_threads, set_threads
+import os
+
+from clipforge.cpu import auto_threads, busy_cores, set_threads
 from clipforge.training.config import TrainConfig
 from clipforge.training.loop import train
 from clipforge.training.logging import read_records
@@ -114,10 +116,12 @@ def test_threads_are_set_and_chosen_safely(tmp_path, monkeypatch):
     before = torch.get_num_threads()
     try:
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
-        monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))
+        monkeypatch.setattr("clipforge.cpu.busy_cores", lambda: 64.0)
         assert auto_threads() == 1  # every core busy: one thread, not a spin-waiting pool
-        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+        monkeypatch.setattr("clipforge.cpu.busy_cores", lambda: 0.0)
         assert auto_threads() == before
+        monkeypatch.undo()
+        assert 0.0 <= busy_cores() <= os.cpu_count() + 0.5  # measured from /proc/stat
         with pytest.raises(ValueError, match="threads must be >= 1"):
             set_threads(0)
     finally:

@@ -43,7 +43,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         try:
-            image = self.read(self.samples[index]).convert("RGB")
+            image = self.read(self.samples[index])
+            if image.mode != "RGB":
+                image = image.convert("RGB")
         except ImageReadError:
             return None  # skipped and counted by collate_skipping
         if self.transform is not None:
