@@ -24,3 +24,12 @@ def test_collective_validation():
         Collective(rank=3, world_size=2)
     with pytest.raises(RuntimeError, match="init_process_group"):
         Collective(rank=0, world_size=2)
+
+
+def test_gradients_are_reduced_in_buckets():
+    """average_gradients flattens same-dtype gradients into buckets: a few all-reduces, not one per tensor."""
+    from clipforge.dist import _buckets
+    tensors = [torch.zeros(10), torch.zeros(10), torch.zeros(10, dtype=torch.float64), torch.zeros(100),
+               torch.zeros(5)]
+    groups = [[t.numel() for t in bucket] for bucket in _buckets(tensors, limit=100)]
+    assert groups == [[10, 10], [10], [100], [5]]  # split at the dtype change and at the size limit

@@ -126,3 +126,20 @@ def test_threads_are_set_and_chosen_safely(tmp_path, monkeypatch):
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_skipped_data_is_reported_at_the_end_of_the_run(tmp_path):
+    """Skips were reported only at epoch boundaries: a run ending mid-epoch said nothing. Missing files are named
+    as missing, not as corrupt."""
+    from PIL import Image
+    (tmp_path / "img").mkdir()
+    rows = ["filepath\ttitle"]
+    for i in range(16):
+        if i != 3:
+            Image.new("RGB", (32, 32), (i * 10, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png\tpicture {i}")
+    (tmp_path / "t.tsv").write_text("\n".join(rows) + "\n")
+    train(_tiny(tmp_path, **{"data.kind": "csv", "data.train": str(tmp_path / "t.tsv"), "data.num_samples": None,
+                             "schedule.steps": 2, "schedule.warmup_steps": 0}))  # the whole table
+    warnings = [r["warning"] for r in read_records(tmp_path / "run" / "metrics.jsonl") if "warning" in r]
+    assert any("data skipped over the run: 1 missing image files" in w for w in warnings)

@@ -24,6 +24,9 @@ from typing import Any, Iterator
 import torch
 
 FORMATS = ("safetensors", "torch", "torchscript")
+# What torch.load raises for truncated or corrupt files (a zip cut short: RuntimeError from its stream reader).
+DAMAGED_FILE_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+                       zipfile.BadZipFile, pickle.UnpicklingError)
 SECTION_KEY = "clipforge"  # the self-description training checkpoints carry (see models.hub_layout)
 logger = logging.getLogger("clipforge")
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -146,7 +149,7 @@ def _read_torch(path: Path) -> Any:
                 f"unpickle arbitrary objects. Re-save just the weights (torch.save(state_dict, ...)) or convert "
                 f"them to safetensors.") from None
         raise _corrupt(path, f"invalid torch pickle ({str(e).splitlines()[0]})") from None
-    except Exception as e:  # torch raises many kinds (RuntimeError, EOFError, ...) for a damaged file
+    except DAMAGED_FILE_ERRORS as e:  # what torch.load raises for a damaged file
         first_line = (str(e).splitlines() or [type(e).__name__])[0]
         raise _corrupt(path, f"torch.load failed ({first_line})") from None
 

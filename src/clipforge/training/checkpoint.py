@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from clipforge._atomic import torch_save_atomic
+from clipforge.models._checkpoint_file import DAMAGED_FILE_ERRORS
 
 _NAME = re.compile(r"^step_(\d+)(\.pt)?$")  # a file (full state) or a folder (FSDP2 shards, torch DCP)
 
@@ -101,7 +102,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file and the fix
+    except DAMAGED_FILE_ERRORS as e:
         raise ValueError(f"cannot read checkpoint '{path}' ({type(e).__name__}: {e}). It may be truncated; "
                          "delete it to resume from the previous one.") from None
 
