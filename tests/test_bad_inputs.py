@@ -27,6 +27,8 @@ def files(tmp_path_factory):
     (root / "a_file").write_text("x")
     (root / "full").mkdir()
     (root / "full" / "keep.txt").write_text("user data")
+    (root / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": model.state_dict()}, root / "run" / "checkpoints" / "step_00000001.pt")
     return root
 
 
@@ -53,6 +55,7 @@ def _cases(f):
         (["export-model", str(f / "nope"), "--out", str(out)], "does not exist", [out]),
         (["export-model", str(f / "empty_run"), "--out", str(out)], "neither a run folder", [out]),
         (["export-model", str(f / "empty_run"), "--out", str(f / "full")], "already exists and is not empty", []),
+        (["export-model", str(f / "run"), "--out", str(f), "--force"], "a folder holding it", []),
         (["benchmark", "--output", str(out)], "give at least one --model", [out]),
         (["benchmark", "--model", "tiny-vit", "--datasets", "cifar11", "--output", str(out)],
          "unknown dataset 'cifar11'", [out]),
@@ -137,6 +140,28 @@ def test_a_truncated_shard_in_the_benchmark_is_counted(tmp_path):
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     loaded = load_dataset(f"wds:{info['val']}")
     assert 20 <= len(loaded.dataset) < 40 and loaded.shard_errors == 1
+    readable = [loaded.dataset[i] for i in range(len(loaded.dataset))]  # the cut image is skipped, not raised
+    assert sum(item is None for item in readable) <= 1 and sum(item is not None for item in readable) >= 20
+
+
+def test_an_image_cut_by_a_truncated_shard_is_skipped(tmp_path):
+    import io
+    from PIL import Image
+    from clipforge.evaluation.datasets import load_dataset
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for i in range(3):
+            buffer = io.BytesIO()
+            Image.new("RGB", (64, 64), (i * 60, 0, 0)).save(buffer, format="PNG")
+            for ext, data in (("cls", b"0"), ("png", buffer.getvalue())):
+                info = tarfile.TarInfo(f"{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    data = (tmp_path / "s.tar").read_bytes()
+    (tmp_path / "s.tar").write_bytes(data[: data.rfind(b"IEND") - 40])  # inside the last image's bytes
+    (tmp_path / "classnames.txt").write_text("red\n")
+    loaded = load_dataset(f"wds:{tmp_path / 's.tar'}")
+    items = [loaded.dataset[i] for i in range(len(loaded.dataset))]
+    assert items[-1] is None and all(item is not None for item in items[:-1])
 
 
 def test_a_state_dict_saved_with_an_argparse_namespace_loads(tmp_path, caplog):

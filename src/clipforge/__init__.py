@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from clipforge._version import __version__
 
 # open_clip's public names, with open_clip's behaviour, plus clipforge's own
 _LAZY = {

@@ -138,8 +138,26 @@ def test_skipped_data_is_reported_at_the_end_of_the_run(tmp_path):
         if i != 3:
             Image.new("RGB", (32, 32), (i * 10, 0, 0)).save(tmp_path / "img" / f"{i}.png")
         rows.append(f"img/{i}.png\tpicture {i}")
+    rows.append("img/0.png\t")  # dropped once when the table is read; the missing file is met every epoch
     (tmp_path / "t.tsv").write_text("\n".join(rows) + "\n")
     train(_tiny(tmp_path, **{"data.kind": "csv", "data.train": str(tmp_path / "t.tsv"), "data.num_samples": None,
-                             "schedule.steps": 2, "schedule.warmup_steps": 0}))  # the whole table
+                             "schedule.steps": 4, "schedule.warmup_steps": 0}))  # two epochs
     warnings = [r["warning"] for r in read_records(tmp_path / "run" / "metrics.jsonl") if "warning" in r]
-    assert any("data skipped over the run: 1 missing image files" in w for w in warnings)
+    assert any("data skipped over the run: 2 missing image files, 1 samples without an image or caption" in w
+               for w in warnings), warnings
+
+
+def test_starting_fresh_over_an_earlier_run_is_refused(tmp_path):
+    """checkpoint.resume=null in a folder with checkpoints: pruning would keep the old run's higher steps."""
+    train(_tiny(tmp_path))
+    with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
+        train(_tiny(tmp_path, **{"checkpoint.resume": None, "schedule.steps": 4}))
+    assert _steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_failing_final_evaluation_loses_no_training(tmp_path):
+    with pytest.raises(_Stop):
+        train(_tiny(tmp_path, **{"checkpoint.every_steps": 0}), evaluate=_crash)
+    assert (tmp_path / "run" / "checkpoints" / "step_00000006.pt").is_file()
+    again = train(_tiny(tmp_path, **{"checkpoint.every_steps": 0}))
+    assert again.already_complete and again.steps == 6

@@ -25,6 +25,7 @@ from clipforge.evaluation.zeroshot import build_classifier, classify
 from clipforge.precision import get_precision
 from clipforge.progress import progress
 
+CACHE_FORMAT = "indices-v2"  # cached targets are dataset indices (older caches held labels: never reuse them)
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "statistics")
 _TASKS_OF = {"classification": ("zeroshot_classification", "linear_probe"), "retrieval": ("zeroshot_retrieval",)}
 
@@ -74,7 +75,7 @@ def _encode(encoders: Encoders, loaded: ds.LoadedDataset, split: str, config: Be
     path = None
     if config.cache_dir:
         key = cache_key(encoders.model_id, loaded.name, split, encoders.transform_id, len(loaded.dataset),
-                        loaded.source)
+                        loaded.source, CACHE_FORMAT)
         path = os.path.join(config.cache_dir, key + ".pt")
 
     def compute():
@@ -179,12 +180,30 @@ def isolated_resource_usage(spec: str, device: str = "cpu", precision: str = "fp
     child = ctx.Process(target=_measure_in_child, args=(spec, device, precision, queue), daemon=True)
     child.start()
     try:
-        status, value = queue.get(timeout=3600)
+        status, value = _wait_for(child, queue)
     finally:
+        if child.is_alive():
+            child.terminate()
         child.join(timeout=60)
     if status != "ok":
         raise RuntimeError(f"measuring the statistics of '{spec}' failed: {value}")
     return value
+
+
+def _wait_for(child, queue, timeout: float = 3600.0) -> tuple[str, object]:
+    """The child's report; a child that dies (killed for memory, crashed) is reported at once, not after the
+    timeout."""
+    import queue as queues
+
+    waited = 0.0
+    while waited < timeout:
+        try:
+            return queue.get(timeout=1.0)
+        except queues.Empty:
+            waited += 1.0
+            if not child.is_alive():
+                return "error", f"the measuring process ended with exit code {child.exitcode} without a result"
+    return "error", f"no result after {timeout:.0f} s"
 
 
 def benchmark_model(load: Callable[[], Encoders], config: BenchmarkConfig, quiet: bool = False,

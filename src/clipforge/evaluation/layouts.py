@@ -31,7 +31,7 @@ from PIL import Image
 
 from clipforge.data import shards as shard_lists
 from clipforge.data import tar as tars
-from clipforge.data.images import read_image
+from clipforge.data.images import ImageReadError, read_image
 from clipforge.data.pickles import load_data_pickle
 from clipforge.data.tables import read_table
 from clipforge.evaluation import suites
@@ -88,7 +88,10 @@ class ReadBytes:
     """Decodes a sample held as bytes or as a ``(tar path, offset, size)`` location in a shard."""
 
     def __call__(self, sample) -> Image.Image:
-        data = sample if isinstance(sample, (bytes, bytearray)) else tars.read_location(sample)
+        try:
+            data = sample if isinstance(sample, (bytes, bytearray)) else tars.read_location(sample)
+        except OSError as e:  # a shard truncated inside this image's bytes: skipped and counted like bad bytes
+            raise ImageReadError("undecodable", str(e)) from None
         return read_image(data)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 
 from clipforge._atomic import atomic_path
+from clipforge._version import __version__
 from clipforge.config import ConfigError, from_dict, to_dict
 from clipforge.models import convert_config
 from clipforge.models.config import ClipConfig
@@ -62,8 +63,6 @@ def read_json(path: str | os.PathLike) -> dict:
 
 def clipforge_section(config: ClipConfig, arch: str | None, overrides: Mapping[str, Any] | None) -> dict:
     """The ``clipforge`` section written into open_clip_config.json and into training checkpoints."""
-    from clipforge import __version__
-
     return {"arch": arch, "overrides": dict(overrides or {}), "model_config": to_dict(config),
             "version": __version__}
 

@@ -86,9 +86,15 @@ def save_sharded(directory: Path, step: int, shards: dict[str, Any], meta: dict[
 def load_sharded(path: Path, shards: dict[str, Any]) -> dict[str, Any]:
     """Fill ``shards`` (this rank's state-dict templates) in place from a sharded checkpoint; return its meta."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
-    dcp.load(shards, checkpoint_id=str(path))
-    return load_checkpoint(path / "meta.pt")
+    meta = load_checkpoint(path / "meta.pt")  # a damaged folder fails here first, as a ValueError
+    try:
+        dcp.load(shards, checkpoint_id=str(path))
+    except (CheckpointException, OSError, RuntimeError) as e:
+        raise ValueError(f"cannot read sharded checkpoint '{path}' ({type(e).__name__}); it may be incomplete: "
+                         "delete it to resume from the previous one") from None
+    return meta
 
 
 def latest_checkpoint(directory: Path) -> Optional[Path]:

@@ -198,7 +198,8 @@ def _run_config_file(file: Path, arg: str | None) -> TrainConfig:
 
 
 # Fields a resumed run may change without changing what it computes; others need checkpoint.allow_config_change.
-RESUMABLE_CHANGES = ("workdir", "threads", "schedule.steps", "checkpoint.", "log.", "eval.", "data.workers")
+# (data.workers is not one: WebDataset shards are split over workers, so another count changes the sample order)
+RESUMABLE_CHANGES = ("workdir", "threads", "schedule.steps", "checkpoint.", "log.", "eval.")
 
 
 def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -103,6 +103,10 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False, ar
         raise ExportError(f"{out} already exists and is not empty: choose another --out or pass --force to "
                           "replace it")
     checkpoint = find_checkpoint(source)
+    resolved_out, resolved_source = out.resolve(), Path(source).expanduser().resolve()
+    if resolved_out == resolved_source or resolved_out in resolved_source.parents:
+        raise ExportError(f"--out {out} is the source or a folder holding it: choose another folder (the export "
+                          "would replace the run it reads)")
     model = load_checkpoint_model(checkpoint, arch)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))

@@ -43,6 +43,15 @@ def last_value(path: Path, key: str) -> float:
     return float(values[-1]) if values else math.nan
 
 
+def last_evaluation(path: Path) -> dict[str, float]:
+    """The metrics of the last evaluation record, without the ``eval/`` prefix (empty when none)."""
+    for record in reversed(read_records(path)):
+        values = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")}
+        if values:
+            return values
+    return {}
+
+
 def _truncate_after(path: Path, step: int) -> None:
     """Keep only records up to ``step`` (a resumed run re-logs the steps after its checkpoint)."""
     if not path.is_file():

@@ -2,7 +2,8 @@
 
 ``train(config)`` is what ``clipforge train`` and ``python -m clipforge.train`` (under torchrun) call, and what the
 tests call. Phases: validate -> context -> model -> data, evaluation sets -> resume (refusing a changed run) ->
-write the run folder -> loop -> final checkpoint, evaluation and model folder (``WORKDIR/model``).
+write the run folder -> loop -> final checkpoint (first: an evaluation error loses no training), final evaluation
+and model folder (``WORKDIR/model``).
 
 Nothing is written to the run folder until every input has been checked (model, data, evaluation sets, resume).
 """
@@ -34,7 +35,7 @@ from clipforge.training.config import RESUMABLE_CHANGES, TrainConfig, changed_fi
 from clipforge.training.data import DataStats, create_train_loader
 from clipforge.training.evaluate import create_evaluator
 from clipforge.training.launch import DistributedModel, RunContext, barrier, distribute_model, init_run, shutdown
-from clipforge.training.logging import METRICS_FILE, MetricsLogger, last_value
+from clipforge.training.logging import METRICS_FILE, MetricsLogger, last_evaluation, last_value
 from clipforge.training.optim import create_optimizer, set_lr
 from clipforge.training.step import train_step, unwrap
 from clipforge.transforms import create_train_transform
@@ -165,6 +166,10 @@ def _load_resume_point(cfg: TrainConfig, ctx: RunContext, wrapped, optimizer) ->
     """The checkpoint to resume from with its payload; a damaged latest checkpoint falls back to the previous one."""
     target = cfg.checkpoint.resume
     if target is None:
+        if ckpt.list_checkpoints(ctx.workdir / "checkpoints"):
+            raise ConfigError(f"{ctx.workdir / 'checkpoints'} holds checkpoints of an earlier run and "
+                              "checkpoint.resume is null (start fresh): use another workdir, move them away, or "
+                              "resume with checkpoint.resume=auto")
         return None, None, None
     if target != "auto":
         path = Path(target)
@@ -173,6 +178,8 @@ def _load_resume_point(cfg: TrainConfig, ctx: RunContext, wrapped, optimizer) ->
     for path in reversed(candidates):
         try:
             return (path, *_read_checkpoint(path, wrapped, optimizer))
+        except ConfigError:
+            raise  # not damage: a checkpoint this run cannot take as it is configured
         except ValueError as e:
             logger.warning("checkpoint %s cannot be read (%s); falling back to the previous one", path,
                            str(e).splitlines()[0])
@@ -184,6 +191,10 @@ def _load_resume_point(cfg: TrainConfig, ctx: RunContext, wrapped, optimizer) ->
 
 def _check_config_change(cfg: TrainConfig, payload: dict, path: Path) -> list[str]:
     """The fields that differ from the checkpoint's config; raises for changes that alter the run unless allowed."""
+    if SECTION_KEY not in payload and cfg.optim.precision in ("bf16", "fp16"):
+        raise ConfigError(f"{path} was written by a clipforge in which optim.precision={cfg.optim.precision} meant "
+                          f"{cfg.optim.precision} autocast; it now means {cfg.optim.precision} weights. Resume with "
+                          f"--set optim.precision=amp_bf16 (or amp) and checkpoint.allow_config_change=true")
     changed = changed_fields(payload.get("config", {}), json.loads(config_to_json(cfg)))
     blocking = [f for f in changed if not any(f == p or (p.endswith(".") and f.startswith(p))
                                               for p in RESUMABLE_CHANGES)]
@@ -259,15 +270,18 @@ class _Batches:
             if batch is not None:
                 images, tokens = batch
                 return images.to(self.ctx.device, non_blocking=True), tokens.to(self.ctx.device, non_blocking=True)
-            self.done.add(self.loader.stats.as_dict())
+            initial = self.loader.initial.as_dict()
+            self.done.add({k: v - initial[k] for k, v in self.loader.stats.as_dict().items()})
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
             self.loader, self._it = self._loader(), None
 
     def stats(self) -> DataStats:
+        """Skips of every epoch so far; what loading the source dropped (empty CSV rows) counts once."""
         total = DataStats()
         total.add(self.done.as_dict())
-        total.add(self.loader.stats.as_dict())
+        total.add({k: v - self.loader.initial.as_dict()[k] for k, v in self.loader.stats.as_dict().items()})
+        total.add(self.loader.initial.as_dict())
         return total
 
 
@@ -378,10 +392,10 @@ def _loop(run: _Run, log: MetricsLogger, last_step: int) -> tuple[Optional[Path]
 def _finish(run: _Run, log: MetricsLogger, path, saved_at) -> tuple[Optional[Path], Optional[Path]]:
     """Final evaluation, checkpoint and model folder: (checkpoint, model folder or None)."""
     complete = run.state.step == run.cfg.schedule.steps
+    if saved_at != run.state.step:  # saved before the final evaluation: an evaluation error loses no training
+        path = _save(run.ctx, run.cfg, run.wrapped, run.optimizer, run.scaler, run.state, run.metrics)
     if complete:
         _evaluate(run, log)
-    if saved_at != run.state.step:
-        path = _save(run.ctx, run.cfg, run.wrapped, run.optimizer, run.scaler, run.state, run.metrics)
     stats = run.batches.stats()
     if stats.skipped or stats.shard_errors:
         log.warn(f"data skipped over the run: {stats.summary()}")
@@ -401,6 +415,7 @@ def _already_complete(run: _Run) -> RunResult:
     path = ckpt.latest_checkpoint(run.ctx.workdir / "checkpoints")
     model_dir = run.ctx.workdir / "model"
     final = last_value(run.ctx.workdir / METRICS_FILE, "loss")
+    run.metrics = last_evaluation(run.ctx.workdir / METRICS_FILE) or run.metrics
     if run.ctx.is_main:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(run.metrics.items())) or "no evaluation sets"
         logger.info("the run in %s is complete (%d steps); final metrics: %s", run.ctx.workdir, run.state.step, shown)

@@ -10,6 +10,7 @@ the same seed, epoch, rank and world size):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -38,6 +39,7 @@ class TrainLoader:
 
     def __init__(self, loader: DataLoader, plan: EpochPlan, kind: str, workers: int, initial: DataStats):
         self._loader, self.plan, self.kind, self.workers = loader, plan, kind, workers
+        self.initial = dataclasses.replace(initial)  # found while loading the source (e.g. empty CSV rows)
         self.stats = initial
         self.next_batch = plan.start_batch
 
