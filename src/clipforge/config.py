@@ -130,6 +130,19 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def dotted_differences(old: Mapping[str, Any], new: Mapping[str, Any], _prefix: str = "") -> dict[str, Any]:
+    """``{"vision.image_size": 64, ...}``: every leaf where two nested dicts (e.g. ``to_dict`` of two configs)
+    differ, with ``new``'s value, in sorted key order."""
+    out: dict[str, Any] = {}
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.update(dotted_differences(a, b, f"{_prefix}{key}."))
+        elif a != b:
+            out[f"{_prefix}{key}"] = b
+    return out
+
+
 def parse_value(text: str) -> Any:
     """Parse the right side of ``key=value``: a Python/JSON literal, else the raw string."""
     lowered = text.strip()

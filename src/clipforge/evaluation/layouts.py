@@ -168,13 +168,14 @@ def read_imagefolder(root: str, split: str) -> Found | None:
                 paths.append(os.path.join(base, folder, name))
                 labels.append(label)
     names, templates = side_files(root)
-    if names is None:
+    from_folders = names is None
+    if from_folders:
         names = None if numeric else [f.replace("_", " ") for f in folders]
     elif not numeric and len(names) != len(folders):
         raise ValueError(f"{os.path.join(root, 'classnames.txt')} lists {len(names)} class names but {base} has "
                          f"{len(folders)} class folders: give one name per folder, in sorted folder order")
     return Found(paths, OpenFile(), labels=torch.tensor(labels, dtype=torch.long), classnames=names,
-                 templates=templates, names_from_folders=side_files(root)[0] is None)
+                 templates=templates, names_from_folders=from_folders)
 
 
 # ---------------------------------------------------------------------------------------------- VOC 2007

@@ -25,7 +25,6 @@ from clipforge.models.hub_layout import CLIPFORGE_SECTION, DeclaredModel, clipfo
 from clipforge.models.loading import ModelLoadError, dotted_diff, load_weights
 from clipforge.models.resolve import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, LocalWeights, resolve_weights
 from clipforge.models import weights as weights_table
-from clipforge.models.weights import split_model_tag
 from clipforge.precision import get_precision
 from clipforge.transforms import (AugmentConfig, PreprocessConfig, create_eval_transform, create_train_transform,
                                   resolve_preprocess)
@@ -60,7 +59,7 @@ def parse_model_spec(model_name: str, pretrained: str | None = None) -> ModelSpe
             raise ModelLoadError(f"'{name}' already names its weights; do not also pass pretrained={pretrained!r}")
         return ModelSpec(arch=None, pretrained=name)
     try:
-        arch, tag = split_model_tag(name)
+        arch, tag = weights_table.split_model_tag(name)
     except ValueError as e:
         raise ModelLoadError(str(e)) from None
     if tag is not None:
@@ -206,14 +205,10 @@ def describe_model(model_name: str, cache_dir=None, local_files_only: bool = Fal
     return local.declared.config, local
 
 
-def _config_of(model_name: str, cache_dir=None, local_files_only: bool = False) -> ClipConfig:
-    return describe_model(model_name, cache_dir, local_files_only)[0]
-
-
 def get_tokenizer(model_name: str, context_length: int | None = None, *, cache_dir: str | Path | None = None,
                   local_files_only: bool = False, **kwargs):
     """The tokenizer a model's weights need: CLIP BPE, or the hub tokenizer of SigLIP weights."""
-    config = _config_of(model_name, cache_dir, local_files_only)
+    config, _ = describe_model(model_name, cache_dir, local_files_only)
     return tokenizer_for_config(config, context_length, cache_dir=cache_dir, local_files_only=local_files_only,
                                 **kwargs)
 
@@ -231,7 +226,7 @@ def get_model_config(model_name: str) -> dict | None:
     """open_clip's ``get_model_config``: the architecture as open_clip's ``model_cfg`` dict, or None for an unknown
     name. (clipforge's own config object is ``clipforge.models.registry.get_architecture``.)"""
     try:
-        config = _config_of(model_name)
+        config, _ = describe_model(model_name)
     except (ValueError, FileNotFoundError):
         return None
     try:

@@ -25,6 +25,7 @@ from clipforge._version import __version__
 from clipforge.config import ConfigError, from_dict, to_dict
 from clipforge.models import convert_config
 from clipforge.models.config import ClipConfig
+from clipforge.models.registry import QUICK_GELU_OVERRIDES
 from clipforge.transforms import PreprocessConfig
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -33,7 +34,6 @@ HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HF_PREPROCESSOR = "preprocessor_config.json"
 CLIPFORGE_SECTION = "clipforge"
-QUICK_GELU_OVERRIDES = {"vision.act": "quick_gelu", "text.act": "quick_gelu"}
 _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # transformers stores PIL resample codes
 
 

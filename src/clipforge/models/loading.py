@@ -12,7 +12,7 @@ from typing import Mapping
 
 import torch
 
-from clipforge.config import to_dict
+from clipforge.config import dotted_differences, to_dict
 from clipforge.models import convert, registry
 from clipforge.models.config import ClipConfig
 
@@ -102,14 +102,4 @@ def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
 
 def dotted_diff(base: ClipConfig, other: ClipConfig) -> dict:
     """``{"vision.image_size": 64, ...}``: the fields where ``other`` differs from ``base``."""
-    out = {}
-
-    def walk(a, b, prefix):
-        for key in sorted(set(a) | set(b)):
-            va, vb = a.get(key), b.get(key)
-            if isinstance(va, dict) and isinstance(vb, dict):
-                walk(va, vb, f"{prefix}{key}.")
-            elif va != vb:
-                out[f"{prefix}{key}"] = vb
-    walk(to_dict(base), to_dict(other), "")
-    return out
+    return dotted_differences(to_dict(base), to_dict(other))

@@ -18,6 +18,7 @@ from clipforge.models.config import ClipConfig
 
 PRESET_DIR = pathlib.Path(__file__).resolve().parent / "presets"
 QUICKGELU_SUFFIX = "-quickgelu"
+QUICK_GELU_OVERRIDES = {"vision.act": "quick_gelu", "text.act": "quick_gelu"}  # what -quickgelu and OpenAI tags need
 
 
 class UnknownModelError(ValueError):
@@ -110,5 +111,5 @@ def get_architecture(name: str) -> ClipConfig:
     base = name[:-len(QUICKGELU_SUFFIX)] if quick_gelu else name
     config = _load(_resolve_name(base))
     if quick_gelu:
-        config = apply_overrides(config, {"vision.act": "quick_gelu", "text.act": "quick_gelu"})
+        config = apply_overrides(config, QUICK_GELU_OVERRIDES)
     return config

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 
-from clipforge.models.hub_layout import QUICK_GELU_OVERRIDES
+from clipforge.models.registry import QUICK_GELU_OVERRIDES
 from clipforge.transforms import PreprocessConfig
 
 __all__ = [

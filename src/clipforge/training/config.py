@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from clipforge.config import ConfigError, apply_overrides, from_dict, to_dict
+from clipforge.config import ConfigError, apply_overrides, dotted_differences, from_dict, to_dict
 from clipforge.losses.config import LossConfig
 from clipforge.precision import get_precision
 from clipforge.training.data import DataConfig
@@ -202,16 +202,9 @@ def _run_config_file(file: Path, arg: str | None) -> TrainConfig:
 RESUMABLE_CHANGES = ("workdir", "threads", "schedule.steps", "checkpoint.", "log.", "eval.")
 
 
-def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+def changed_fields(old: dict, new: dict) -> list[str]:
     """Dotted paths where two config dicts differ."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += changed_fields(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}")
-    return out
+    return list(dotted_differences(old, new))
 
 
 def config_to_json(config: TrainConfig) -> str:

@@ -22,19 +22,26 @@ logger = logging.getLogger("clipforge")
 METRICS_FILE = "metrics.jsonl"
 
 
+def _parse(text: str) -> tuple[list[dict], int]:
+    """(records, lines that are not JSON objects, e.g. cut by a crash)."""
+    out, bad = [], 0
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            out.append(record)
+        else:
+            bad += 1
+    return out, bad
+
+
 def read_records(path: Path) -> list[dict]:
     """The records of a metrics file (lines that are not JSON objects, e.g. cut by a crash, are skipped)."""
     if not path.is_file():
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
+    return _parse(path.read_text(encoding="utf-8", errors="replace"))[0]
 
 
 def last_value(path: Path, key: str) -> float:
@@ -56,9 +63,9 @@ def _truncate_after(path: Path, step: int) -> None:
     """Keep only records up to ``step`` (a resumed run re-logs the steps after its checkpoint)."""
     if not path.is_file():
         return
-    records = read_records(path)
+    records, bad = _parse(path.read_text(encoding="utf-8", errors="replace"))
     kept = [r for r in records if not isinstance(r.get("step"), int) or r["step"] <= step]
-    if len(kept) != len(records) or path.read_text(encoding="utf-8", errors="replace").count("\n") != len(records):
+    if bad or len(kept) != len(records):
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
