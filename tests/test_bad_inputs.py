@@ -65,6 +65,13 @@ def _cases(f):
          "unknown precision 'fp8'", [out]),
         (["benchmark", "--model", "tiny-vit", "--set", "ties='random'", "--output", str(out)],
          "'random' is not one of ['reference', 'pessimistic']", [out]),
+        (["export", "ViT-B-99", "--out", str(out)], "ViT-B-99", [out]),
+        (["export", "tiny-vit", "--out", str(f / "full")], "already exists and is not empty", []),
+        (["export", "tiny-vit", "--out", str(f / "a_file" / "bundle")], "is a file, not a folder", []),
+        (["export", "tiny-vit", "--out", str(out), "--int8", "static"], "needs calibration images", [out]),
+        (["export", "tiny-vit", "--out", str(out), "--opset", "3"], "opset must be between 9 and 23", [out]),
+        (["export", "tiny-vit", "--out", str(out), "--int8", "static", "--calibration", str(f / "nope")],
+         "calibration folder", [out]),
         (["plot", str(f / "nope")], "nope", []),
         (["quickstart", "--workdir", str(out), "--steps", "0"], "--steps must be >= 1", [out]),
     ]

@@ -17,6 +17,9 @@ Where open_clip's result is silently wrong or it crashes, clipforge does the cor
 Every transform is a small top-level class (no lambdas), so transforms pickle into DataLoader workers
 started with ``spawn``. All randomness comes from torch's global generator, which DataLoader seeds per
 worker, so a run is reproducible under ``torch.manual_seed``.
+
+torch and torchvision are imported on first use: ``create_eval_array_transform`` (the same numbers as a float32
+numpy array) runs without them, for the ONNX runtime.
 """
 from __future__ import annotations
 
@@ -25,14 +28,14 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
-import torch
 from PIL import Image
 
 from clipforge.config import ConfigError, apply_overrides, to_dict
 
 __all__ = [
     "OPENAI_MEAN", "OPENAI_STD", "PreprocessConfig", "AugmentConfig", "PreprocessMismatchError",
-    "resolve_preprocess", "create_eval_transform", "create_train_transform", "prepare_mode",
+    "resolve_preprocess", "create_eval_transform", "create_eval_array_transform", "create_train_transform",
+    "prepare_mode",
 ]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -275,10 +278,16 @@ def prepare_mode(img: Image.Image) -> Image.Image:
     return img
 
 
+def _is_uint8_chw_tensor(img: Any) -> bool:
+    """A torch uint8 (C, H, W) tensor, recognised without importing torch."""
+    return (type(img).__module__.startswith("torch") and str(getattr(img, "dtype", "")) == "torch.uint8"
+            and img.ndim == 3 and img.shape[0] in (1, 3))
+
+
 def _as_pil(img: Any) -> Image.Image:
     if isinstance(img, Image.Image):
         return img
-    if isinstance(img, torch.Tensor) and img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] in (1, 3):
+    if _is_uint8_chw_tensor(img):
         img = img.permute(1, 2, 0).numpy()  # (C,H,W) -> (H,W,C)
     if isinstance(img, np.ndarray) and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[-1] in (1, 3, 4)):
         return Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
@@ -400,31 +409,42 @@ class RandomResizedCrop:
 # ---------------------------------------------------------------- tensors
 
 
-class ToNormalizedTensor:
-    """RGB PIL image -> float32 (3, H, W) tensor ``(pixel / 255 - mean) / std``.
+class ToNormalizedArray:
+    """RGB PIL image -> float32 (3, H, W) numpy array ``(pixel / 255 - mean) / std``.
 
     The 256 possible values per channel are computed once, with the same float32 operations as
-    torchvision's ``ToTensor`` + ``Normalize``, so a table lookup gives identical numbers faster.
+    torchvision's ``ToTensor`` + ``Normalize`` (IEEE float32 division and subtraction round the same in numpy and
+    torch), so a table lookup gives identical numbers faster.
     """
 
     def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]):
         self.mean = tuple(mean)
         self.std = tuple(std)
-        levels = torch.arange(256, dtype=torch.float32).div(255)
-        mean_t = torch.tensor(self.mean, dtype=torch.float32)[:, None]
-        std_t = torch.tensor(self.std, dtype=torch.float32)[:, None]
-        self.table = levels[None, :].sub(mean_t).div(std_t)  # (3, 256)
+        levels = np.arange(256, dtype=np.float32) / np.float32(255)
+        mean_a = np.asarray(self.mean, dtype=np.float32)[:, None]
+        std_a = np.asarray(self.std, dtype=np.float32)[:, None]
+        self.table = (levels[None, :] - mean_a) / std_a  # (3, 256) float32
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image) -> np.ndarray:
         if img.mode != "RGB":
-            raise ValueError(f"ToNormalizedTensor expects an RGB image, got mode {img.mode!r}")
-        width, height = img.size
-        pixels = torch.from_numpy(np.array(img))  # (H, W, 3) uint8; a writable copy
-        index = pixels.permute(2, 0, 1).reshape(3, height * width).long()  # (3, H*W)
-        return torch.gather(self.table, 1, index).view(3, height, width)
+            raise ValueError(f"{type(self).__name__} expects an RGB image, got mode {img.mode!r}")
+        pixels = np.asarray(img)  # (H, W, 3) uint8
+        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+        for channel in range(3):
+            np.take(self.table[channel], pixels[..., channel], out=out[channel])
+        return out
 
     def __repr__(self):
-        return f"ToNormalizedTensor(mean={self.mean}, std={self.std})"
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+
+
+class ToNormalizedTensor(ToNormalizedArray):
+    """``ToNormalizedArray`` as a torch tensor."""
+
+    def __call__(self, img: Image.Image):
+        import torch
+
+        return torch.from_numpy(super().__call__(img))
 
 
 class RandomErasing:
@@ -437,7 +457,9 @@ class RandomErasing:
         self.prob = prob
         self.count = count
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x):
+        import torch
+
         if torch.rand(1).item() >= self.prob:
             return x
         x = x.clone()
@@ -460,14 +482,37 @@ def _check_type(value: Any, cls: type, name: str) -> Any:
     return value
 
 
-def create_eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
-    """Deterministic preprocessing: resize, RGB, center crop (or pad), normalize -> (3, H, W)."""
+def _eval_geometry(cfg: PreprocessConfig) -> list[Callable]:
     _check_type(cfg, PreprocessConfig, "cfg")
     steps: list[Callable] = [PrepareMode(), Resize(cfg.size_hw, cfg.resize_mode, cfg.interpolation), ToRGB()]
     if cfg.resize_mode != "squash":
         steps.append(CenterCropOrPad(cfg.size_hw, fill=cfg.fill_color))
-    steps.append(ToNormalizedTensor(cfg.mean, cfg.std))
-    return _tvt().Compose(steps)
+    return steps
+
+
+def create_eval_transform(cfg: PreprocessConfig):
+    """Deterministic preprocessing: resize, RGB, center crop (or pad), normalize -> (3, H, W) tensor."""
+    return _tvt().Compose([*_eval_geometry(cfg), ToNormalizedTensor(cfg.mean, cfg.std)])
+
+
+class ArrayPipeline:
+    """Steps applied in order, without torchvision (``create_eval_array_transform``)."""
+
+    def __init__(self, steps: list[Callable]):
+        self.steps = steps
+
+    def __call__(self, img):
+        for step in self.steps:
+            img = step(img)
+        return img
+
+    def __repr__(self):
+        return "ArrayPipeline(" + ", ".join(map(repr, self.steps)) + ")"
+
+
+def create_eval_array_transform(cfg: PreprocessConfig) -> ArrayPipeline:
+    """``create_eval_transform``'s numbers as a float32 (3, H, W) numpy array, without torch or torchvision."""
+    return ArrayPipeline([*_eval_geometry(cfg), ToNormalizedArray(cfg.mean, cfg.std)])
 
 
 def _augment_steps(aug: AugmentConfig) -> list[Callable]:
@@ -487,8 +532,7 @@ def _augment_steps(aug: AugmentConfig) -> list[Callable]:
     return steps
 
 
-def create_train_transform(cfg: PreprocessConfig, aug: AugmentConfig | None = None
-                           ) -> Callable[[Image.Image], torch.Tensor]:
+def create_train_transform(cfg: PreprocessConfig, aug: AugmentConfig | None = None):
     """Training preprocessing: random resized crop, RGB, augmentations, normalize, random erasing.
 
     With the default ``AugmentConfig`` the output equals open_clip's training transform under the same

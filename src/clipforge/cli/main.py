@@ -22,6 +22,8 @@ VERBS = {
     "train": ("clipforge.cli.train", "train or fine-tune a model from a run config (torchrun: -m clipforge.train)"),
     "export-model": ("clipforge.cli.export_model",
                      "write a run's (or checkpoint's) model as a hub folder for create_model, open_clip, the hub"),
+    "export": ("clipforge.cli.export",
+               "write an ONNX bundle (image + text graphs, manifest; int8/fp16 variants measured) for ONNX Runtime"),
     "benchmark": ("clipforge.cli.benchmark", "zero-shot classification/retrieval, linear probe, resource tables"),
     "plot": ("clipforge.cli.plot", "PNG curves of training runs (loss, lr, throughput, evaluation metrics)"),
     "quickstart": ("clipforge.cli.quickstart", "offline demo: make a dataset, train a tiny CLIP, evaluate it"),

@@ -29,7 +29,6 @@ from itertools import accumulate, chain, repeat
 
 import numpy as np
 import regex
-import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from clipforge.tokenizer._idtable import IdTable
@@ -296,8 +295,14 @@ class ClipTokenizer:
             raise TypeError(f"encode takes one str, got {type(text).__name__}; use encode_batch for a list")
         return self.encode_batch([text])[0]
 
-    def __call__(self, texts, context_length: int | None = None) -> torch.Tensor:
+    def __call__(self, texts, context_length: int | None = None):
         """``(N, context_length)`` LongTensor: sot, ids, eot, zero padding; eot stays last when truncated."""
+        import torch  # imported here so that the torch-free runtime can use ``numpy``
+
+        return torch.from_numpy(self.numpy(texts, context_length))
+
+    def numpy(self, texts, context_length: int | None = None) -> np.ndarray:
+        """The same ids as ``__call__``, as an int64 numpy array."""
         texts = as_text_list(texts)
         if context_length is None:
             context_length = self.context_length
@@ -305,14 +310,14 @@ class ClipTokenizer:
         if self._reduce is not None:
             return self._reduce(texts, context_length, self.sot_token_id, self.eot_token_id, self.encode_batch)
         with _gc_paused():
-            return torch.from_numpy(self._encode_packed(texts, context_length))
+            return self._encode_packed(texts, context_length)
 
     def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids: texts that clean by whitespace and case alone go through the batched stream path, the
         others (ftfy repairs, HTML entities, canonicalize mode) through the per-text path."""
         if self.clean_mode not in BULK_MODES:
             rows = self._encode_batch(texts)
-            return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
+            return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
         fast = fast_path_flags(texts)
         if all(fast):
             return self._encode_stream(texts, context_length)
@@ -320,7 +325,7 @@ class ClipTokenizer:
         out = self._encode_stream([text if ok else "" for text, ok in zip(texts, fast)], context_length)
         slow_index = [i for i, ok in enumerate(fast) if not ok]
         rows = self._encode_batch([texts[i] for i in slow_index])
-        out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id).numpy()
+        out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
         return out
 
     def _learn_stream(self, new: set[str]) -> None:
@@ -357,7 +362,7 @@ class ClipTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of a 1-D id sequence. With ``skip_special_tokens`` it returns the cleaned words between sot and
         eot (padding dropped); without, every id is rendered, as open_clip's ``decode`` does."""
-        if isinstance(ids, torch.Tensor):
+        if hasattr(ids, "dim"):  # a torch tensor
             if ids.dim() != 1:
                 raise ValueError(f"decode takes one sequence of ids (1-D), got shape {tuple(ids.shape)}; "
                                  "decode rows one by one: [tok.decode(row) for row in tokens]")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-import torch
+import numpy as np
 from tokenizers import Tokenizer
 
 from clipforge.tokenizer._inputs import as_text_list, check_context_length
@@ -133,17 +133,23 @@ class HFTokenizer:
                                        direction=self.padding_side)
         self._length = length
 
-    def __call__(self, texts, context_length: int | None = None) -> torch.Tensor:
+    def __call__(self, texts, context_length: int | None = None):
         """``(N, context_length)`` LongTensor of ids with the tokenizer's own special tokens, padded."""
+        import torch  # imported here so that the torch-free runtime can use ``numpy``
+
+        return torch.from_numpy(self.numpy(texts, context_length))
+
+    def numpy(self, texts, context_length: int | None = None) -> np.ndarray:
+        """The same ids as ``__call__``, as an int64 numpy array."""
         texts = [self._clean(text) for text in as_text_list(texts)]
         if context_length is None:
             context_length = self.context_length
         check_context_length(context_length, self.max_context_length)
         self._set_length(context_length)
         encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=True)
-        tokens = torch.tensor([e.ids for e in encodings], dtype=torch.long).view(len(texts), context_length)
+        tokens = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), context_length)
         if self.strip_sep_token:
-            tokens = tokens.masked_fill(tokens == self.sep_token_id, 0)
+            tokens[tokens == self.sep_token_id] = 0
         return tokens
 
     def encode(self, text: str) -> list[int]:
@@ -157,7 +163,7 @@ class HFTokenizer:
         return self._tokenizer.encode(self._clean(text), add_special_tokens=False).ids
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        if isinstance(ids, torch.Tensor):
+        if hasattr(ids, "dim"):  # a torch tensor
             if ids.dim() != 1:
                 raise ValueError(f"decode takes one sequence of ids (1-D), got shape {tuple(ids.shape)}")
             ids = ids.tolist()

@@ -1,7 +1,7 @@
 """Fitting token sequences into a fixed context: truncation and open_clip's training-time reduction strategies.
 
 Every strategy has the signature ``fn(texts, context_length, sot_token_id, eot_token_id, encode_batch)`` and
-returns a ``(N, context_length)`` LongTensor, where ``encode_batch(list[str]) -> list[list[int]]`` gives the ids
+returns a ``(N, context_length)`` int64 array, where ``encode_batch(list[str]) -> list[list[int]]`` gives the ids
 without special tokens. Select one by name with ``get_reduction``: "simple" (a random contiguous block), "random"
 (random tokens dropped, order kept), "shuffle" (random tokens kept, order shuffled), "syntax" (nouns, then
 adjectives, then verbs kept first; needs nltk). The random strategies draw from the global ``random`` and
@@ -14,13 +14,12 @@ from itertools import chain
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 EncodeBatch = Callable[[Sequence[str]], list]
 
 
-def pack(middles: Sequence[Sequence[int]], context_length: int, sot_token_id: int, eot_token_id: int) -> torch.Tensor:
-    """``(N, context_length)`` LongTensor of rows sot + middle + eot + zero padding; each middle must fit in
+def pack(middles: Sequence[Sequence[int]], context_length: int, sot_token_id: int, eot_token_id: int) -> np.ndarray:
+    """``(N, context_length)`` int64 array of rows sot + middle + eot + zero padding; each middle must fit in
     ``context_length - 2``. Vectorised with numpy: a Python loop over rows would cost more than the BPE."""
     n = len(middles)
     lengths = np.fromiter(map(len, middles), dtype=np.int64, count=n)
@@ -35,21 +34,21 @@ def pack(middles: Sequence[Sequence[int]], context_length: int, sot_token_id: in
     cols = np.arange(total) - np.repeat(starts, lengths) + 1  # (total,) column of each id, after sot
     out[rows, cols] = flat
     out[np.arange(n), lengths + 1] = eot_token_id
-    return torch.from_numpy(out)
+    return out
 
 
-def truncate_ids(token_lists, context_length: int, sot_token_id: int, eot_token_id: int) -> torch.Tensor:
+def truncate_ids(token_lists, context_length: int, sot_token_id: int, eot_token_id: int) -> np.ndarray:
     """sot + ids + eot, cut to ``context_length`` with eot kept in the last position (open_clip's truncation)."""
     keep = context_length - 2
     middles = [ids if len(ids) <= keep else ids[:keep] for ids in token_lists]
     return pack(middles, context_length, sot_token_id, eot_token_id)
 
 
-def truncate(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> torch.Tensor:
+def truncate(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> np.ndarray:
     return truncate_ids(encode_batch(texts), context_length, sot_token_id, eot_token_id)
 
 
-def simple(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> torch.Tensor:
+def simple(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> np.ndarray:
     """Too-long captions keep a random contiguous block of ``context_length - 2`` ids."""
     keep = context_length - 2
     middles = []
@@ -62,6 +61,8 @@ def simple(texts, context_length, sot_token_id, eot_token_id, encode_batch: Enco
 
 
 def _random_keep(texts, context_length, sot_token_id, eot_token_id, encode_batch, keep_order: bool):
+    import torch  # torch's generator, as open_clip draws from it; the deterministic strategies need no torch
+
     keep = context_length - 2
     middles = []
     for ids in encode_batch(texts):
@@ -74,12 +75,12 @@ def _random_keep(texts, context_length, sot_token_id, eot_token_id, encode_batch
     return pack(middles, context_length, sot_token_id, eot_token_id)
 
 
-def random_drop(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> torch.Tensor:
+def random_drop(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> np.ndarray:
     """Too-long captions keep ``context_length - 2`` random ids in their original order."""
     return _random_keep(texts, context_length, sot_token_id, eot_token_id, encode_batch, keep_order=True)
 
 
-def shuffle(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> torch.Tensor:
+def shuffle(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> np.ndarray:
     """Too-long captions keep ``context_length - 2`` random ids in random order."""
     return _random_keep(texts, context_length, sot_token_id, eot_token_id, encode_batch, keep_order=False)
 
@@ -110,7 +111,7 @@ def _syntax_shorten(nltk, text: str, max_words: int) -> str:
     return " ".join(str(words[i]) for i in chosen)
 
 
-def syntax(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> torch.Tensor:
+def syntax(texts, context_length, sot_token_id, eot_token_id, encode_batch: EncodeBatch) -> np.ndarray:
     """Words kept by part of speech (nouns, adjectives, verbs, then the rest), in their original order."""
     nltk = _import_nltk()
     try:

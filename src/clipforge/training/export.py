@@ -9,13 +9,13 @@ Share it with ``hf upload ORG/NAME OUT .`` (huggingface_hub's command line).
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from clipforge._atomic import atomic_directory, check_output_folder
 from clipforge.models.clip import CLIP, ModelInfo
 from clipforge.models.factory import ModelLoadError, create_model, save_pretrained
 from clipforge.models.hub_layout import declared_from_section
@@ -98,29 +98,14 @@ def _model_card(model: CLIP, checkpoint: Path, metrics: Mapping[str, float] | No
 def export_model(source: str | Path, out: str | Path, *, force: bool = False, arch: str | None = None,
                  metrics: Mapping[str, float] | None = None) -> Path:
     """Write the model of ``source`` (a run folder or checkpoint) to ``out`` in the hub layout (see module doc)."""
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ExportError(f"{out} already exists and is not empty: choose another --out or pass --force to "
-                          "replace it")
+    out = check_output_folder(out, force)
     checkpoint = find_checkpoint(source)
     resolved_out, resolved_source = out.resolve(), Path(source).expanduser().resolve()
     if resolved_out == resolved_source or resolved_out in resolved_source.parents:
         raise ExportError(f"--out {out} is the source or a folder holding it: choose another folder (the export "
                           "would replace the run it reads)")
     model = load_checkpoint_model(checkpoint, arch)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         save_pretrained(model, tmp)
         (tmp / "README.md").write_text(_model_card(model, checkpoint, metrics), encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
