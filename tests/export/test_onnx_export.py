@@ -52,10 +52,10 @@ def _family_model(family, tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["vit", "resnet", "siglip", "quickgelu"])
 def family(request, tmp_path_factory):
-    """(model, bundle folder, report): one dynamo export per preset family, int8 dynamic included."""
+    """(model, bundle folder, report): one dynamo export per preset family, int8 dynamic and fp16 included."""
     model = _family_model(request.param, tmp_path_factory)
     out = tmp_path_factory.mktemp(f"bundle_{request.param}") / "bundle"
-    report = export_onnx(model, out, OnnxExportConfig(int8=("dynamic",)))
+    report = export_onnx(model, out, OnnxExportConfig(int8=("dynamic",), fp16=True))
     return model.eval(), out, report
 
 
@@ -108,6 +108,15 @@ def test_int8_dynamic_stays_close_to_fp32(family):
     assert (a * b).sum(1).min() >= 0.93
     assert not np.array_equal(a, b)  # it really is another graph
     assert report.default_variant == "fp32"  # no held-out set: the int8 accuracy is unknown
+
+
+def test_fp16_variant_halves_the_weights_and_keeps_the_features(family):
+    model, out, report = family
+    info = report.variants["fp16"]
+    assert info["image_cosine_min"] >= 0.999 and info["text_cosine_min"] >= 0.999
+    assert (out / "text.fp16.onnx").stat().st_size < 0.6 * (out / "text.onnx").stat().st_size
+    encoder = OnnxEncoder(out, variant="fp16", providers=["cpu"])
+    assert encoder.encode_text(["a cat"]).dtype == np.float32  # inputs and outputs stay float32
 
 
 def test_manifest_describes_the_model(family):
@@ -230,3 +239,20 @@ def test_damaged_bundles_are_refused_by_name(family, tmp_path):
         OnnxEncoder(out, providers=["cuda"])
     with pytest.raises(ValueError, match=r"must be preprocessed \(B, 3, "):
         OnnxEncoder(out).encode_image(np.zeros((2, 3, 5, 5), np.float32))
+
+
+def test_an_architecture_that_cannot_export_says_why(tmp_path, monkeypatch):
+    """Both exporters failing gives one error naming each exporter and its cause; nothing is left behind."""
+    from clipforge.export import ExportFailed, graphs
+
+    def refuse(name):
+        def fail(spec, path, opset):
+            raise RuntimeError(f"{name} cannot trace op aten::weird")
+        return fail
+
+    monkeypatch.setattr(graphs, "_export_dynamo", refuse("dynamo"))
+    monkeypatch.setattr(graphs, "_export_torchscript", refuse("torchscript"))
+    with pytest.raises(ExportFailed, match=r"image tower cannot be exported to ONNX: dynamo exporter failed "
+                                           r"\(RuntimeError: dynamo cannot trace.*torchscript exporter failed"):
+        export_onnx(create_model("tiny-vit"), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
