@@ -87,11 +87,10 @@ def speed(name: str, batches: list[int], repeats: int, scratch: pathlib.Path) ->
     return rows
 
 
-def _calibration_from_shards(train_pattern: str, folder: pathlib.Path, n: int) -> str:
-    """The first ``n`` images of the quickstart's first training shard, as files."""
+def _calibration_from_shard(shard: pathlib.Path, folder: pathlib.Path, n: int) -> str:
+    """The first ``n`` images of one training shard, as files."""
     folder.mkdir(parents=True, exist_ok=True)
-    first = sorted(pathlib.Path(train_pattern.split("{")[0]).parent.glob("*.tar"))[0]
-    with tarfile.open(first) as tar:
+    with tarfile.open(shard) as tar:
         members = [m for m in tar.getmembers() if m.name.endswith((".png", ".jpg"))][:n]
         for m in members:
             Image.open(io.BytesIO(tar.extractfile(m).read())).save(folder / pathlib.Path(m.name).name)
@@ -99,18 +98,18 @@ def _calibration_from_shards(train_pattern: str, folder: pathlib.Path, n: int) -
 
 
 def accuracy(run_dir: pathlib.Path | None, steps: int, scratch: pathlib.Path) -> dict:
+    from clipforge.training.shapes import load_shapes_info
+
     if run_dir is None:
         from clipforge.cli.main import main
 
         run_dir = scratch / "quickstart"
         main(["quickstart", "--workdir", str(run_dir), "--steps", str(steps)])
     data = run_dir / "data"
-    model_dir = run_dir / "run" / "model"
-    val = sorted(str(p) for p in (data / "val").glob("*.tar")) if (data / "val").is_dir() else []
-    holdout = f"val=wds:{data / 'val'}" if val else f"val=wds:{next(data.glob('val*'))}"
-    calibration = _calibration_from_shards(str(next(data.glob('train*'))), scratch / "calib", 128)
-    report = export_onnx(f"local-dir:{model_dir}", scratch / "quickstart_bundle", OnnxExportConfig(
-        int8=("dynamic", "static"), calibration=calibration, holdout=(holdout,)), force=True)
+    info = load_shapes_info(str(data))
+    calibration = _calibration_from_shard(sorted(data.glob("train-*.tar"))[0], scratch / "calib", 128)
+    report = export_onnx(f"local-dir:{run_dir / 'run' / 'model'}", scratch / "quickstart_bundle", OnnxExportConfig(
+        int8=("dynamic", "static"), calibration=calibration, holdout=(f"val=wds:{info['val']}",)), force=True)
     return {"accuracy": report.accuracy,
             "change_points": {k: v.get("accuracy_change_points") for k, v in report.variants.items()},
             "cosine": {k: (v["image_cosine_min"], v["text_cosine_min"]) for k, v in report.variants.items()},

@@ -185,3 +185,16 @@ def test_transforms_module_imports_only_the_config_layer():
     ours = {name for name in imported if name.startswith("clipforge")}
     assert ours == {"clipforge.config"}
     assert not imported & {"open_clip", "timm", "transformers", "clip_benchmark", "argparse"}
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16", "CMYK"])
+@pytest.mark.parametrize("resize_mode", ["shortest", "longest", "squash"])
+def test_array_transform_equals_the_torch_transform_bit_for_bit(mode, resize_mode):
+    """The torch-free pipeline (ONNX runtime) and the torch one give identical numbers."""
+    from clipforge.transforms import create_eval_array_transform
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    img = img.convert("I;16") if mode == "I;16" else img.convert(mode)
+    cfg = PreprocessConfig(image_size=(24, 32), resize_mode=resize_mode, fill_color=7)
+    np.testing.assert_array_equal(create_eval_array_transform(cfg)(img), create_eval_transform(cfg)(img).numpy())

@@ -11,6 +11,7 @@ weights in one ``<graph>.onnx.data`` file next to the graph.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import warnings
@@ -67,15 +68,26 @@ def _export_torchscript(spec: TowerSpec, path: Path, opset: int) -> None:
                       do_constant_folding=True)
 
 
+@contextlib.contextmanager
+def _quiet_torch_onnx():
+    """torch.onnx's progress chatter off while exporting; the logger's level is restored afterwards."""
+    logger = logging.getLogger("torch.onnx")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def _trace(spec: TowerSpec, path: Path, opset: int, exporter: str) -> str:
     """Write the graph to ``path`` (weights possibly beside it); returns the exporter that succeeded."""
     order = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}[exporter]
     failures = []
     for name in order:
         try:
-            with fused_inference(False), torch.no_grad(), warnings.catch_warnings():
+            with fused_inference(False), torch.no_grad(), warnings.catch_warnings(), _quiet_torch_onnx():
                 warnings.simplefilter("ignore")
-                logging.getLogger("torch.onnx").setLevel(logging.ERROR)
                 (_export_dynamo if name == "dynamo" else _export_torchscript)(spec, path, opset)
             if failures:
                 log.warning("the %s tower was exported with %s: %s", spec.name, name, "; ".join(failures))

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,17 @@ from clipforge.config import ConfigError
 from clipforge.data.images import read_image
 from clipforge.export import accuracy, quantize
 from clipforge.export.graphs import (DEFAULT_OPSET, EXPORTERS, EXTERNAL_DATA_BYTES, ExportFailed, TowerSpec,
-                                     export_tower, import_onnx, save_graph)
+                                     export_tower, save_graph)
 from clipforge.models import convert_config
 from clipforge.models.clip import CLIP
 from clipforge.models.factory import create_model, tokenizer_for_config
+from clipforge.models.hub_layout import clipforge_section
 from clipforge.runtime import Bundle, OnnxEncoder
 from clipforge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_record
 from clipforge.tokenizer import ClipTokenizer, HFTokenizer
 from clipforge.tokenizer.bpe import default_vocab_path
 from clipforge.tokenizer.hf import resolve_files
+from clipforge.transforms import create_eval_array_transform
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +165,7 @@ def _eager(model: CLIP, images: torch.Tensor, tokens: torch.Tensor) -> tuple[np.
 
 def _parity(model: CLIP, tokenizer, tmp: Path, manifest: dict, config: OnnxExportConfig) -> dict[str, float]:
     """Largest difference, relative to the features' scale, between ONNX Runtime and eager; fails over the limit."""
-    encoder = OnnxEncoder(_as_bundle(tmp, manifest), variant="fp32", providers=["cpu"])
+    encoder = OnnxEncoder(Bundle(tmp, manifest), variant="fp32", providers=["cpu"])
     worst = {"image": 0.0, "text": 0.0}
     for batch in ([config.batch] if config.batch else PROBE_BATCHES):
         images, tokens = _probe_inputs(model, tokenizer, batch, seed=batch)
@@ -178,11 +180,6 @@ def _parity(model: CLIP, tokenizer, tmp: Path, manifest: dict, config: OnnxExpor
                                f"than the {config.parity_atol:.0e} allowed: this architecture does not export "
                                "faithfully; please report it")
     return worst
-
-
-def _as_bundle(tmp: Path, manifest: dict) -> Bundle:
-    """The bundle being written, before its manifest is on disk."""
-    return Bundle(tmp, manifest)
 
 
 # ---------------------------------------------------------------- variants
@@ -202,12 +199,12 @@ def _make_variants(model: CLIP, tmp: Path, manifest: dict, config: OnnxExportCon
     fp32 = manifest["variants"]["fp32"]["graphs"]
     conv = model.config.vision.kind == "resnet"
     variants: dict[str, dict] = {}
-    made: dict[str, str] = {}  # graph file name -> its source graph, so a graph shared by two variants is made once
+    made: set[str] = set()  # graph files written, so a graph shared by two variants is made once
 
     def make(tower: str, name: str, build) -> dict:
         if name not in made:
             build(tmp / fp32[tower]["model"]["file"], tmp / name)
-            made[name] = tower
+            made.add(name)
         return _variant_graph(tmp, fp32, tower, name)
 
     save = lambda proto, path: save_graph(proto, path, config.external_data_bytes)  # noqa: E731
@@ -219,7 +216,7 @@ def _make_variants(model: CLIP, tmp: Path, manifest: dict, config: OnnxExportCon
         variants["int8-dynamic"] = {"graphs": {t: make(t, f"{t}.int8.onnx", dynamic) for t in ("image", "text")}}
     if "static" in config.int8:
         files = quantize.calibration_files(config.calibration, config.calibration_images)
-        preprocess = OnnxEncoder(_as_bundle(tmp, manifest), providers=["cpu"], verify=False).preprocess
+        preprocess = create_eval_array_transform(model.preprocess_config)
         static = lambda s, d: quantize.quantize_static_graph(  # noqa: E731
             s, d, files, preprocess, fp32["image"]["input"], config.batch)
         variants["int8-static"] = {"graphs": {"image": make("image", "image.int8-static.onnx", static),
@@ -228,17 +225,34 @@ def _make_variants(model: CLIP, tmp: Path, manifest: dict, config: OnnxExportCon
     return variants
 
 
-def _agreement(model: CLIP, tokenizer, tmp: Path, manifest: dict, variant: str, config: OnnxExportConfig) -> dict:
-    """Lowest cosine similarity of the variant's features to eager fp32's, on the probe inputs."""
+@dataclass(frozen=True)
+class _Probe:
+    """Inputs on which each variant is compared with eager fp32, and eager's features, computed once."""
+
+    images: np.ndarray
+    tokens: np.ndarray
+    image_features: np.ndarray
+    text_features: np.ndarray
+
+
+def _agreement_probe(model: CLIP, tokenizer, config: OnnxExportConfig) -> _Probe:
+    """8 of the user's calibration images when given (else noise) and the probe captions."""
     images, tokens = _probe_inputs(model, tokenizer, 8, seed=1)
     if config.calibration:
+        preprocess = create_eval_array_transform(model.preprocess_config)
         files = quantize.calibration_files(config.calibration, 8)
-        encoder = OnnxEncoder(_as_bundle(tmp, manifest), variant="fp32", providers=["cpu"], verify=False)
-        images = torch.from_numpy(np.stack([encoder.preprocess(read_image(f)) for f in files]))
-    eager_image, eager_text = _eager(model, images, tokens)
-    encoder = OnnxEncoder(_as_bundle(tmp, manifest), variant=variant, providers=["cpu"], verify=False)
-    return {"image_cosine_min": round(quantize.cosine_agreement(eager_image, encoder.encode_image(images.numpy())), 5),
-            "text_cosine_min": round(quantize.cosine_agreement(eager_text, encoder.encode_text(tokens.numpy())), 5)}
+        images = torch.from_numpy(np.stack([preprocess(read_image(f)) for f in files]))
+    image_features, text_features = _eager(model, images, tokens)
+    return _Probe(images.numpy(), tokens.numpy(), image_features, text_features)
+
+
+def _agreement(bundle: Bundle, variant: str, probe: _Probe) -> dict:
+    """Lowest cosine similarity of the variant's features to eager fp32's, on the probe inputs."""
+    encoder = OnnxEncoder(bundle, variant=variant, providers=["cpu"], verify=False)
+    return {"image_cosine_min": round(quantize.cosine_agreement(probe.image_features,
+                                                                encoder.encode_image(probe.images)), 5),
+            "text_cosine_min": round(quantize.cosine_agreement(probe.text_features,
+                                                               encoder.encode_text(probe.tokens)), 5)}
 
 
 def _judge(report: ExportReport, config: OnnxExportConfig) -> None:
@@ -271,18 +285,13 @@ def _base_manifest(model: CLIP, spec: str, tokenizer_section: dict) -> dict[str,
         model_cfg = None
     bias = model.logit_bias
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "clipforge_version": __version__,
-            "architecture": model.info.arch or spec, "source": spec, "config": _plain(model.config),
+            "architecture": model.info.arch or spec, "source": spec,
+            "clipforge": clipforge_section(model.config, model.info.arch, model.info.overrides),
             "open_clip_model_cfg": model_cfg, "preprocess": model.preprocess_config.to_open_clip(),
             "tokenizer": tokenizer_section, "embed_dim": model.config.embed_dim, "outputs_normalized": False,
             "logit_scale": float(model.logit_scale.detach().float().exp()),
             "logit_bias": None if bias is None else float(bias.detach().float()),
             "default_variant": "fp32", "variants": {}}
-
-
-def _plain(config) -> dict:
-    from clipforge.config import to_dict
-
-    return json.loads(json.dumps(to_dict(config)))
 
 
 def _load(model: str | CLIP) -> tuple[CLIP, str]:
@@ -313,13 +322,15 @@ def export_onnx(model: str | CLIP, out: str | Path, config: OnnxExportConfig | N
             parity = _parity(model, tokenizer, tmp, manifest, config)
             manifest["variants"]["fp32"]["parity_max_relative_error"] = parity
             report = ExportReport(out, used, parity)
-            for name, info in _make_variants(model, tmp, manifest, config).items():
+            variants = _make_variants(model, tmp, manifest, config)
+            probe = _agreement_probe(model, tokenizer, config) if variants else None
+            for name, info in variants.items():
                 manifest["variants"][name] = info
-                info.update(_agreement(model, tokenizer, tmp, manifest, name, config))
+                info.update(_agreement(Bundle(tmp, manifest), name, probe))
                 report.variants[name] = info
             if config.holdout and report.variants:
-                report.accuracy = accuracy.measure(_as_bundle(tmp, manifest), ["fp32", *report.variants], config.holdout,
-                                                   config.data_root)
+                report.accuracy = accuracy.measure(Bundle(tmp, manifest), ["fp32", *report.variants],
+                                                   config.holdout, config.data_root)
             _judge(report, config)
             manifest.update(default_variant=report.default_variant, exporter=used, opset=config.opset,
                             holdout_metrics=report.accuracy, tolerance_points=config.tolerance)

@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from clipforge.data.images import ImageReadError, read_image
+from clipforge.runtime.encoder import l2_normalize
 
 INT8_MODES = ("dynamic", "static")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -102,11 +103,9 @@ class _ImageReader:
 
 def quantize_static_graph(source: Path, target: Path, files: Sequence[Path], preprocess: Callable,
                           input_name: str, batch: int | None) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    reader = type("ImageCalibration", (_ImageReader, CalibrationDataReader), {})(files, preprocess, input_name,
-                                                                                 batch or 8)
+    reader = _ImageReader(files, preprocess, input_name, batch or 8)  # a CalibrationDataReader by its get_next
     with _quiet():
         quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=_LINEAR_OPS + ["Conv"], per_channel=True,
@@ -125,9 +124,7 @@ def fp16_graph(source: Path, target: Path, save: Callable) -> list[str]:
 
 def cosine_agreement(reference: np.ndarray, other: np.ndarray) -> float:
     """The lowest cosine similarity between matching rows of two feature matrices."""
-    a = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
-    b = other / np.maximum(np.linalg.norm(other, axis=1, keepdims=True), 1e-12)
-    return float((a * b).sum(axis=1).min())
+    return float((l2_normalize(reference) * l2_normalize(other)).sum(axis=1).min())
 
 
 __all__ = ["INT8_MODES", "quantize_dynamic_graph", "quantize_static_graph", "fp16_graph", "calibration_files",

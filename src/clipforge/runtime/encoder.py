@@ -61,15 +61,16 @@ def choose_providers(requested: str | Sequence[Any] | None = "auto") -> list:
 
 def _load_tokenizer(bundle: Bundle):
     spec = bundle.manifest["tokenizer"]
-    folder = bundle.path(spec["folder"])
     common = dict(context_length=spec["context_length"], max_context_length=spec["context_length"],
                   clean=spec["clean"])
     if spec["kind"] == "clip":
-        return ClipTokenizer(str(folder / spec["files"][0]["file"].split("/")[-1]), **common)
-    return HFTokenizer(str(folder), strip_sep_token=spec.get("strip_sep_token", False), **common)
+        return ClipTokenizer(str(bundle.path(spec["files"][0]["file"])), **common)
+    return HFTokenizer(str(bundle.path(spec["folder"])), strip_sep_token=spec.get("strip_sep_token", False),
+                       **common)
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (the numpy twin of ``F.normalize(x, dim=-1)``)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -142,7 +143,7 @@ class OnnxEncoder:
     def encode_image(self, images, normalize: bool = False) -> np.ndarray:
         """(B, embed_dim) float32 features of PIL images or a preprocessed (B, 3, H, W) array."""
         features = self._run("image", self._image_array(images)).astype(np.float32, copy=False)
-        return _l2_normalize(features) if normalize else features
+        return l2_normalize(features) if normalize else features
 
     def encode_text(self, texts, normalize: bool = False) -> np.ndarray:
         """(B, embed_dim) float32 features of strings or an int (B, context_length) id array."""
@@ -154,7 +155,7 @@ class OnnxEncoder:
         else:
             ids = self.tokenize(texts)
         features = self._run("text", ids).astype(np.float32, copy=False)
-        return _l2_normalize(features) if normalize else features
+        return l2_normalize(features) if normalize else features
 
 
 __all__ = ["OnnxEncoder", "BundleError", "choose_providers", "PROVIDER_ORDER"]

@@ -100,6 +100,19 @@ def load_vocab(path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
+def _is_shipped_vocab(path: str) -> bool:
+    """True when ``path`` holds the same bytes as the shipped vocabulary (a copy, e.g. in an ONNX bundle): its
+    whole-word table is known to be exact, so the check a custom vocabulary needs is skipped."""
+    shipped = default_vocab_path()
+    try:
+        if os.path.getsize(path) != os.path.getsize(shipped):
+            return False
+        with open(path, "rb") as a, open(shipped, "rb") as b:
+            return a.read() == b.read()
+    except OSError:
+        return False
+
+
 @functools.lru_cache(maxsize=4)
 def whole_word_ids(path: str, verify: bool) -> dict[str, tuple[int]]:
     """Words whose BPE is one vocabulary token, read straight from the vocabulary: ``"photo" -> (1125,)``.
@@ -194,7 +207,8 @@ class ClipTokenizer:
         self._chunks = get_chunk_fn(clean)
         self.reduction = reduction
         self._reduce = get_reduction(reduction) if reduction else None
-        path, verify = vocab_path or default_vocab_path(), vocab_path is not None
+        path = vocab_path or default_vocab_path()
+        verify = vocab_path is not None and not _is_shipped_vocab(vocab_path)
         vocab, merges = load_vocab(path)
         self._rust = _rust_stream_bpe(vocab, merges)
         # Ids that end a word: "</w>" tokens, and the special tokens (always whole words, without "</w>").
