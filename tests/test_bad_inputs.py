@@ -72,6 +72,10 @@ def _cases(f):
         (["export", "tiny-vit", "--out", str(out), "--opset", "3"], "opset must be between 9 and 23", [out]),
         (["export", "tiny-vit", "--out", str(out), "--int8", "static", "--calibration", str(f / "nope")],
          "calibration folder", [out]),
+        (["benchmark", "--model", f"onnx:{f / 'nope'}", "--datasets", "cifar10", "--output", str(out)],
+         "is not a folder: pass the folder clipforge export wrote", [out]),
+        (["benchmark", "--model", f"onnx:{f / 'full'}", "--datasets", "cifar10", "--output", str(out)],
+         "holds no clipforge_onnx.json", [out]),
         (["plot", str(f / "nope")], "nope", []),
         (["quickstart", "--workdir", str(out), "--steps", "0"], "--steps must be >= 1", [out]),
     ]

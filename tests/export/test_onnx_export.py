@@ -257,3 +257,26 @@ def test_an_architecture_that_cannot_export_says_why(tmp_path, monkeypatch):
                                            r"\(RuntimeError: dynamo cannot trace.*torchscript exporter failed"):
         export_onnx(create_model("tiny-vit"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_benchmark_takes_a_bundle_and_matches_the_torch_model(tmp_path, capsys):
+    """``clipforge benchmark --model onnx:DIR[@VARIANT]``: the fp32 bundle scores what the torch model scores."""
+    from clipforge.cli.main import main
+    from clipforge.evaluation.benchmark import BenchmarkConfig, run_benchmark
+    from clipforge.export.accuracy import ONNX_PREFIX, load_onnx_encoders
+    from clipforge.models.factory import save_pretrained
+
+    save_pretrained(create_model("tiny-vit"), tmp_path / "model")
+    export_onnx(f"local-dir:{tmp_path / 'model'}", tmp_path / "bundle", OnnxExportConfig(int8=("dynamic",)))
+    data = _class_folder(tmp_path / "holdout")
+    config = BenchmarkConfig(tasks=("zeroshot_classification", "statistics"), datasets=(f"holdout=folder:{data}",),
+                             num_workers=0)
+    specs = [f"local-dir:{tmp_path / 'model'}", f"onnx:{tmp_path / 'bundle'}"]
+    results = run_benchmark(specs, config, quiet=True, prefixed_loaders={ONNX_PREFIX: load_onnx_encoders})
+    torch_result, onnx_result = (results[s] for s in specs)
+    assert onnx_result["holdout/acc1"] == torch_result["holdout/acc1"]
+    assert onnx_result["holdout/mean_per_class_recall"] == torch_result["holdout/mean_per_class_recall"]
+    assert onnx_result["disk_usage_mb"] > 0
+    code = main(["benchmark", "--model", f"onnx:{tmp_path / 'bundle'}@int8-dynamic", "--datasets", f"folder:{data}",
+                 "--tasks", "zeroshot_classification", "--output", str(tmp_path / "out"), "--quiet"])
+    assert code == 0 and "int8-dynamic" in capsys.readouterr().out

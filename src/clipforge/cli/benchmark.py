@@ -27,9 +27,19 @@ def _list_datasets() -> int:
     return 0
 
 
+def _bundle_loaders(specs: list[str]) -> dict:
+    """``onnx:DIR[@VARIANT]`` specs are run through ONNX Runtime (imported only when such a spec is given)."""
+    if not any(spec.startswith("onnx:") for spec in specs):
+        return {}
+    from clipforge.export.accuracy import ONNX_PREFIX, load_onnx_encoders
+
+    return {ONNX_PREFIX: load_onnx_encoders}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", nargs="+", default=[], metavar="SPEC",
-                        help="ARCH, ARCH::TAG, ARCH::path/to/weights or hf-hub:org/repo (several allowed)")
+                        help="ARCH, ARCH::TAG, ARCH::path/to/weights, hf-hub:org/repo, local-dir:DIR, or an ONNX bundle "
+                             "onnx:DIR[@VARIANT] (several allowed)")
     parser.add_argument("--tasks", nargs="+", default=["zeroshot_classification", "zeroshot_retrieval"],
                         help="zeroshot_classification, zeroshot_retrieval, linear_probe, statistics")
     parser.add_argument("--datasets", nargs="+", default=["classification", "retrieval"],
@@ -64,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchmarkConfig(tasks=tuple(args.tasks), datasets=tuple(args.datasets), data_root=args.data_root,
                              cache_dir=args.cache_dir, allow_download=args.download, device=device)
     config = apply_overrides(config, args.set)
-    results = run_benchmark(args.model, config, quiet=args.quiet)
+    results = run_benchmark(args.model, config, quiet=args.quiet, prefixed_loaders=_bundle_loaders(args.model))
     paths = write_tables(results, args.output)
     try:
         chart = write_benchmark_chart(results, args.output)

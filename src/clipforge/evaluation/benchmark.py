@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 
@@ -260,18 +260,22 @@ def make_encoders(model, tokenizer, preprocess, model_id: str, device: str = "cp
 
 
 def run_benchmark(model_specs: Sequence[str], config: BenchmarkConfig, quiet: bool = False,
-                  loader: Callable[[str, str, str], Encoders] | None = None) -> dict[str, dict[str, object]]:
+                  loader: Callable[[str, str, str], Encoders] | None = None,
+                  prefixed_loaders: Mapping[str, Callable[[str, str, str], Encoders]] | None = None,
+                  ) -> dict[str, dict[str, object]]:
     """Results for several models, one entry per spec, in the order given.
 
-    ``loader(spec, device, precision) -> Encoders`` defaults to building clipforge models.
+    ``loader(spec, device, precision) -> Encoders`` defaults to building clipforge models (their statistics are
+    measured in a child process); ``prefixed_loaders`` maps a spec prefix (``"onnx:"``) to the loader of such
+    specs, whose statistics are measured in this process.
     """
-    own = loader is None
-    loader = loader or load_model_encoders
     results = {}
     for spec in model_specs:
         if not quiet:
             print(f"[{spec}]", file=sys.stderr, flush=True)
-        measure = (lambda: isolated_resource_usage(spec, config.device, config.precision)) if own else None
-        results[spec] = benchmark_model(lambda: loader(spec, config.device, config.precision), config, quiet,
-                                        measure)
+        custom = loader or next((f for prefix, f in (prefixed_loaders or {}).items() if spec.startswith(prefix)),
+                                None)
+        measure = (lambda: isolated_resource_usage(spec, config.device, config.precision)) if custom is None else None
+        load = custom or load_model_encoders
+        results[spec] = benchmark_model(lambda: load(spec, config.device, config.precision), config, quiet, measure)
     return results

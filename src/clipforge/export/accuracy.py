@@ -29,7 +29,22 @@ def onnx_encoders(encoder: OnnxEncoder) -> Encoders:
     config = encoder.preprocess_config
     return Encoders(encode_image=encode_image, encode_text=encode_text, tokenize=encoder.tokenizer,
                     transform=create_eval_transform(config), image_size=config.image_size,
-                    model_id=f"onnx:{encoder.bundle.directory}:{encoder.variant}")
+                    model_id=f"onnx:{encoder.bundle.directory}@{encoder.variant}",
+                    weights_path=str(encoder.bundle.directory))
+
+
+ONNX_PREFIX = "onnx:"
+
+
+def load_onnx_encoders(spec: str, device: str = "cpu", precision: str = "fp32") -> Encoders:
+    """The benchmark's loader for ``onnx:DIR`` or ``onnx:DIR@VARIANT`` (a bundle's default variant, or the named
+    one); on a CUDA device the providers are chosen automatically (TensorRT, CUDA, CPU)."""
+    if precision != "fp32":
+        raise ValueError(f"precision {precision!r} does not apply to ONNX bundles: their precision is the variant, "
+                         "e.g. --model onnx:DIR@int8-dynamic or onnx:DIR@fp16")
+    path, _, variant = spec[len(ONNX_PREFIX):].partition("@")
+    providers = "auto" if str(device).startswith("cuda") else ["cpu"]
+    return onnx_encoders(OnnxEncoder(path, variant=variant or None, providers=providers))
 
 
 def measure(bundle: Bundle, variants: Sequence[str], holdout: Sequence[str], data_root: str = "data",
