@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cli_checks import one_line_failures
 from clipforge.cli.main import main
 from clipforge.models.factory import create_model
 
@@ -82,21 +83,7 @@ def _cases(f):
 
 
 def test_every_verb_gives_one_clear_line(files, capsys):
-    failures = []
-    for argv, needle, absent in _cases(files):
-        code = main(list(argv))
-        err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.startswith("clipforge ")]
-        problems = []
-        if code == 0:
-            problems.append("exit 0")
-        if len(lines) != 1 or needle not in lines[0]:
-            problems.append(f"stderr: {err!r}")
-        if "Traceback" in err:
-            problems.append("traceback")
-        problems += [f"{p} was written" for p in absent if p.exists()]
-        if problems:
-            failures.append(f"{' '.join(argv[:2])} ...: {'; '.join(problems)}")
+    failures = one_line_failures(_cases(files), capsys)
     assert not failures, "\n".join(failures)
     assert (files / "full" / "keep.txt").read_text() == "user data"
     assert not list(files.rglob("*.partial"))

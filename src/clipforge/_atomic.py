@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _mode_for(destination: Path) -> int:
+    """An existing file's permissions, else what ``open()`` would give a new file (mkstemp makes it private)."""
+    if destination.exists():
+        return destination.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``destination``; it replaces ``destination`` only if the block succeeds.
@@ -20,6 +29,7 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _mode_for(destination))
         os.replace(tmp, destination)
     finally:
         if os.path.exists(tmp):

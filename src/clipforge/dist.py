@@ -1,4 +1,4 @@
-"""torch.distributed helpers used by the losses: who am I, gather with gradients, pass blocks around a ring.
+"""torch.distributed helpers: who am I (from torchrun's or SLURM's environment), gather with gradients, pass blocks around a ring.
 
 A ``Collective`` names the ranks a loss talks to (rank, world size, process group). Losses take one (or None for a
 single process) instead of reading global state, so the same function runs in tests, in DDP and in FSDP.
@@ -8,10 +8,26 @@ All ranks must call these helpers in the same order with tensors of the same sha
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as tdist
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name])
+    return default
+
+
+def read_environment() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's variables, else SLURM's, else a single process."""
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    return rank, local_rank, world
 
 
 def is_initialized() -> bool:

@@ -25,6 +25,9 @@ VERBS = {
     "export": ("clipforge.cli.export",
                "write an ONNX bundle (image + text graphs, manifest; int8/fp16 variants measured) for ONNX Runtime"),
     "benchmark": ("clipforge.cli.benchmark", "zero-shot classification/retrieval, linear probe, resource tables"),
+    "index": ("clipforge.cli.index", "embed an image folder, table or shards into a searchable index (incremental)"),
+    "search": ("clipforge.cli.search", "search an index with text or an image; a table or JSON"),
+    "dedup": ("clipforge.cli.dedup", "groups of near-duplicate images in an index"),
     "plot": ("clipforge.cli.plot", "PNG curves of training runs (loss, lr, throughput, evaluation metrics)"),
     "quickstart": ("clipforge.cli.quickstart", "offline demo: make a dataset, train a tiny CLIP, evaluate it"),
 }

@@ -34,23 +34,8 @@ class RunContext:
         return self.world_size > 1
 
 
-def _env_int(*names: str, default: int) -> int:
-    for name in names:
-        if os.environ.get(name, "").strip():
-            return int(os.environ[name])
-    return default
-
-
-def read_environment() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size) from torchrun's variables, else SLURM's, else a single process."""
-    rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-    return rank, local_rank, world
-
-
 def init_run(cfg: DistConfig, workdir: str | Path) -> RunContext:
-    rank, local_rank, world = read_environment()
+    rank, local_rank, world = dist.read_environment()
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
