@@ -82,6 +82,7 @@ def test_folder_index_search_is_exact_and_metadata_is_recorded(tmp_path, model_s
         assert self_hit.key == first.key and self_hit.score == pytest.approx(1.0, abs=1e-5)
         for hit in index.search_text("a red circle", k=10, prefix="red_"):
             assert hit.key.startswith("red_")
+        assert all(h.metadata["width"] == 48 for h in index.search_text("x", k=3, where={"width": "48"}))
         assert index.search_text("x", k=3, prefix="no-such-folder/") == []
 
 
@@ -214,8 +215,15 @@ def test_qdrant_backend_answers_like_faiss(tmp_path, model_spec, loaded):
             assert np.allclose([h.score for h in f_hits], [h.score for h in q_hits], atol=1e-5)
     victim = next(coll.rglob("*.jpg"))
     victim.unlink()
+    from clipforge.search import qdrant
+    client = qdrant.connect(path=str(tmp_path / "qdrant"))  # a point left by a crashed run or another writer
+    name = report_name = client.get_collections().collections[0].name
+    client.upsert(name, points=[qdrant.import_qdrant().models.PointStruct(id=qdrant.point_id("stray"),
+                                                                           vector=[0.1] * loaded.embed_dim, payload={"key": "x"})])
+    client.close()
     report = build_index(str(coll), tmp_path / "q", q, loaded=loaded)
-    assert report["index"]["upserted"] == 0 and report["index"]["deleted"] == 1 and report["indexed"] == 29
+    assert report["index"]["upserted"] == 0 and report["index"]["deleted"] == 2 and report["indexed"] == 29
+    assert report_name.startswith("clipforge-")
 
 
 def test_near_duplicates_are_grouped(tmp_path, model_spec, loaded):
@@ -272,3 +280,28 @@ def test_a_memory_budget_gives_compressed_codes_reranked_from_the_parts(tmp_path
             exact, compressed = flat.search_text(text, k=5), pq.search_text(text, k=5)
             assert [h.key for h in exact] == [h.key for h in compressed]  # 50 candidates re-ranked exactly
             assert np.allclose([h.score for h in exact], [h.score for h in compressed], atol=1e-6)
+
+
+def test_selective_filters_on_approximate_indexes_still_return_k_exact_hits(tmp_path, model_spec, loaded):
+    coll = write_collection(tmp_path / "coll", 120)
+    build_index(str(coll), tmp_path / "flat", config(model_spec, dtype="float32"), loaded=loaded)
+    build_index(str(coll), tmp_path / "hnsw", config(model_spec, dtype="float32", index_type="hnsw"), loaded=loaded)
+    folder = sorted(p.name for p in coll.iterdir())[0]
+    with Index(tmp_path / "flat", loaded=loaded) as flat, Index(tmp_path / "hnsw", loaded=loaded) as hnsw:
+        want = min(5, sum(k.startswith(folder + "/") for k in flat.keys))
+        exact = flat.search_text("a shape", k=5, prefix=folder + "/")
+        approx = hnsw.search_text("a shape", k=5, prefix=folder + "/")
+        assert len(approx) == want and [h.key for h in approx] == [h.key for h in exact]
+
+
+def test_a_caption_edit_reaches_the_metadata_without_embedding(tmp_path, model_spec, loaded):
+    coll = write_collection(tmp_path / "coll", 4)
+    files = sorted(coll.rglob("*.jpg"))
+    table = tmp_path / "t.csv"
+    table.write_text("filepath,caption\n" + "".join(f"{f},old {i}\n" for i, f in enumerate(files)))
+    build_index(str(table), tmp_path / "idx", config(model_spec), loaded=loaded)
+    table.write_text("filepath,caption\n" + "".join(f"{f},new {i}\n" for i, f in enumerate(files)))
+    report = build_index(str(table), tmp_path / "idx", config(model_spec), loaded=loaded)
+    assert report["embedded"] == 0 and report["unchanged_bytes"] == 4
+    with Index(tmp_path / "idx", loaded=loaded) as index:
+        assert sorted(index.metadata["caption"]) == [f"new {i}" for i in range(4)]

@@ -68,6 +68,9 @@ def _cases(f):
         (["search", str(f / "idx"), "a cat", "--where", "width"], "--where takes COLUMN=VALUE", []),
         (["search", str(f / "idx"), "a cat", "--where", "colour=red"], "no metadata column 'colour'", []),
         (["search", str(f / "idx"), "a cat", "-k", "0"], "-k must be >= 1", []),
+        (["search", str(f / "idx"), "a cat", "--where", "width=wide"], "the column holds int values", []),
+        (["index", str(f / "coll"), "--model", a, "--out", str(out), "--index-type", "IVF-nonsense"],
+         "nor a faiss factory string", [out]),
         (["dedup", str(f / "nope")], "no index at", []),
         (["dedup", str(f / "idx"), "--threshold", "2"], "threshold is a cosine similarity", []),
     ]

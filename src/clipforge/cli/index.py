@@ -35,7 +35,7 @@ def add_arguments(parser):
     parser.add_argument("--backend", default="faiss", choices=["faiss", "qdrant"], help="where vectors are searched")
     parser.add_argument("--qdrant-url", default=None, help="Qdrant server URL (backend qdrant)")
     parser.add_argument("--qdrant-path", default=None, help="folder for Qdrant's embedded mode (backend qdrant)")
-    parser.add_argument("--qdrant-collection", default=None, help="Qdrant collection name (default clipforge)")
+    parser.add_argument("--qdrant-collection", default=None, help="Qdrant collection name (default clipforge-<this index's id>)")
     parser.add_argument("--path-column", default=None, help="table column holding image paths (default: detected)")
     parser.add_argument("--caption-column", default=None, help="table column holding captions (default: detected)")
 

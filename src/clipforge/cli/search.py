@@ -10,7 +10,7 @@ def _where(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"--where takes COLUMN=VALUE, got {item!r}")
         column, value = item.split("=", 1)
-        where[column] = int(value) if value.lstrip("-").isdigit() else value
+        where[column] = value  # typed by the column it is compared with
     return where
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -155,8 +156,11 @@ def make_plan(collection: sources.Collection, where: dict, metas: list[dict]) ->
             continue
         meta, row = metas[place[0]], place[1]
         stamp = (meta["stamp_size"][row], meta["stamp_mtime_ns"][row])
-        if tuple(stamp) == tuple(item.stamp) and item.stamp != (-1, -1):
-            if meta["error"][row] is None:
+        error = meta["error"][row]
+        io_error = error is not None and error.startswith(("missing", "unreadable"))  # may be fixed, stamp unchanged
+        same_caption = meta["caption"][row] == item.caption
+        if tuple(stamp) == tuple(item.stamp) and item.stamp != (-1, -1) and not io_error and same_caption:
+            if error is None:
                 kept += 1
             else:
                 failed_before += 1
@@ -251,6 +255,7 @@ def _start_run(store: Store, config: IndexConfig, loaded: LoadedModel, src: str,
         "dtype": config.dtype, "runs": int(store.manifest.get("runs", 0)) + 1,
     })
     store.manifest.setdefault("dead", {})
+    store.manifest.setdefault("id", uuid.uuid4().hex[:16])  # names this index's Qdrant collection by default
     store.save_manifest()
     return store.manifest["runs"]
 
@@ -278,8 +283,10 @@ def build_index(src: str, out: str | os.PathLike, config: IndexConfig,
     """Index the collection at ``src`` into ``out`` (see module doc); returns the run report (also report.json)."""
     config.check()
     start = time.perf_counter()
-    rank, _, world = dist.read_environment()
+    rank, local_rank, world = dist.read_environment()
     _init_distributed(world)
+    if world > 1 and config.device == "cuda":  # one GPU per rank, as torchrun places them
+        config = dataclasses.replace(config, device=f"cuda:{local_rank % torch.cuda.device_count()}")
     store = _open_store(Path(out))
     collection = sources.list_items(src, config.path_column, config.caption_column)
     if not collection.items:
@@ -287,6 +294,12 @@ def build_index(src: str, out: str | os.PathLike, config: IndexConfig,
                                 "check the path")
     loaded = loaded or load_model(config.model, config.precision, config.device)
     check_model(store, config.model, config.precision, loaded.fingerprint)
+    if config.backend == "faiss":
+        faiss_index.check_index_type(config.index_type, loaded.embed_dim)
+    else:
+        from clipforge.search import qdrant
+
+        qdrant.check_reachable(config.qdrant_url, config.qdrant_path)
     if rank == 0:
         _start_run(store, config, loaded, src, collection.kind)
     _barrier(world)
@@ -381,9 +394,10 @@ def finalize(store: Store, collection: sources.Collection, config: IndexConfig,
         (tmp / "parts.json").write_text(json.dumps(names))
         write_parquet(tmp / "metadata.parquet", columns)
         queries = text_queries(loaded, columns["caption"]) if config.backend == "faiss" else None
-        info = _write_backend(tmp, vectors, config, names, rows, live, columns, previous, queries)
+        info = _write_backend(tmp, vectors, config, names, rows, live, columns, store.manifest["id"], queries)
         (tmp / "index.json").write_text(json.dumps(info, indent=1))
-    dropped = sum(1 for k in _keys_of(previous) if k not in set(live) and k not in set(unreadable))
+    listed = set(live) | set(unreadable)
+    dropped = sum(1 for k in _keys_of(previous) if k not in listed)
     store.manifest["dead"] = dead
     store.manifest["snapshot"] = {k: info[k] for k in ("backend", "factory", "count") if k in info}
     store.save_manifest()
@@ -417,13 +431,14 @@ def _keys_of(previous: dict | None) -> list[str]:
     return list(previous) if previous else []
 
 
-def _write_backend(tmp: Path, vectors: RowVectors, config: IndexConfig, names, rows, live, columns, previous,
+def _write_backend(tmp: Path, vectors: RowVectors, config: IndexConfig, names, rows, live, columns, store_id: str,
                    text: np.ndarray | None) -> dict:
     if config.backend == "qdrant":
         from clipforge.search import qdrant
 
         current = {k: (names[p], int(r)) for k, (p, r) in zip(live, rows)}
-        return qdrant.sync(config, vectors, live, columns, current, previous)
+        name = config.qdrant_collection or f"clipforge-{store_id}"
+        return qdrant.sync(config, vectors, live, columns, current, name)
     budget = None if config.memory_budget_gb is None else config.memory_budget_gb * 2**30
     choice = faiss_index.choose(len(vectors), vectors.shape[1], config.index_type, budget)
     if not choice.rerank:  # the index holds every vector anyway: read them once

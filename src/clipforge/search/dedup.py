@@ -37,7 +37,11 @@ def _find(parent: np.ndarray, i: int) -> int:
 def _pairs(vectors: np.ndarray, threshold: float, neighbours: int) -> list[tuple[int, int]]:
     faiss = faiss_index.import_faiss()
     n, d = vectors.shape
-    index = faiss.IndexFlatIP(d) if n <= _EXACT_LIMIT else faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    if n <= _EXACT_LIMIT:
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(128, 4 * neighbours)  # near-duplicates are close: a wide beam finds them all
     index.add(vectors)
     k = min(n, neighbours + 1)
     pairs = []
@@ -64,11 +68,13 @@ def near_duplicates(index: Index, threshold: float = 0.95, neighbours: int = 10)
             parent[max(a, b)] = min(a, b)
     roots = np.array([_find(parent, i) for i in range(n)])
     pixels = [(w or 0) * (h or 0) for w, h in zip(index.metadata["width"], index.metadata["height"])]
+    order = np.argsort(roots, kind="stable")
+    _, starts, counts = np.unique(roots[order], return_index=True, return_counts=True)
     groups = []
-    for root in np.unique(roots):
-        members = np.flatnonzero(roots == root)
-        if len(members) < 2:
+    for start, count in zip(starts, counts):
+        if count < 2:
             continue
+        members = order[start:start + count]
         keep = min(members, key=lambda m: (-pixels[m], index.keys[m]))
         sims = vectors[members] @ vectors[keep]
         ordered = sorted(zip(members, sims), key=lambda ms: (ms[0] != keep, -ms[1], index.keys[ms[0]]))

@@ -57,7 +57,11 @@ def prepare(job: Job, transform: Callable) -> tuple[str, object, dict]:
     except ImageReadError as e:
         return "failed", None, {"kind": e.kind, "message": str(e)}
     info = {"sha1": sha1, "size": len(data), "width": image.width, "height": image.height}
-    return "image", transform(image), info
+    try:
+        pixels = transform(image)
+    except Exception as e:  # a pathological image (e.g. 1x40000) must not end the run  # noqa: BLE001
+        return "failed", None, {"kind": "undecodable", "message": f"preprocessing failed: {type(e).__name__}: {e}"}
+    return "image", pixels, info
 
 
 class _Prepared(torch.utils.data.Dataset):

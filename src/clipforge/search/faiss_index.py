@@ -101,6 +101,19 @@ def choose(n: int, d: int, index_type: str = "auto", memory_budget: float | None
     return Choice(index_type, reason, rerank="PQ" in index_type or "SQ" in index_type)
 
 
+def check_index_type(index_type: str, dim: int) -> None:
+    """Refuse an unknown --index-type before any embedding is done."""
+    if index_type.lower() in TYPES:
+        return
+    faiss = import_faiss()
+    try:
+        faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise ValueError(f"--index-type {index_type!r} is neither one of {', '.join(TYPES)} nor a faiss factory "
+                         f"string for {dim}-d vectors ({first})") from None
+
+
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[list[str]]:
     """Capture what faiss's C++ code prints on stderr (clustering warnings) so logs stay readable."""
@@ -166,7 +179,8 @@ def search_parameters(index, value: int | None, selector=None):
     faiss = import_faiss()
     name = _param_name(index)
     if name == "nprobe":
-        return faiss.SearchParametersIVF(sel=selector, nprobe=int(value or 1))
+        nlist = faiss.extract_index_ivf(index).nlist
+        return faiss.SearchParametersIVF(sel=selector, nprobe=min(nlist, int(value or 1)))
     if name == "efSearch":
         return faiss.SearchParametersHNSW(sel=selector, efSearch=int(value or 16))
     return faiss.SearchParameters(sel=selector) if selector is not None else None
@@ -179,11 +193,12 @@ class Searcher:
                  rerank_factor: int = 10):
         self.index, self.param, self.rerank, self.rerank_factor = index, param, rerank, rerank_factor
 
-    def search(self, queries: np.ndarray, k: int, selector=None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, selector=None, widen: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (scores, ids); ``widen`` multiplies the search parameter (for filtered searches)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, self.index.ntotal)
         fetch = min(self.index.ntotal, k * self.rerank_factor) if self.rerank is not None else k
-        params = search_parameters(self.index, self.param, selector)
+        params = search_parameters(self.index, None if self.param is None else self.param * widen, selector)
         scores, ids = self.index.search(queries, fetch, params=params)
         if self.rerank is None:
             return scores, ids

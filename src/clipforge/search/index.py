@@ -23,6 +23,9 @@ from clipforge.search import faiss_index
 from clipforge.search.store import MANIFEST, Store, read_parquet
 
 
+EXACT_FILTER_LIMIT = 50_000
+
+
 class NoIndex(FileNotFoundError):
     """There is no usable index at a folder."""
 
@@ -118,11 +121,17 @@ class Index:
             return None
         mask = np.ones(len(self.keys), dtype=bool)
         if prefix:
-            mask &= np.fromiter((k.startswith(prefix) for k in self.keys), bool, len(self.keys))
+            mask &= np.char.startswith(self.keys.astype(str), prefix)
         for column, value in (where or {}).items():
             if column not in self.metadata:
                 raise KeyError(f"no metadata column {column!r}: filter on one of {', '.join(self.metadata)}")
-            mask &= np.array([v == value for v in self.metadata[column]], dtype=bool)
+            values = self.metadata[column]
+            typed = next((type(v) for v in values if v is not None), str)
+            try:
+                value = typed(value) if not isinstance(value, typed) else value  # "--where width=64" is an int
+            except (TypeError, ValueError):
+                raise ValueError(f"--where {column}={value!r}: the column holds {typed.__name__} values") from None
+            mask &= np.array([v == value for v in values], dtype=bool)
         return mask
 
     def search_vector(self, vector: np.ndarray, k: int = 10, where: dict | None = None,
@@ -137,13 +146,19 @@ class Index:
                 prefix += "/"
             return [Hit(score, meta["key"], meta) for score, meta in self._searcher.search(query, k, where, prefix)]
         mask = self._mask(where, prefix)
-        selector = None
-        if mask is not None:
-            allowed = np.flatnonzero(mask).astype(np.int64)
-            if not len(allowed):
-                return []
-            selector = faiss_index.import_faiss().IDSelectorBatch(allowed)
-        scores, ids = self._searcher.search(query[None], k, selector)
+        if mask is None:
+            scores, ids = self._searcher.search(query[None], k)
+            return [Hit(float(s), self.keys[i], self._row(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        allowed = np.flatnonzero(mask).astype(np.int64)
+        if len(allowed) <= EXACT_FILTER_LIMIT:
+            # An approximate index only looks at the candidates its beam/lists reach; a selective filter would
+            # leave few of them. Up to this many allowed images, they are scored exactly instead.
+            scores = self.vectors(allowed) @ query
+            top = np.argsort(-scores, kind="stable")[:k]
+            return [Hit(float(scores[t]), self.keys[allowed[t]], self._row(allowed[t])) for t in top]
+        selector = faiss_index.import_faiss().IDSelectorBatch(allowed)
+        widen = int(min(64, np.ceil(len(self.keys) / len(allowed))))  # the search parameter grows as 1/selectivity
+        scores, ids = self._searcher.search(query[None], k, selector, widen)
         return [Hit(float(s), self.keys[i], self._row(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
 
     def _row(self, i: int) -> dict:
