@@ -305,3 +305,15 @@ def test_a_caption_edit_reaches_the_metadata_without_embedding(tmp_path, model_s
     assert report["embedded"] == 0 and report["unchanged_bytes"] == 4
     with Index(tmp_path / "idx", loaded=loaded) as index:
         assert sorted(index.metadata["caption"]) == [f"new {i}" for i in range(4)]
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_one_writes(tmp_path, model_spec, loaded):
+    import fcntl
+    from clipforge.search.build import LOCK
+    coll = write_collection(tmp_path / "coll", 3)
+    (tmp_path / "idx").mkdir()
+    with open(tmp_path / "idx" / LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(FileExistsError, match="another clipforge index run is writing"):
+            build_index(str(coll), tmp_path / "idx", config(model_spec), loaded=loaded)
+    assert build_index(str(coll), tmp_path / "idx", config(model_spec), loaded=loaded)["indexed"] == 3

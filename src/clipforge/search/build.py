@@ -8,6 +8,7 @@ into its own parts and rank 0 writes the snapshot; with ``engine="ray"`` the emb
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -237,7 +238,7 @@ def _default_workers() -> int:
 def _open_store(out: Path) -> Store:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file: choose a folder for the index")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not (out / MANIFEST).exists():
         raise FileExistsError(f"{out} is not empty and holds no clipforge index: choose an empty or new folder")
     return Store(out)
 
@@ -300,8 +301,37 @@ def build_index(src: str, out: str | os.PathLike, config: IndexConfig,
         from clipforge.search import qdrant
 
         qdrant.check_reachable(config.qdrant_url, config.qdrant_path)
+    with _lock(Path(out), rank):
+        return _run(src, out, config, loaded, collection, start, rank, world)
+
+
+LOCK = ".clipforge_index.lock"
+
+
+@contextlib.contextmanager
+def _lock(out: Path, rank: int):
+    """One writing run per index folder (rank 0 holds it for its ranks): a second run is refused, not interleaved."""
+    if rank != 0:
+        yield
+        return
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(f"another clipforge index run is writing {out}: wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(src: str, out, config: IndexConfig, loaded: LoadedModel, collection: sources.Collection, start: float,
+         rank: int, world: int) -> dict:
     if rank == 0:
-        _start_run(store, config, loaded, src, collection.kind)
+        _start_run(Store(out), config, loaded, src, collection.kind)
     _barrier(world)
     store = Store(out)
     run = store.manifest["runs"]
