@@ -26,7 +26,7 @@ from clipforge import dist
 from clipforge._atomic import atomic_directory, write_text_atomic
 from clipforge.progress import progress
 from clipforge.search import embedding, faiss_index, sources
-from clipforge.search.store import MANIFEST, RowVectors, Store, write_parquet
+from clipforge.search.store import MANIFEST, RowVectors, Store, part_name, read_parquet, write_parquet
 
 logger = logging.getLogger("clipforge.search")
 DTYPES = ("float16", "float32")
@@ -193,8 +193,6 @@ class PartWriter:
     def flush(self) -> None:
         if not self.rows:
             return
-        from clipforge.search.store import part_name
-
         columns = {name: [r.get(name) for r in self.rows] for name in self.rows[0]}
         self.store.write_part(part_name(self.run, self.rank, self.seq), np.stack(self.vectors).astype(self.dtype),
                               columns)
@@ -203,9 +201,9 @@ class PartWriter:
 
 
 def _row(item: sources.Item, info: dict, error: str | None = None) -> dict:
-    path = item.location if isinstance(item.location, str) else (item.shard or "")
-    if isinstance(item.location, tuple):
-        path = item.location[0]
+    # the file holding the image: itself, or its shard (a tar path, or the shard name for streamed shards)
+    path = item.location if isinstance(item.location, str) else \
+        item.location[0] if isinstance(item.location, tuple) else (item.shard or "")
     return {"key": item.key, "path": path, "shard": item.shard, "caption": item.caption,
             "width": info.get("width"), "height": info.get("height"), "size": info.get("size"),
             "mtime": item.stamp[1] / 1e9 if item.stamp[1] >= 0 else None, "sha1": info.get("sha1"),
@@ -418,7 +416,7 @@ def finalize(store: Store, collection: sources.Collection, config: IndexConfig,
     rows = np.array([where[k] for k in live], dtype=np.int64).reshape(-1, 2)
     vectors = RowVectors(store, names, rows)
     columns = {c: [metas[p][c][r] for p, r in rows] for c in metas[0] if c not in ("error",)}
-    previous = _previous_rows(store)
+    previous = _previous_keys(store)
     with atomic_directory(store.snapshot_dir) as tmp:
         np.save(tmp / "rows.npy", rows)
         (tmp / "parts.json").write_text(json.dumps(names))
@@ -427,7 +425,7 @@ def finalize(store: Store, collection: sources.Collection, config: IndexConfig,
         info = _write_backend(tmp, vectors, config, names, rows, live, columns, store.manifest["id"], queries)
         (tmp / "index.json").write_text(json.dumps(info, indent=1))
     listed = set(live) | set(unreadable)
-    dropped = sum(1 for k in _keys_of(previous) if k not in listed)
+    dropped = sum(1 for k in previous if k not in listed)
     store.manifest["dead"] = dead
     store.manifest["snapshot"] = {k: info[k] for k in ("backend", "factory", "count") if k in info}
     store.save_manifest()
@@ -445,20 +443,10 @@ def _first_error(keys, where, metas) -> str:
     return f"{keys[0]}: {metas[p]['error'][r]}"
 
 
-def _previous_rows(store: Store) -> dict | None:
+def _previous_keys(store: Store) -> list[str]:
+    """The keys the current snapshot indexes (before it is replaced)."""
     meta_path = store.snapshot_dir / "metadata.parquet"
-    if not meta_path.exists():
-        return None
-    from clipforge.search.store import read_parquet
-
-    keys = read_parquet(meta_path)["key"]
-    rows = np.load(store.snapshot_dir / "rows.npy")
-    names = json.loads((store.snapshot_dir / "parts.json").read_text())
-    return {k: (names[p], int(r)) for k, (p, r) in zip(keys, rows)}
-
-
-def _keys_of(previous: dict | None) -> list[str]:
-    return list(previous) if previous else []
+    return read_parquet(meta_path)["key"] if meta_path.exists() else []
 
 
 def _write_backend(tmp: Path, vectors: RowVectors, config: IndexConfig, names, rows, live, columns, store_id: str,

@@ -125,8 +125,9 @@ def _sample_item(sample: dict, shard: str, stamp: tuple[int, int]) -> Item | Non
 
 
 def list_shards(spec: str) -> Collection:
-    urls = shard_lists.expand_shards([spec]).urls
-    shard_lists.check_local_shards(shard_lists.expand_shards([spec]))
+    shard_list = shard_lists.expand_shards([spec])
+    shard_lists.check_local_shards(shard_list)
+    urls = shard_list.urls
     names = [os.path.basename(u) for u in urls]
     if len(set(names)) != len(names):
         raise SourceError(f"{spec}: two shards share a file name; keys are <shard name>/<sample key>, so shard "
