@@ -39,6 +39,7 @@ from clipforge.export.graphs import (DEFAULT_OPSET, EXPORTERS, EXTERNAL_DATA_BYT
 from clipforge.models import convert_config
 from clipforge.models.clip import CLIP
 from clipforge.models.factory import create_model, tokenizer_for_config
+from clipforge.models.fingerprint import weights_fingerprint
 from clipforge.models.hub_layout import clipforge_section
 from clipforge.runtime import Bundle, OnnxEncoder
 from clipforge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_record
@@ -291,6 +292,7 @@ def _base_manifest(model: CLIP, spec: str, tokenizer_section: dict) -> dict[str,
             "tokenizer": tokenizer_section, "embed_dim": model.config.embed_dim, "outputs_normalized": False,
             "logit_scale": float(model.logit_scale.detach().float().exp()),
             "logit_bias": None if bias is None else float(bias.detach().float()),
+            "weights_fingerprint": weights_fingerprint(model),  # lets an index made by the torch model accept it
             "default_variant": "fp32", "variants": {}}
 
 

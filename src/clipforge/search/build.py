@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import torch
 
 from clipforge import dist
 from clipforge._atomic import atomic_directory, write_text_atomic
+from clipforge.models.fingerprint import weights_fingerprint
 from clipforge.progress import progress
 from clipforge.search import embedding, faiss_index, sources
 from clipforge.search.store import MANIFEST, RowVectors, Store, part_name, read_parquet, write_parquet
@@ -94,16 +94,6 @@ class LoadedModel:
     transform: Callable
     embed_dim: int
     fingerprint: str
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of every tensor's name, dtype, shape and bytes: the identity of the vectors a model makes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def load_model(spec: str, precision: str = "fp32", device: str = "cpu") -> LoadedModel:

@@ -68,6 +68,13 @@ class Index:
         if loaded is not None or model is not None:
             self._check_model(self.model)
         self._searcher = self._open_backend()
+        self._positions: dict[str, int] | None = None
+
+    def position(self, key: str) -> int:
+        """The indexed position of ``key`` (KeyError when it is not indexed)."""
+        if self._positions is None:
+            self._positions = {key: i for i, key in enumerate(self.keys)}
+        return self._positions[key]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -148,20 +155,21 @@ class Index:
         mask = self._mask(where, prefix)
         if mask is None:
             scores, ids = self._searcher.search(query[None], k)
-            return [Hit(float(s), self.keys[i], self._row(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            return [Hit(float(s), self.keys[i], self.row(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
         allowed = np.flatnonzero(mask).astype(np.int64)
         if len(allowed) <= EXACT_FILTER_LIMIT:
             # An approximate index only looks at the candidates its beam/lists reach; a selective filter would
             # leave few of them. Up to this many allowed images, they are scored exactly instead.
             scores = self.vectors(allowed) @ query
             top = np.argsort(-scores, kind="stable")[:k]
-            return [Hit(float(scores[t]), self.keys[allowed[t]], self._row(allowed[t])) for t in top]
+            return [Hit(float(scores[t]), self.keys[allowed[t]], self.row(allowed[t])) for t in top]
         selector = faiss_index.import_faiss().IDSelectorBatch(allowed)
         widen = int(min(64, np.ceil(len(self.keys) / len(allowed))))  # the search parameter grows as 1/selectivity
         scores, ids = self._searcher.search(query[None], k, selector, widen)
-        return [Hit(float(s), self.keys[i], self._row(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        return [Hit(float(s), self.keys[i], self.row(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
 
-    def _row(self, i: int) -> dict:
+    def row(self, i: int) -> dict:
+        """The metadata of indexed position ``i``."""
         return {name: values[i] for name, values in self.metadata.items()}
 
     def embed_text(self, text: str) -> np.ndarray:

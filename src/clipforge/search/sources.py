@@ -66,6 +66,7 @@ def _stamp(path: str) -> tuple[int, int]:
 
 def list_folder(root: str) -> Collection:
     items = []
+    root = os.path.abspath(root)  # stored paths stay valid from any working directory (the service reads them)
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
