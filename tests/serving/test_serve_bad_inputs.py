@@ -1,6 +1,7 @@
 """Bad requests get a 4xx JSON error naming the problem and the server keeps serving; bad command lines get one line
 and exit 2; image URLs reach only allowed hosts on public addresses."""
 import http.server
+import socket
 import struct
 import threading
 import time
@@ -205,8 +206,13 @@ def test_bad_command_lines_are_one_line(bad_cli, tiny_spec, capsys):
         (["serve", tiny_spec, "--variant", "int8"], "--variant", []),
         (["serve", tiny_spec, "--index", str(r / "coll")], "no index", []),
         (["serve", str(r / "other"), "--index", str(r / "idx")], "indexed with model", []),
+        (["serve", tiny_spec, "--host", "no-such-host.invalid"], "--host", []),
     ]
-    assert not one_line_failures(cases, capsys, status=2)
+    with socket.socket() as busy:  # a port something else listens on
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cases.append((["serve", tiny_spec, "--port", str(busy.getsockname()[1])], "cannot listen", []))
+        assert not one_line_failures(cases, capsys, status=2)
 
 
 def test_cors_is_off_unless_origins_are_given(tiny_spec):

@@ -62,12 +62,13 @@ def config_from_args(args) -> ServeConfig:
 
 
 def run(args) -> int:
-    from clipforge.serving.server import serve
+    from clipforge.serving.app import open_index
+    from clipforge.serving.encoders import load_model
+    from clipforge.serving.server import check_port, serve
 
     config = config_from_args(args)
     config.check()
-    from clipforge.serving.app import open_index
-    from clipforge.serving.encoders import load_model
+    check_port(config.host, config.port)
 
     # loaded here, so that a bad model or index is one line before the server starts; several workers load their own
     model = load_model(config)

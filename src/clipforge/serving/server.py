@@ -10,12 +10,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 
 from clipforge.serving._deps import import_serving
 from clipforge.serving.config import ServeConfig
 
 GRACE_S = 30
 _ENV = "CLIPFORGE_SERVE_CONFIG"
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail in one line, before a model is loaded, when the address cannot be listened on."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise OSError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port or stop what "
+                          "uses it") from None
 
 
 def _threads(config: ServeConfig) -> ServeConfig:
