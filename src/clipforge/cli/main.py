@@ -28,6 +28,7 @@ VERBS = {
     "index": ("clipforge.cli.index", "embed an image folder, table or shards into a searchable index (incremental)"),
     "search": ("clipforge.cli.search", "search an index with text or an image; a table or JSON"),
     "dedup": ("clipforge.cli.dedup", "groups of near-duplicate images in an index"),
+    "curate": ("clipforge.cli.curate", "MetaCLIP curation: match captions to metadata, balance, write curated shards"),
     "serve": ("clipforge.cli.serve", "HTTP service: OpenAI-shaped embeddings, ranking, classification, index search"),
     "plot": ("clipforge.cli.plot", "PNG curves of training runs (loss, lr, throughput, evaluation metrics)"),
     "quickstart": ("clipforge.cli.quickstart", "offline demo: make a dataset, train a tiny CLIP, evaluate it"),

@@ -37,6 +37,7 @@ class DataStats:
     missing_fields: int = 0    # samples without an image or caption (or an empty or non-UTF-8 caption)
     shard_errors: int = 0      # shards that could not be opened or were truncated / unreadable
     filled: int = 0            # batch slots filled by repeating a good sample of the same batch
+    balanced_out: int = 0      # samples left out this epoch by data.balance_from
 
     def add(self, counts: dict) -> None:
         for key, value in counts.items():

@@ -22,6 +22,8 @@ class DataConfig:
     comes from the CSV row count or a ``sizes.json`` / ``__len__`` file next to the shards.
     ``shuffle_buffer`` is the WebDataset sample shuffle buffer (CSV and synthetic always use a full
     permutation). ``text_mask_prob`` drops each caption token with that probability (0 = off).
+    ``balance_from`` (a ``clipforge curate`` folder where the training shards were matched) keeps each sample with
+    MetaCLIP's probability for ``balance_t``, drawn afresh each epoch (seeded by ``seed``).
     """
 
     kind: Literal["csv", "webdataset", "synthetic"] = "webdataset"
@@ -39,6 +41,8 @@ class DataConfig:
     wds_image_key: str = "jpg;png;jpeg;webp"
     wds_caption_key: str = "txt"
     text_mask_prob: float = 0.0
+    balance_from: str | None = None       # a `clipforge curate` folder: MetaCLIP balancing per epoch (webdataset)
+    balance_t: float = 20000.0            # its threshold t
 
     def __post_init__(self):
         checks = [
@@ -53,6 +57,9 @@ class DataConfig:
              f"data.num_samples must be positive when set, got {self.num_samples}"),
             (self.train_weights is None or self.kind == "webdataset",
              "data.train_weights only applies to data.kind='webdataset'"),
+            (self.balance_from is None or self.kind == "webdataset",
+             "data.balance_from applies to data.kind='webdataset' (the pool's shards, matched by clipforge curate)"),
+            (self.balance_t > 0, f"data.balance_t must be positive, got {self.balance_t}"),
             (self.train_weights is None or self.resampled,
              "data.train_weights needs data.resampled=true: weights decide how often shards are drawn"),
         ]

@@ -168,10 +168,17 @@ def _tar_dataset(cfg, image_transform, tokenize, rank, world_size, epoch, start_
         raise ConfigError(f"{len(shards.urls)} shards cannot give each of {world_size} ranks x "
                           f"{max(1, cfg.workers)} workers its own shard: use more shards, fewer data.workers, "
                           "or data.resampled=true")
-    num_samples = cfg.num_samples or read_total_size(shards, cfg.sources())
+    balance = None
+    if cfg.balance_from:
+        from clipforge.curation.online import OnlineBalance
+
+        balance = OnlineBalance(cfg.balance_from, cfg.balance_t, cfg.seed)
+    # a balanced epoch is as long as the samples the rule is expected to keep
+    num_samples = cfg.num_samples or (balance.expected_samples(shards.urls) if balance is not None else
+                                      read_total_size(shards, cfg.sources()))
     plan = _make_plan(cfg, num_samples, rank, world_size, epoch, start_batch)
     fmt = TarFormat(image_keys=_keys(cfg.wds_image_key), caption_keys=_keys(cfg.wds_caption_key),
-                    shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled)
+                    shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, balance=balance)
     dataset = TarBatches(shards, plan, fmt, image_transform, tokenize, cfg.text_mask_prob)
     return dataset, plan, DataStats()
 

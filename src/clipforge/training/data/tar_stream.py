@@ -38,6 +38,7 @@ class TarFormat:
     caption_keys: tuple[str, ...] = ("txt",)
     shuffle_buffer: int = 1000
     resampled: bool = False
+    balance: object = None  # curation.online.OnlineBalance: keep masks per shard and epoch
 
 
 def read_shard(url: str, fmt: TarFormat, counts: dict) -> Iterator[RawSample]:
@@ -145,15 +146,21 @@ class TarBatches(IterableDataset):
 
     def _read(self, order: Iterator[tuple[int, int]], skip: int, counts: dict) -> Iterator[RawSample]:
         """Raw samples of the shards in ``order``, minus the first ``skip`` (whole shards when sizes are known)."""
-        sizes = self.shards.sizes
+        balance = self.fmt.balance
+        sizes = self.shards.sizes if balance is None else None  # balanced shards are shorter than their sizes
         empty_run, limit = 0, max(100, 4 * len(self.shards.urls))
         for _, shard in order:
             if sizes is not None and skip >= sizes[shard] > 0:
                 skip -= sizes[shard]
                 empty_run = 0
                 continue
+            url = self.shards.urls[shard]
+            keep = balance.mask(url, self.plan.epoch) if balance is not None else None
             count = 0
-            for sample in read_shard(self.shards.urls[shard], self.fmt, counts):
+            for position, sample in enumerate(read_shard(url, self.fmt, counts)):
+                if keep is not None and not (position < len(keep) and keep[position]):
+                    counts["balanced_out"] += skip == 0
+                    continue
                 count += 1
                 if skip > 0:
                     skip -= 1
