@@ -306,3 +306,59 @@ def test_metadata_builder_and_the_shipped_example(tmp_path):
     built = load_metadata(tmp_path / "meta.json").entries
     assert "Golden Gate Bridge" in built and "Obscure page" not in built and len(built) == len(example) + 1
     assert json.loads((tmp_path / "meta.json.sources.json").read_text()) == {"example": len(example), "titles": 1}
+
+
+def test_a_ray_data_job_matches_what_one_process_matches(tmp_path):
+    """The shards as a Ray Data job on a local Ray instance (actors with their own automaton)."""
+    pool = _pool(tmp_path / "pool")
+    spec = str(pool / "pool-{000000..000003}.tar")
+    local = match_pool(spec, pool / "meta.json", tmp_path / "local", show_progress=False)
+    ray_run = match_pool(spec, pool / "meta.json", tmp_path / "ray", show_progress=False, engine="ray",
+                         ray_actors=2)
+    assert ray_run["engine"] == "ray" and ray_run["shards"] == 4 and ray_run["samples"] == local["samples"]
+    for s in range(4):
+        a = np.load(tmp_path / "local/matches" / f"pool-{s:06d}.tar.npz")
+        b = np.load(tmp_path / "ray/matches" / f"pool-{s:06d}.tar.npz")
+        for key in ("keys", "offsets", "ids", "counts"):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_per_language_lists_and_thresholds(tmp_path):
+    """MetaCLIP 2: one list per language (captions carry a `lang` member), one id space, each list balanced with
+    the threshold that keeps the reference language's share of matches."""
+    lists = {"en": ["dog", "cat", "red", "big dog"], "fr": ["chien", "chat", "rouge", "dog"], "zh": ["狗", "猫"]}
+    (tmp_path / "meta").mkdir()
+    for language, entries in lists.items():
+        (tmp_path / "meta" / f"{language}.json").write_text(json.dumps(entries, ensure_ascii=False))
+    rng = random.Random(0)
+    pools = {"en": ["a red dog", "a big dog.", "cat", "red red", "dog"], "fr": ["un chien rouge", "un dog",
+             "chat", "chien"], "zh": ["我的狗", "猫和狗"], "de": ["ein Hund"]}
+    samples, expected = [], []
+    for i in range(400):
+        language = rng.choices(list(pools), [6, 3, 1, 0.2])[0]
+        caption = rng.choice(pools[language])
+        samples.append((f"{i:05d}", {"jpg": b"\xff\xd8", "txt": caption.encode(), "lang": language.encode()}))
+        offset = {"en": 0, "fr": 4, "zh": 8}.get(language)
+        expected.append([] if offset is None else
+                        [offset + j for j in naive_match(caption, lists[language], "metaclip2")])
+    (tmp_path / "pool").mkdir()
+    _tar(tmp_path / "pool" / "pool-000000.tar", samples[:200])
+    _tar(tmp_path / "pool" / "pool-000001.tar", samples[200:])
+    totals = match_pool(str(tmp_path / "pool" / "pool-{000000..000001}.tar"), tmp_path / "meta", tmp_path / "cur",
+                        rule="metaclip2", show_progress=False)
+    assert totals["no_language_list"] == sum(1 for _, s in samples if s["lang"] == b"de") > 0
+    got = []
+    for name in ("pool-000000.tar", "pool-000001.tar"):
+        with np.load(tmp_path / "cur" / "matches" / f"{name}.npz") as m:
+            got += [m["ids"][m["offsets"][i]:m["offsets"][i + 1]].tolist() for i in range(len(m["offsets"]) - 1)]
+    assert got == expected
+    counts = merge_counts(tmp_path / "cur")
+    summary = balance_pool(tmp_path / "cur", t=20, seed=0, per_language=True, reference="en")
+    thresholds = summary["thresholds"]
+    assert thresholds["en"] == 20 and thresholds["fr"] != 20
+    share = tail_share(counts[0:4], 20)
+    assert abs(tail_share(counts[4:8], thresholds["fr"]) - share) < 1e-6
+    assert (tmp_path / "cur" / "balanced" / "t20-seed0-lang" / "summary.json").is_file()
+    from clipforge.curation import CurationError
+    with pytest.raises(CurationError, match="reference-language"):
+        balance_pool(tmp_path / "cur", t=20, per_language=True, reference="xx")

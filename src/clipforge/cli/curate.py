@@ -10,12 +10,17 @@ def add_arguments(parser):
     match.add_argument("src", help="WebDataset shards ('pool/{000000..000999}.tar'), a Parquet/CSV/TSV table or a "
                                    "folder of them")
     match.add_argument("--metadata", required=True, help="entries: a JSON list (MetaCLIP's metadata.json) or one "
-                                                         "per line")
+                                                         "per line; a folder of LANG.json lists for MetaCLIP 2")
+    match.add_argument("--language-field", default=None, help="per-language lists: the member/column with each "
+                                                              "caption's language code (default: lang)")
     match.add_argument("--out", required=True, help="the curation folder")
     match.add_argument("--rule", default="metaclip1", choices=["metaclip1", "metaclip2", "words"])
     match.add_argument("--caption-column", default=None, help="tables: the caption column")
     match.add_argument("--shard-index", type=int, default=None, help="this job's share (default: torchrun rank or 0)")
     match.add_argument("--num-shards", type=int, default=None, help="how many jobs share the pool (default: world)")
+    match.add_argument("--engine", default="local", choices=["local", "ray"], help="ray: a Ray Data job over the shards")
+    match.add_argument("--ray-address", default=None, help="a running Ray cluster ('auto'); default: a local Ray")
+    match.add_argument("--ray-actors", type=int, default=2, help="Ray actors (each builds the automaton once)")
     merge = steps.add_parser("merge", help="sum the per-shard counts (every shard must be matched)")
     merge.add_argument("dir")
     balance = steps.add_parser("balance", help="keep masks for a threshold t (reuses the matches)")
@@ -23,6 +28,9 @@ def add_arguments(parser):
     balance.add_argument("--t", type=float, default=20000, help="entry count threshold (MetaCLIP: 20000 for 400M)")
     balance.add_argument("--seed", type=int, default=0)
     balance.add_argument("--plot", default=None, help="also write the sorted counts before/after as this PNG")
+    balance.add_argument("--per-language", action="store_true", help="MetaCLIP 2: each list's own t, keeping the "
+                                                                     "share of matches the reference language keeps")
+    balance.add_argument("--reference-language", default="en", help="the list that takes --t (default en)")
     write = steps.add_parser("write", help="curated WebDataset shards (+ matched.json per sample, sizes.json)")
     write.add_argument("dir")
     write.add_argument("--balanced", required=True, help="a balanced set, e.g. t20000-seed0")
@@ -52,14 +60,16 @@ def run(args) -> int:
         rank, _, world = dist.read_environment()  # torchrun / SLURM ranks split the shards like a job array
         index = args.shard_index if args.shard_index is not None else rank
         count = args.num_shards if args.num_shards is not None else world
-        totals = curation.match_pool(args.src, args.metadata, args.out, args.rule, index, count, args.caption_column)
+        totals = curation.match_pool(args.src, args.metadata, args.out, args.rule, index, count, args.caption_column,
+                                     engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
+                                     language_field=args.language_field)
         print(json.dumps(totals))
     elif args.step == "merge":
         counts = curation.merge_counts(args.dir)
         print(f"{int(counts.sum())} matches over {int((counts > 0).sum())} of {len(counts)} entries")
     elif args.step == "balance":
-        summary = curation.balance_pool(args.dir, args.t, args.seed)
-        name = f"t{summary['t']:g}-seed{summary['seed']}"
+        summary = curation.balance_pool(args.dir, args.t, args.seed, args.per_language, args.reference_language)
+        name = f"t{summary['t']:g}-seed{summary['seed']}" + ("-lang" if args.per_language else "")
         print(curation.stats_table(args.dir, name))
         if args.plot:
             print(f"plot: {curation.plot_counts(args.dir, name, args.plot)}")

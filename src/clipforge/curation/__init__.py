@@ -8,10 +8,11 @@ write curated shards.
 Level 3 (docs/architecture.md): reads files through ``clipforge.data``; no model involved.
 """
 from clipforge.curation.balance import keep_mask, keep_probabilities, tail_share, threshold_for_share
-from clipforge.curation.matching import RULES, Matcher, naive_match
-from clipforge.curation.metadata import CurationError, Metadata, from_entries, load_metadata
+from clipforge.curation.matching import RULES, LanguageMatcher, Matcher, naive_match
+from clipforge.curation.metadata import CurationError, Metadata, from_entries, load_metadata, load_metadata_lists
 from clipforge.curation.steps import balance_pool, match_pool, merge_counts, plot_counts, stats_table, write_shards
 
-__all__ = ["Matcher", "naive_match", "RULES", "Metadata", "load_metadata", "from_entries", "CurationError",
+__all__ = ["Matcher", "LanguageMatcher", "naive_match", "RULES", "Metadata", "load_metadata", "load_metadata_lists",
+           "from_entries", "CurationError",
            "keep_probabilities", "keep_mask", "tail_share", "threshold_for_share", "match_pool", "merge_counts",
            "balance_pool", "write_shards", "stats_table", "plot_counts"]

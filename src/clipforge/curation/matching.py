@@ -141,3 +141,41 @@ class Matcher:
     def match_one(self, caption: str) -> list[int]:
         offsets, ids = self.match([caption])
         return ids.tolist()
+
+
+class LanguageMatcher:
+    """One ``Matcher`` per language over one id space (language ``L``'s entry ``j`` is ``offset[L] + j``), MetaCLIP
+    2's layout. Captions are matched against their language's list; ``other`` (when present) serves languages
+    without one, otherwise such captions match nothing. With a single list (``ALL``) languages are ignored."""
+
+    def __init__(self, lists: dict[str, Sequence[str]], rule: str = "metaclip1"):
+        self.matchers, self.offsets, size = {}, {}, 0
+        for language, entries in lists.items():
+            self.matchers[language], self.offsets[language] = Matcher(entries, rule), size
+            size += len(entries)
+        self.size, self.rule = size, rule
+
+    def match(self, captions: Sequence[str], languages: Sequence[str | None] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(offsets, ids, unlisted)``: CSR matches in global ids, and how many captions had no list."""
+        from clipforge.curation.metadata import ALL
+
+        if ALL in self.matchers:
+            offsets, ids = self.matchers[ALL].match(captions)
+            return offsets, ids, 0
+        groups: dict[str, list[int]] = {}
+        unlisted = 0
+        for i, language in enumerate(languages if languages is not None else [None] * len(captions)):
+            chosen = language if language in self.matchers else "other" if "other" in self.matchers else None
+            if chosen is None:
+                unlisted += 1
+            else:
+                groups.setdefault(chosen, []).append(i)
+        owners, found = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        for language, positions in groups.items():
+            offsets, ids = self.matchers[language].match([captions[i] for i in positions])
+            owners.append(np.repeat(np.asarray(positions, dtype=np.int64), np.diff(offsets)))
+            found.append(ids.astype(np.int64) + self.offsets[language])
+        keys = np.sort(np.concatenate(owners) * self.size + np.concatenate(found))
+        owner, ids = keys // max(self.size, 1), (keys % max(self.size, 1)).astype(np.int32)
+        return np.searchsorted(owner, np.arange(len(captions) + 1)).astype(np.int64), ids, unlisted

@@ -5,6 +5,10 @@ Accepted files: a JSON list of strings (MetaCLIP's ``metadata.json`` layout, 500
 verbatim (matching is case-sensitive and whitespace-exact, as in MetaCLIP); duplicates are merged into their first
 occurrence and reported, since one string can only be one entry (MetaCLIP's two matchers disagree on duplicates: the
 per-entry search reports every copy, the automaton only the last one added).
+
+MetaCLIP 2 keeps one list per language: ``load_metadata_lists(FOLDER)`` reads every ``LANG.json`` / ``LANG.txt`` of
+a folder (the file name is the language code captions carry; ``other`` serves captions of languages without a list);
+a single file is one list for every caption (``ALL``).
 """
 from __future__ import annotations
 
@@ -64,3 +68,20 @@ def load_metadata(path: str | Path) -> Metadata:
         raise CurationError(f"metadata file not found: {path} (a JSON list or one entry per line; "
                             "`clipforge curate metadata` builds one)")
     return from_entries(_read(path), str(path))
+
+
+ALL = "*"
+
+
+def load_metadata_lists(path: str | Path) -> dict[str, Metadata]:
+    """Language code -> its list (a folder of per-language files), or ``{ALL: list}`` for one file."""
+    path = Path(path)
+    if not path.is_dir():
+        return {ALL: load_metadata(path)}
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".json", ".txt") and not p.name.startswith("."))
+    if not files:
+        raise CurationError(f"{path}: no LANG.json or LANG.txt metadata files in this folder")
+    stems = [p.stem for p in files]
+    if len(set(stems)) != len(stems):
+        raise CurationError(f"{path}: two files for one language ({sorted(s for s in stems if stems.count(s) > 1)[0]})")
+    return {p.stem: load_metadata(p) for p in files}

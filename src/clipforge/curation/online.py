@@ -11,7 +11,7 @@ import numpy as np
 
 from clipforge.curation import balance as bal
 from clipforge.curation.metadata import CurationError
-from clipforge.curation.steps import merge_counts, read_matches, read_run
+from clipforge.curation.steps import merge_counts, probabilities, read_matches, read_run
 
 
 class OnlineBalance:
@@ -21,7 +21,7 @@ class OnlineBalance:
         self.shards = {name for name, _, _ in run["shards"]}
         counts = np.load(self.folder / "counts.npy") if (self.folder / "counts.npy").is_file() else \
             merge_counts(self.folder)
-        self.probabilities = bal.keep_probabilities(counts, t)
+        self.probabilities, _ = probabilities(run, counts, t)
         self._matches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _shard(self, url: str) -> tuple[str, np.ndarray, np.ndarray]:

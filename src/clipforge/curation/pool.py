@@ -31,6 +31,7 @@ class Captions:
     keys: list[str]
     texts: list[str | None]
     skipped: dict[str, int]  # no_caption, not_utf8, shard_errors
+    languages: list[str | None] | None = None  # per sample, when a language field was asked for
 
 
 def _kind(url: str) -> str:
@@ -68,7 +69,7 @@ def _decode(raw: bytes, skipped: dict) -> str | None:
         return None
 
 
-def _tar_captions(shard: Shard, out: Captions) -> None:
+def _tar_captions(shard: Shard, out: Captions, language_field: str | None) -> None:
     counts = {"shard_errors": 0}
     local = os.path.isfile(shard.url) and tars.is_plain_tar(shard.url)
     samples = tars.index_samples(shard.url, counts) if local else \
@@ -76,6 +77,13 @@ def _tar_captions(shard: Shard, out: Captions) -> None:
     for sample in samples:
         field = next((f for f in CAPTION_FIELDS if f in sample), None)
         out.keys.append(sample["__key__"])
+        if language_field is not None:
+            value = sample.get(language_field)
+            try:
+                raw = tars.read_location(value) if isinstance(value, tuple) else value
+                out.languages.append(raw.decode("utf-8").strip() if raw is not None else None)
+            except (OSError, UnicodeDecodeError):
+                out.languages.append(None)
         if field is None:
             out.skipped["no_caption"] += 1
             out.texts.append(None)
@@ -103,19 +111,25 @@ def _column(columns, wanted: str | None, url: str) -> str:
     return found
 
 
-def read_captions(shard: Shard, caption_column: str | None = None) -> Captions:
-    out = Captions([], [], {"no_caption": 0, "not_utf8": 0, "shard_errors": 0})
+def read_captions(shard: Shard, caption_column: str | None = None, language_field: str | None = None) -> Captions:
+    """``language_field``: the tar member (``lang``) or table column holding each caption's language code."""
+    out = Captions([], [], {"no_caption": 0, "not_utf8": 0, "shard_errors": 0},
+                   [] if language_field is not None else None)
     if not shard.url.startswith(("http://", "https://", "pipe:")) and not os.path.exists(shard.url):
         raise CurationError(f"shard {shard.url} is gone (it was listed when matching started); restore it or "
                             "match again without it")
     if shard.kind == "tar":
-        _tar_captions(shard, out)
+        _tar_captions(shard, out, language_field)
     elif shard.kind == "parquet":
         import pyarrow.parquet as pq
 
         schema = pq.read_schema(shard.url)
         column = _column(schema.names, caption_column, shard.url)
-        values = pq.read_table(shard.url, columns=[column]).column(column).to_pylist()
+        wanted = [column] + ([_column(schema.names, language_field, shard.url)] if language_field else [])
+        table = pq.read_table(shard.url, columns=wanted)
+        values = table.column(column).to_pylist()
+        if language_field:
+            out.languages = [v if isinstance(v, str) else None for v in table.column(language_field).to_pylist()]
         out.keys = [str(i) for i in range(len(values))]
         out.texts = [v if isinstance(v, str) else None for v in values]
         out.skipped["no_caption"] += sum(v is None for v in out.texts)
@@ -126,6 +140,9 @@ def read_captions(shard: Shard, caption_column: str | None = None) -> Captions:
         column = _column(table.columns, caption_column, shard.url)
         out.keys = [str(i) for i in range(len(table.rows))]
         out.texts = [row.get(column) or None for row in table.rows]
+        if language_field:
+            _column(table.columns, language_field, shard.url)
+            out.languages = [row.get(language_field) or None for row in table.rows]
         out.skipped["no_caption"] += sum(t is None for t in out.texts)
         out.skipped["not_utf8"] += len(table.bad_rows)
     return out

@@ -22,8 +22,8 @@ import numpy as np
 
 from clipforge._atomic import atomic_directory, atomic_path, check_output_folder, write_text_atomic
 from clipforge.curation import balance as bal
-from clipforge.curation.matching import Matcher
-from clipforge.curation.metadata import CurationError, Metadata, load_metadata
+from clipforge.curation.matching import LanguageMatcher
+from clipforge.curation.metadata import ALL, CurationError, Metadata, load_metadata_lists
 from clipforge.curation.pool import Shard, list_pool, read_captions
 from clipforge.progress import progress
 
@@ -43,31 +43,43 @@ def read_run(folder: Path) -> dict:
     return json.loads((folder / RUN).read_text())
 
 
-def _start(src: str, metadata: Metadata, out: Path, rule: str, shards: list[Shard]) -> dict:
-    run = {"source": src, "rule": rule, "metadata": metadata.source, "entries": len(metadata),
-           "duplicates_merged": metadata.duplicates, "shards": [[s.name, s.url, s.kind] for s in shards]}
+def _start(src: str, lists: dict[str, Metadata], out: Path, rule: str, shards: list[Shard],
+           language_field: str | None) -> dict:
+    entries = [e for m in lists.values() for e in m.entries]
+    languages, offset = [], 0
+    for language, m in lists.items():
+        languages.append([language, offset, len(m)])
+        offset += len(m)
+    run = {"source": src, "rule": rule, "metadata": [m.source for m in lists.values()], "entries": len(entries),
+           "languages": languages, "language_field": language_field,
+           "duplicates_merged": {k: v for m in lists.values() for k, v in m.duplicates.items()},
+           "shards": [[s.name, s.url, s.kind] for s in shards]}
     if (out / RUN).is_file():
         before = json.loads((out / RUN).read_text())
-        same = {k: before.get(k) for k in ("source", "rule", "entries", "shards")} == \
-            {k: run[k] for k in ("source", "rule", "entries", "shards")}
+        keys = ("source", "rule", "entries", "shards", "languages", "language_field")
+        same = {k: before.get(k) for k in keys} == {k: run[k] for k in keys}
         old = json.loads((out / "metadata.json").read_text())
-        if not same or old != list(metadata.entries):
+        if not same or old != entries:
             raise CurationError(f"{out} holds a curation run of another source, rule or metadata: use a new --out")
         return before
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "metadata.json", json.dumps(list(metadata.entries), ensure_ascii=False))
+    write_text_atomic(out / "metadata.json", json.dumps(entries, ensure_ascii=False))
     write_text_atomic(out / RUN, json.dumps(run, indent=1, ensure_ascii=False))
     return run
 
 
-def match_shard(shard: Shard, matcher: Matcher, out: Path, caption_column: str | None, batch: int = 20_000) -> dict:
-    captions = read_captions(shard, caption_column)
+def match_shard(shard: Shard, matcher: LanguageMatcher, out: Path, caption_column: str | None,
+                language_field: str | None = None, batch: int = 20_000) -> dict:
+    captions = read_captions(shard, caption_column, language_field)
     present = [i for i, t in enumerate(captions.texts) if t is not None]
     offsets_parts, ids_parts = [np.zeros(1, dtype=np.int64)], []
-    total = 0
+    total, unlisted = 0, 0
     for start in range(0, len(present), batch):
-        chunk = [captions.texts[i] for i in present[start:start + batch]]
-        offsets, ids = matcher.match(chunk)
+        positions = present[start:start + batch]
+        chunk = [captions.texts[i] for i in positions]
+        languages = [captions.languages[i] for i in positions] if captions.languages is not None else None
+        offsets, ids, missing = matcher.match(chunk, languages)
+        unlisted += missing
         offsets_parts.append(offsets[1:] + total)
         ids_parts.append(ids)
         total += len(ids)
@@ -81,34 +93,87 @@ def match_shard(shard: Shard, matcher: Matcher, out: Path, caption_column: str |
     _save_npz(out / "matches" / f"{shard.name}.npz", keys=np.array(captions.keys, dtype=object).astype(str),
               offsets=offsets, ids=ids, counts=counts,
               skipped=np.array([captions.skipped[k] for k in ("no_caption", "not_utf8", "shard_errors")]))
-    return {"samples": len(captions.texts), "matched": int((lengths > 0).sum()), **captions.skipped}
+    return {"samples": len(captions.texts), "matched": int((lengths > 0).sum()), "no_language_list": unlisted,
+            **captions.skipped}
 
 
 def match_pool(src: str, metadata_path: str, out: str | os.PathLike, rule: str = "metaclip1",
                shard_index: int = 0, num_shards: int = 1, caption_column: str | None = None,
-               show_progress: bool = True) -> dict:
-    """Match this process's share of the pool's shards (``shard_index`` of ``num_shards``); returns its counts."""
+               show_progress: bool = True, engine: str = "local", ray_address: str | None = None,
+               ray_actors: int = 2, language_field: str | None = None) -> dict:
+    """Match this process's share of the pool's shards (``shard_index`` of ``num_shards``); returns its counts.
+    ``engine="ray"`` matches the share as a Ray Data job (``ray_actors`` actors, each with its own automaton) on a
+    running cluster (``ray_address="auto"``) or a local Ray instance."""
+    if engine not in ("local", "ray"):
+        raise CurationError(f"--engine must be local or ray, got {engine!r}")
     if not 0 <= shard_index < num_shards:
         raise CurationError(f"--shard-index must be in 0..{num_shards - 1}, got {shard_index}")
     out = Path(out)
-    metadata = load_metadata(metadata_path)
+    lists = load_metadata_lists(metadata_path)
+    if ALL not in lists and language_field is None:
+        language_field = "lang"  # per-language lists need each caption's language: the `lang` member by default
     shards = list_pool(src)
-    _start(src, metadata, out, rule, shards)
+    _start(src, lists, out, rule, shards, language_field)
+    entries = {language: list(m.entries) for language, m in lists.items()}
     mine = [s for i, s in enumerate(shards) if i % num_shards == shard_index]
     todo = [s for s in mine if not (out / "matches" / f"{s.name}.npz").is_file()]
     (out / "matches").mkdir(exist_ok=True)
     start = time.perf_counter()
-    matcher = Matcher(metadata.entries, rule)
-    built = time.perf_counter() - start
     totals = {"shards": len(todo), "skipped_done": len(mine) - len(todo), "samples": 0, "matched": 0,
-              "no_caption": 0, "not_utf8": 0, "shard_errors": 0, "automaton_seconds": round(built, 3)}
+              "no_caption": 0, "not_utf8": 0, "shard_errors": 0, "no_language_list": 0, "engine": engine}
+    if engine == "ray":
+        for done in _match_with_ray(todo, entries, rule, out, caption_column, language_field, ray_address,
+                                    ray_actors):
+            for key, value in done.items():
+                totals[key] += value
+        totals["seconds"] = round(time.perf_counter() - start, 3)
+        return totals
+    matcher = LanguageMatcher(entries, rule)
+    totals["automaton_seconds"] = round(time.perf_counter() - start, 3)
     with progress(total=len(todo), desc="matching", unit="shard", enabled=show_progress) as bar:
         for shard in todo:
-            for key, value in match_shard(shard, matcher, out, caption_column).items():
+            for key, value in match_shard(shard, matcher, out, caption_column, language_field).items():
                 totals[key] += value
             bar.update(1)
     totals["seconds"] = round(time.perf_counter() - start, 3)
     return totals
+
+
+class _RayMatcher:
+    """One automaton per Ray actor; each row is one shard, matched and saved by the actor."""
+
+    def __init__(self, entries: dict[str, list[str]], rule: str, out: str, caption_column: str | None,
+                 language_field: str | None):
+        self.matcher, self.out = LanguageMatcher(entries, rule), Path(out)
+        self.caption_column, self.language_field = caption_column, language_field
+
+    def __call__(self, row: dict) -> dict:
+        shard = Shard(str(row["name"]), str(row["url"]), str(row["kind"]))
+        return match_shard(shard, self.matcher, self.out, self.caption_column, self.language_field)
+
+
+def _match_with_ray(todo: list[Shard], entries: dict[str, list[str]], rule: str, out: Path,
+                    caption_column: str | None, language_field: str | None, address: str | None, actors: int):
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ImportError("the Ray engine needs Ray Data: pip install 'ray[data]'") from None
+    if not todo:
+        return []
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        items = [{"name": s.name, "url": s.url, "kind": s.kind} for s in todo]
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
+            _RayMatcher, concurrency=max(1, min(actors, len(items))),
+            fn_constructor_args=(entries, rule, str(out), caption_column, language_field))
+        return dataset.take_all()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def read_matches(out: Path, name: str) -> dict:
@@ -136,29 +201,49 @@ def merge_counts(out: str | os.PathLike) -> np.ndarray:
     return total
 
 
-def balance_pool(out: str | os.PathLike, t: float, seed: int = 0) -> dict:
-    """Keep masks for threshold ``t`` (``DIR/balanced/t{t}-seed{seed}/``) and a summary with counts before/after."""
+def probabilities(run: dict, counts: np.ndarray, t: float, per_language: bool = False,
+                  reference: str = "en") -> tuple[np.ndarray, dict[str, float]]:
+    """Per-entry keep probabilities and the threshold of each list. ``per_language`` (MetaCLIP 2): the reference
+    language's list takes ``t``; every other list the threshold that keeps the same share of its matches."""
+    t = bal.check_threshold(t)
+    ranges = {language: slice(offset, offset + size) for language, offset, size in run.get("languages", [])}
+    if not per_language or len(ranges) < 2:
+        return bal.keep_probabilities(counts, t), {language: t for language in ranges} or {ALL: t}
+    if reference not in ranges:
+        raise CurationError(f"--reference-language {reference!r} has no list; the lists are {', '.join(ranges)}")
+    share = bal.tail_share(counts[ranges[reference]], t)
+    result, thresholds = np.ones(len(counts)), {}
+    for language, part in ranges.items():
+        thresholds[language] = t if language == reference else bal.threshold_for_share(counts[part], share)
+        result[part] = bal.keep_probabilities(counts[part], thresholds[language])
+    return result, thresholds
+
+
+def balance_pool(out: str | os.PathLike, t: float, seed: int = 0, per_language: bool = False,
+                 reference: str = "en") -> dict:
+    """Keep masks for threshold ``t`` (``DIR/balanced/t{t}-seed{seed}/``, ``...-lang`` per language) and a summary
+    with counts before/after."""
     out = Path(out)
     t = bal.check_threshold(t)
     run = read_run(out)
     counts = np.load(out / "counts.npy") if (out / "counts.npy").is_file() else merge_counts(out)
-    probabilities = bal.keep_probabilities(counts, t)
-    name = f"t{t:g}-seed{seed}"
+    probabilities_, thresholds = probabilities(run, counts, t, per_language, reference)
+    name = f"t{t:g}-seed{seed}" + ("-lang" if per_language else "")
     after = np.zeros_like(counts)
-    summary = {"t": t, "seed": seed, "samples": 0, "matched": 0, "kept": 0, "expected_kept": 0.0,
+    summary = {"t": t, "seed": seed, "thresholds": thresholds, "samples": 0, "matched": 0, "kept": 0, "expected_kept": 0.0,
                "expected_sd": 0.0, "shards": {}}
     variance = 0.0
     with_tmp = out / "balanced" / f".{name}.partial"
     with_tmp.mkdir(parents=True, exist_ok=True)
     for shard, _, _ in run["shards"]:
         m = read_matches(out, shard)
-        keep = bal.keep_mask(m["offsets"], m["ids"], bal.sample_ids(shard, len(m["offsets"]) - 1), probabilities,
+        keep = bal.keep_mask(m["offsets"], m["ids"], bal.sample_ids(shard, len(m["offsets"]) - 1), probabilities_,
                              seed)
         np.save(with_tmp / f"{shard}.npy", keep)
         lengths = np.diff(m["offsets"])
         kept_pairs = np.repeat(keep, lengths)
         after += np.bincount(m["ids"][kept_pairs], minlength=len(counts))
-        mean, var = bal.expected_kept(m["offsets"], m["ids"], probabilities)
+        mean, var = bal.expected_kept(m["offsets"], m["ids"], probabilities_)
         summary["samples"] += len(keep)
         summary["matched"] += int((lengths > 0).sum())
         summary["kept"] += int(keep.sum())
