@@ -362,3 +362,27 @@ def test_per_language_lists_and_thresholds(tmp_path):
     from clipforge.curation import CurationError
     with pytest.raises(CurationError, match="reference-language"):
         balance_pool(tmp_path / "cur", t=20, per_language=True, reference="xx")
+
+
+def test_worker_processes_and_tables_match_like_one_process(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pool = _pool(tmp_path / "pool")
+    spec = str(pool / "pool-{000000..000003}.tar")
+    match_pool(spec, pool / "meta.json", tmp_path / "one", show_progress=False)
+    totals = match_pool(spec, pool / "meta.json", tmp_path / "two", show_progress=False, workers=2)
+    assert totals["shards"] == 4 and totals["samples"] == 202
+    for s in range(4):
+        a, b = (np.load(tmp_path / d / "matches" / f"pool-{s:06d}.tar.npz") for d in ("one", "two"))
+        np.testing.assert_array_equal(a["ids"], b["ids"])
+        np.testing.assert_array_equal(a["offsets"], b["offsets"])
+    captions = ["a red circle, small.", "a blue square", None, "green"]
+    pq.write_table(pa.table({"caption": captions, "url": ["u"] * 4}), tmp_path / "pool.parquet")
+    (tmp_path / "pool.tsv").write_text("title\tx\n" + "\n".join(f"{c or ''}\t1" for c in captions) + "\n")
+    for name in ("pool.parquet", "pool.tsv"):
+        got = match_pool(str(tmp_path / name), pool / "meta.json", tmp_path / f"t-{name}", show_progress=False)
+        assert got["samples"] == 4 and got["matched"] == 3 and got["no_caption"] == 1, (name, got)
+        with np.load(tmp_path / f"t-{name}" / "matches" / f"{name}.npz") as m:
+            first = m["ids"][m["offsets"][0]:m["offsets"][1]].tolist()
+        assert [ENTRIES[i] for i in first] == ["red", "circle", "red circle"]

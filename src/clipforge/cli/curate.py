@@ -18,6 +18,7 @@ def add_arguments(parser):
     match.add_argument("--caption-column", default=None, help="tables: the caption column")
     match.add_argument("--shard-index", type=int, default=None, help="this job's share (default: torchrun rank or 0)")
     match.add_argument("--num-shards", type=int, default=None, help="how many jobs share the pool (default: world)")
+    match.add_argument("--workers", type=int, default=1, help="processes on this machine (each its own automaton)")
     match.add_argument("--engine", default="local", choices=["local", "ray"], help="ray: a Ray Data job over the shards")
     match.add_argument("--ray-address", default=None, help="a running Ray cluster ('auto'); default: a local Ray")
     match.add_argument("--ray-actors", type=int, default=2, help="Ray actors (each builds the automaton once)")
@@ -62,7 +63,7 @@ def run(args) -> int:
         count = args.num_shards if args.num_shards is not None else world
         totals = curation.match_pool(args.src, args.metadata, args.out, args.rule, index, count, args.caption_column,
                                      engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
-                                     language_field=args.language_field)
+                                     language_field=args.language_field, workers=args.workers)
         print(json.dumps(totals))
     elif args.step == "merge":
         counts = curation.merge_counts(args.dir)

@@ -100,8 +100,9 @@ def match_shard(shard: Shard, matcher: LanguageMatcher, out: Path, caption_colum
 def match_pool(src: str, metadata_path: str, out: str | os.PathLike, rule: str = "metaclip1",
                shard_index: int = 0, num_shards: int = 1, caption_column: str | None = None,
                show_progress: bool = True, engine: str = "local", ray_address: str | None = None,
-               ray_actors: int = 2, language_field: str | None = None) -> dict:
-    """Match this process's share of the pool's shards (``shard_index`` of ``num_shards``); returns its counts.
+               ray_actors: int = 2, language_field: str | None = None, workers: int = 1) -> dict:
+    """Match this process's share of the pool's shards (``shard_index`` of ``num_shards``), over ``workers``
+    processes; returns its counts.
     ``engine="ray"`` matches the share as a Ray Data job (``ray_actors`` actors, each with its own automaton) on a
     running cluster (``ray_address="auto"``) or a local Ray instance."""
     if engine not in ("local", "ray"):
@@ -128,19 +129,41 @@ def match_pool(src: str, metadata_path: str, out: str | os.PathLike, rule: str =
                 totals[key] += value
         totals["seconds"] = round(time.perf_counter() - start, 3)
         return totals
-    matcher = LanguageMatcher(entries, rule)
-    totals["automaton_seconds"] = round(time.perf_counter() - start, 3)
     with progress(total=len(todo), desc="matching", unit="shard", enabled=show_progress) as bar:
-        for shard in todo:
-            for key, value in match_shard(shard, matcher, out, caption_column, language_field).items():
-                totals[key] += value
-            bar.update(1)
+        if workers > 1 and len(todo) > 1:  # processes: the automaton releases no GIL, threads would not help
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(workers, len(todo)), initializer=_start_worker,
+                                     initargs=(entries, rule, str(out), caption_column, language_field)) as pool:
+                for done in pool.map(_worker_match, todo):
+                    for key, value in done.items():
+                        totals[key] += value
+                    bar.update(1)
+        else:
+            matcher = LanguageMatcher(entries, rule)
+            totals["automaton_seconds"] = round(time.perf_counter() - start, 3)
+            for shard in todo:
+                for key, value in match_shard(shard, matcher, out, caption_column, language_field).items():
+                    totals[key] += value
+                bar.update(1)
     totals["seconds"] = round(time.perf_counter() - start, 3)
     return totals
 
 
+_WORKER: "_RayMatcher | None" = None
+
+
+def _start_worker(*args) -> None:
+    global _WORKER
+    _WORKER = _RayMatcher(*args)  # one automaton per process
+
+
+def _worker_match(shard: Shard) -> dict:
+    return _WORKER({"name": shard.name, "url": shard.url, "kind": shard.kind})
+
+
 class _RayMatcher:
-    """One automaton per Ray actor; each row is one shard, matched and saved by the actor."""
+    """One automaton per Ray actor (or worker process); each row is one shard, matched and saved there."""
 
     def __init__(self, entries: dict[str, list[str]], rule: str, out: str, caption_column: str | None,
                  language_field: str | None):
