@@ -359,6 +359,11 @@ def test_per_language_lists_and_thresholds(tmp_path):
     share = tail_share(counts[0:4], 20)
     assert abs(tail_share(counts[4:8], thresholds["fr"]) - share) < 1e-6
     assert (tmp_path / "cur" / "balanced" / "t20-seed0-lang" / "summary.json").is_file()
+    from clipforge.curation.online import OnlineBalance
+    online = OnlineBalance(tmp_path / "cur", 20, seed=0, per_language=True)  # training's data.balance_per_language
+    assert online.thresholds == thresholds
+    np.testing.assert_array_equal(online.mask(str(tmp_path / "pool" / "pool-000001.tar"), 0),
+                                  np.load(tmp_path / "cur/balanced/t20-seed0-lang/pool-000001.tar.npy"))
     from clipforge.curation import CurationError
     with pytest.raises(CurationError, match="reference-language"):
         balance_pool(tmp_path / "cur", t=20, per_language=True, reference="xx")

@@ -15,13 +15,14 @@ from clipforge.curation.steps import merge_counts, probabilities, read_matches, 
 
 
 class OnlineBalance:
-    def __init__(self, folder: str | os.PathLike, t: float, seed: int = 0):
+    def __init__(self, folder: str | os.PathLike, t: float, seed: int = 0, per_language: bool = False,
+                 reference: str = "en"):
         self.folder, self.seed = Path(folder), seed
         run = read_run(self.folder)
         self.shards = {name for name, _, _ in run["shards"]}
         counts = np.load(self.folder / "counts.npy") if (self.folder / "counts.npy").is_file() else \
             merge_counts(self.folder)
-        self.probabilities, _ = probabilities(run, counts, t)
+        self.probabilities, self.thresholds = probabilities(run, counts, t, per_language, reference)
         self._matches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _shard(self, url: str) -> tuple[str, np.ndarray, np.ndarray]:

@@ -43,6 +43,7 @@ class DataConfig:
     text_mask_prob: float = 0.0
     balance_from: str | None = None       # a `clipforge curate` folder: MetaCLIP balancing per epoch (webdataset)
     balance_t: float = 20000.0            # its threshold t
+    balance_per_language: bool = False    # MetaCLIP 2: per-language lists get the t keeping English's share (en)
 
     def __post_init__(self):
         checks = [

@@ -172,7 +172,7 @@ def _tar_dataset(cfg, image_transform, tokenize, rank, world_size, epoch, start_
     if cfg.balance_from:
         from clipforge.curation.online import OnlineBalance
 
-        balance = OnlineBalance(cfg.balance_from, cfg.balance_t, cfg.seed)
+        balance = OnlineBalance(cfg.balance_from, cfg.balance_t, cfg.seed, cfg.balance_per_language)
     # a balanced epoch is as long as the samples the rule is expected to keep
     num_samples = cfg.num_samples or (balance.expected_samples(shards.urls) if balance is not None else
                                       read_total_size(shards, cfg.sources()))
