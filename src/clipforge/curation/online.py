@@ -31,7 +31,7 @@ class OnlineBalance:
             raise CurationError(f"shard {name} is not in the curation folder {self.folder}: run `clipforge curate "
                                 "match` on the training shards")
         if name not in self._matches:
-            m = read_matches(self.folder, name)
+            m = read_matches(self.folder, name, "offsets", "ids")
             self._matches[name] = (m["offsets"], m["ids"])
         return (name, *self._matches[name])
 

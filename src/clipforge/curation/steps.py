@@ -12,8 +12,10 @@ and needs every shard; ``balance`` reuses the saved matches for any ``t`` withou
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ from clipforge.curation import balance as bal
 from clipforge.curation.matching import LanguageMatcher
 from clipforge.curation.metadata import ALL, CurationError, Metadata, load_metadata_lists
 from clipforge.curation.pool import Shard, list_pool, read_captions
+from clipforge.data import tar as tars
 from clipforge.progress import progress
 
 RUN = "curation.json"
@@ -150,19 +153,19 @@ def match_pool(src: str, metadata_path: str, out: str | os.PathLike, rule: str =
     return totals
 
 
-_WORKER: "_RayMatcher | None" = None
+_WORKER: "_ShardMatcher | None" = None
 
 
 def _start_worker(*args) -> None:
     global _WORKER
-    _WORKER = _RayMatcher(*args)  # one automaton per process
+    _WORKER = _ShardMatcher(*args)  # one automaton per process
 
 
 def _worker_match(shard: Shard) -> dict:
     return _WORKER({"name": shard.name, "url": shard.url, "kind": shard.kind})
 
 
-class _RayMatcher:
+class _ShardMatcher:
     """One automaton per Ray actor (or worker process); each row is one shard, matched and saved there."""
 
     def __init__(self, entries: dict[str, list[str]], rule: str, out: str, caption_column: str | None,
@@ -191,7 +194,7 @@ def _match_with_ray(todo: list[Shard], entries: dict[str, list[str]], rule: str,
         ray.data.DataContext.get_current().enable_progress_bars = False
         items = [{"name": s.name, "url": s.url, "kind": s.kind} for s in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-            _RayMatcher, concurrency=max(1, min(actors, len(items))),
+            _ShardMatcher, concurrency=max(1, min(actors, len(items))),
             fn_constructor_args=(entries, rule, str(out), caption_column, language_field))
         return dataset.take_all()
     finally:
@@ -199,12 +202,13 @@ def _match_with_ray(todo: list[Shard], entries: dict[str, list[str]], rule: str,
             ray.shutdown()
 
 
-def read_matches(out: Path, name: str) -> dict:
+def read_matches(out: Path, name: str, *fields: str) -> dict:
+    """A shard's saved matches: only ``fields`` (all when none are named) are read from the file."""
     path = out / "matches" / f"{name}.npz"
     if not path.is_file():
         raise CurationError(f"shard {name} has not been matched (no {path}): run `clipforge curate match` for it")
     with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in fields or data.files}
 
 
 def merge_counts(out: str | os.PathLike) -> np.ndarray:
@@ -217,7 +221,7 @@ def merge_counts(out: str | os.PathLike) -> np.ndarray:
                             "`clipforge curate match` on every shard before merging")
     total = np.zeros(run["entries"], dtype=np.int64)
     for name, _, _ in run["shards"]:
-        total += read_matches(out, name)["counts"]
+        total += read_matches(out, name, "counts")["counts"]
     with atomic_path(out / "counts.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, total)
@@ -259,7 +263,7 @@ def balance_pool(out: str | os.PathLike, t: float, seed: int = 0, per_language: 
     with_tmp = out / "balanced" / f".{name}.partial"
     with_tmp.mkdir(parents=True, exist_ok=True)
     for shard, _, _ in run["shards"]:
-        m = read_matches(out, shard)
+        m = read_matches(out, shard, "offsets", "ids")
         keep = bal.keep_mask(m["offsets"], m["ids"], bal.sample_ids(shard, len(m["offsets"]) - 1), probabilities_,
                              seed)
         np.save(with_tmp / f"{shard}.npy", keep)
@@ -278,8 +282,6 @@ def balance_pool(out: str | os.PathLike, t: float, seed: int = 0, per_language: 
     write_text_atomic(with_tmp / "summary.json", json.dumps(summary, indent=1))
     final = out / "balanced" / name
     if final.exists():
-        import shutil
-
         shutil.rmtree(final)
     os.replace(with_tmp, final)
     return summary
@@ -302,7 +304,7 @@ def write_shards(out: str | os.PathLike, balanced: str, dest: str | os.PathLike)
     sizes = {}
     with atomic_directory(dest) as tmp:  # the curated set appears whole or not at all
         for shard, url, _ in run["shards"]:
-            sizes[shard] = _copy_kept(url, tmp / shard, np.load(folder / f"{shard}.npy"), read_matches(out, shard),
+            sizes[shard] = _copy_kept(url, tmp / shard, np.load(folder / f"{shard}.npy"), read_matches(out, shard, "offsets", "ids"),
                                       entries)
         (tmp / "sizes.json").write_text(json.dumps(sizes, indent=1))
     return {"shards": len(sizes), "samples": sum(sizes.values())}
@@ -310,8 +312,6 @@ def write_shards(out: str | os.PathLike, balanced: str, dest: str | os.PathLike)
 
 def _copy_kept(url: str, target: Path, keep: np.ndarray, m: dict, entries: list[str]) -> int:
     counts = {"shard_errors": 0}
-    from clipforge.data import tar as tars
-
     samples = list(tars.index_samples(url, counts))
     if len(samples) != len(keep):
         raise CurationError(f"{url} changed since matching ({len(samples)} samples, {len(keep)} matched): match again")
@@ -332,8 +332,6 @@ def _copy_kept(url: str, target: Path, keep: np.ndarray, m: dict, entries: list[
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = 0

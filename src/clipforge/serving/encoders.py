@@ -79,7 +79,7 @@ def _onnx_model(config: ServeConfig) -> ServingModel:
         context_length=encoder.context_length, logit_scale=encoder.logit_scale, logit_bias=encoder.logit_bias,
         preprocess=encoder.preprocess, _tokenize=encoder.tokenize, _count_tokens=lambda t: len(tokenizer.encode(t)),
         pad_id=int(getattr(tokenizer, "pad_token_id", 0) or 0),
-        encode_images=lambda batch: encoder.encode_image(batch), encode_texts=lambda ids: encoder.encode_text(ids),
+        encode_images=encoder.encode_image, encode_texts=encoder.encode_text,
         fingerprint=lambda: manifest.get("weights_fingerprint"))
 
 
