@@ -28,3 +28,34 @@ def shrink(cfg: TrainConfig, model: str = "tiny-vit") -> TrainConfig:
         optim=dataclasses.replace(cfg.optim, precision="fp32"),
         log=dataclasses.replace(cfg.log, every_steps=1),
     )
+
+
+def finetune_base(args: dict[str, str], workdir: str) -> TrainConfig:
+    """What the fine-tuning recipes share. ``args``: ``model=ARCH`` (default ViT-B-32), ``pretrained=TAG|DIR``
+    (default openai), ``data=DIR`` (a shapes-style folder: WebDataset shards + dataset.json, as written by
+    ``clipforge.training.shapes.generate_shapes_dataset``) or ``train=SPEC`` + ``samples=N`` for your own shards,
+    ``steps=N``. The held-out split of DIR is evaluated at the end."""
+    from clipforge.training.config import CheckpointConfig, EvalConfig, ModelSection, OptimConfig, ScheduleConfig
+    from clipforge.training.data import DataConfig
+    from clipforge.transforms import AugmentConfig
+
+    steps = int(args.get("steps", 1000))
+    data, evals = DataConfig(kind="webdataset", train=args.get("train", ""), batch_size=int(args.get("batch", 128)),
+                             num_samples=int(args["samples"]) if "samples" in args else None), ()
+    if "data" in args:
+        from clipforge.training.shapes import load_shapes_info
+
+        info = load_shapes_info(args["data"])
+        data = dataclasses.replace(data, train=info["train"], num_samples=info["num_train"])
+        evals = (f"target=wds:{info['val']}",) if info.get("val") else ()
+    return TrainConfig(
+        workdir=workdir,
+        model=ModelSection(name=args.get("model", "ViT-B-32"), pretrained=args.get("pretrained", "openai"),
+                           image_size=int(args["image_size"]) if "image_size" in args else None),
+        data=data,
+        augment=AugmentConfig(scale=(0.9, 1.0)),
+        optim=OptimConfig(lr=float(args.get("lr", 1e-5)), weight_decay=0.1, beta2=0.98),
+        schedule=ScheduleConfig(kind="cosine", steps=steps, warmup_steps=max(1, steps // 20)),
+        checkpoint=CheckpointConfig(every_steps=max(1, steps // 4), keep_last=1),
+        eval=EvalConfig(datasets=evals),
+    )

@@ -7,6 +7,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from clipforge.losses.config import LossConfig, create_loss
+from clipforge.models.adapters import LoraConfig, LoraTowerConfig, apply_lora
 from clipforge.models.factory import create_model
 from clipforge.training.config import DistConfig, OptimConfig
 from clipforge.training.launch import RunContext, distribute_model
@@ -34,16 +35,34 @@ def _full_grads(model):
     """Gradients of the step (train_step leaves them in .grad); FSDP2 shards are gathered whole."""
     out = {}
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
         out[name.replace("module.", "")] = g.detach().clone()
     return out
 
 
-def _worker(rank, world, strategy, accum, clip, port, result_path):
-    # a TCP store on loopback: the file store's teardown raced with the other rank's exit now and then
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+LORA = LoraConfig(image=LoraTowerConfig(rank=4, targets=(r"attn\.qkv", r"mlp\.fc2")),
+                  text=LoraTowerConfig(rank=2, targets=(r"attn\.proj",)))
+
+
+def _model(lora):
+    """tiny-vit, with LoRA adapters whose updates are not zero (so every adapter gets a gradient) when asked."""
     torch.manual_seed(0)
     model = create_model("tiny-vit")
+    if lora:
+        apply_lora(model, LORA)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.1)
+    return model
+
+
+def _worker(rank, world, strategy, accum, clip, port, result_path, lora=False):
+    # a TCP store on loopback: the file store's teardown raced with the other rank's exit now and then
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = _model(lora)
     ctx = RunContext(rank=rank, local_rank=rank, world_size=world, device=torch.device("cpu"), workdir=None)
     wrapped = distribute_model(model, ctx, DistConfig(strategy=strategy))
     model = wrapped.module
@@ -63,18 +82,19 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("strategy, accum, clip", [("ddp", 1, None), ("fsdp2", 1, 0.5), ("ddp", 2, None),
-                                                  ("fsdp2", 2, None)])
-def test_two_ranks_equal_one_process(tmp_path, strategy, accum, clip):
-    torch.manual_seed(0)
-    single = create_model("tiny-vit")
+@pytest.mark.parametrize("strategy, accum, clip, lora", [
+    ("ddp", 1, None, False), ("fsdp2", 1, 0.5, False), ("ddp", 2, None, False), ("fsdp2", 2, None, False),
+    ("ddp", 1, None, True), ("fsdp2", 1, 0.5, True)])
+def test_two_ranks_equal_one_process(tmp_path, strategy, accum, clip, lora):
+    single = _model(lora)
     images, tokens = _batch()
     _step(single, images, tokens, 1, 0, 1, clip)
     expected = _full_grads(single)
     result = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, strategy, accum, clip, _free_port(), str(result)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, strategy, accum, clip, _free_port(), str(result), lora), nprocs=2, join=True)
     got = torch.load(result)["grads"]
     assert sorted(got) == sorted(expected)
+    assert not lora or (len(got) == 1 + sum(".lora_" in n for n in got) and any("lora_A" in n for n in got))
     # gradients, not updated weights: Adam's first step turns round-off in a zero gradient (the key bias)
     # into a full-size update, which would hide agreement behind noise
     for name, value in expected.items():

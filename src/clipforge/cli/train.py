@@ -13,6 +13,9 @@ def add_arguments(parser):
     parser.add_argument("--workdir", help="run folder (checkpoints, metrics.jsonl, config.json)")
     parser.add_argument("--resume", help="'auto' (latest checkpoint in the workdir), a checkpoint path, or 'none'")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print-augmented", type=int, metavar="N", default=0,
+                        help="print the first N captions before and after the caption transforms (class captions, "
+                             "synonyms) and exit")
 
 
 def resolve(args):
@@ -30,9 +33,17 @@ def run(args) -> int:
     from clipforge.training.config import config_to_json
     from clipforge.training.loop import train
 
+    if args.print_augmented < 0:
+        raise ValueError(f"--print-augmented takes a number of captions >= 1, got {args.print_augmented}")
     cfg = resolve(args)
     if args.print_config:
         print(config_to_json(cfg))
+        return 0
+    if args.print_augmented:
+        from clipforge.training.data.loader import preview_captions
+
+        for before, after in preview_captions(cfg.data, args.print_augmented):
+            print(f"{before}\n  -> {after}")
         return 0
     result = train(cfg)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items())

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clipforge.layers.fused import linear
+from clipforge.layers.fused import linear_rows
 
 
 def causal_mask(length: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -67,8 +67,8 @@ class Attention(nn.Module):
         """
         batch, length, width = x.shape
         head_dim = width // self.num_heads
-        q = linear(queries, self.qkv.weight[:width], self.qkv.bias[:width])  # (B, Q, D)
-        kv = linear(x, self.qkv.weight[width:], self.qkv.bias[width:])  # (B, L, 2D)
+        q = linear_rows(queries, self.qkv, slice(0, width))  # (B, Q, D)
+        kv = linear_rows(x, self.qkv, slice(width, None))  # (B, L, 2D)
         q = q.view(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # (B, H, Q, d)
         k, v = kv.view(batch, length, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         mask = None

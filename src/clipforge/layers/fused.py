@@ -81,8 +81,11 @@ def fusion_applies(x: torch.Tensor, *params: torch.Tensor | None, conv: bool = F
     return all(p is None or (p.dtype == torch.float32 and p.device.type == "cpu") for p in params)
 
 
-def linear_applies(x: torch.Tensor, *linears: nn.Linear) -> bool:
-    """``fusion_applies`` for the weights and biases of some ``nn.Linear`` layers."""
+def linear_applies(x: torch.Tensor, *linears: nn.Module) -> bool:
+    """``fusion_applies`` for the weights and biases of some ``nn.Linear`` layers. False when one of them is not a
+    plain ``nn.Linear`` (a layer with an adapter, e.g. LoRA: its weight alone is not what it computes)."""
+    if not all(isinstance(layer, nn.Linear) for layer in linears):
+        return False
     return fusion_applies(x, *(t for layer in linears for t in (layer.weight, layer.bias)))
 
 
@@ -109,6 +112,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if fusion_applies(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
     return F.linear(x, weight, bias)
+
+
+def linear_rows(x: torch.Tensor, layer: nn.Module, rows: slice | None = None) -> torch.Tensor:
+    """``layer(x)[..., rows]``. A plain ``nn.Linear`` computes only those output features (through oneDNN where it
+    applies); any other layer (one wrapped by an adapter such as LoRA) is called whole, so that its update counts."""
+    if not isinstance(layer, nn.Linear):
+        out = layer(x)
+        return out if rows is None else out[..., rows]
+    weight, bias = layer.weight, layer.bias
+    if rows is not None:
+        weight, bias = weight[rows], bias[rows] if bias is not None else None
+    return linear(x, weight, bias)
 
 
 # ------------------------------------------------------------------------------------------- convolutions

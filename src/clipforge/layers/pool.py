@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clipforge.layers.fused import linear
+from clipforge.layers.fused import linear_rows
 from clipforge.layers.mlp import Mlp, mlp_hidden
 from clipforge.layers.norm import LayerNorm
 
@@ -59,7 +59,7 @@ class LatentAttentionPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, width = x.shape
         q = self.q(self.latent).expand(batch, -1, -1)  # (B, Q, D)
-        k, v = linear(x, self.kv.weight, self.kv.bias).chunk(2, dim=-1)  # 2 x (B, N, D)
+        k, v = linear_rows(x, self.kv).chunk(2, dim=-1)  # 2 x (B, N, D)
         out = F.scaled_dot_product_attention(*(_split_heads(t, self.num_heads) for t in (q, k, v)))
         out = self.proj(out.transpose(1, 2).reshape(batch, -1, width))  # (B, Q, D)
         out = out + self.mlp(self.norm(out))
@@ -85,8 +85,8 @@ class AttentionPool2d(nn.Module):
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, HW+1, C)
         x = x + self.pos_embed.to(x.dtype)
         batch, _, width = x.shape
-        q = linear(x[:, :1], self.q.weight, self.q.bias)  # (B, 1, C)
-        k, v = linear(x, self.kv.weight, self.kv.bias).chunk(2, dim=-1)
+        q = linear_rows(x[:, :1], self.q)  # (B, 1, C)
+        k, v = linear_rows(x, self.kv).chunk(2, dim=-1)
         out = F.scaled_dot_product_attention(*(_split_heads(t, self.num_heads) for t in (q, k, v)))
         out = out.transpose(1, 2).reshape(batch, width)  # (B, C)
-        return linear(out, self.proj.weight, self.proj.bias)  # (B, out_dim)
+        return linear_rows(out, self.proj)  # (B, out_dim)

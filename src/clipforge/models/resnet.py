@@ -47,6 +47,8 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, pack_for: torch.Tensor | None =
 
 
 def _conv_fusion_applies(x: torch.Tensor, *modules: nn.Module) -> bool:
+    if not all(isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) for m in modules):
+        return False  # a layer wrapped by an adapter (LoRA): its weight alone is not what it computes
     return fused.fusion_applies(x, *(p for m in modules for p in m.parameters(recurse=False)), conv=True)
 
 
@@ -55,7 +57,7 @@ def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool = 
     """conv, BatchNorm, then ``+ residual`` and ReLU when asked. In eval mode the BatchNorm is folded into the
     convolution (one pass over the activations instead of two); for float32 CPU inference the add and the
     ReLU also run inside oneDNN's convolution as post-ops, instead of two more passes."""
-    if bn.training:
+    if bn.training or not isinstance(conv, nn.Conv2d):  # training, or an adapter-wrapped conv: nothing to fold
         out = bn(conv(x))
     else:
         fast = _conv_fusion_applies(x, conv, bn) and (residual is None or residual.dtype == torch.float32)

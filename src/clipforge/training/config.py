@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 
 from clipforge.config import ConfigError, apply_overrides, dotted_differences, from_dict, to_dict
 from clipforge.losses.config import LossConfig
+from clipforge.models.adapters import LoraConfig
 from clipforge.precision import get_precision
 from clipforge.training.data import DataConfig
 from clipforge.transforms import AugmentConfig
@@ -57,6 +58,7 @@ class OptimConfig:
     eps: float = 1e-6
     grad_clip: Optional[float] = None         # max global grad norm
     accum_steps: int = 1                      # exact large-batch gradient via cached features
+    layer_decay: float = 1.0                  # layer-wise lr decay for fine-tuning (e.g. 0.75); 1.0 = off
     # a clipforge.precision name: fp32, amp (fp16 autocast + grad scaler), amp_bf16 (bf16 autocast), bf16 (weights)
     precision: str = "fp32"
 
@@ -68,6 +70,7 @@ class OptimConfig:
                 (self.eps > 0, f"optim.eps must be positive, got {self.eps}"),
                 (self.grad_clip is None or self.grad_clip > 0,
                  f"optim.grad_clip must be positive or null, got {self.grad_clip}"),
+                (0 < self.layer_decay <= 1, f"optim.layer_decay must be in (0, 1] (1 = off), got {self.layer_decay}"),
                 (self.accum_steps >= 1, f"optim.accum_steps must be >= 1 (1 = no accumulation), got "
                                         f"{self.accum_steps}")])
         try:
@@ -152,6 +155,7 @@ class TrainConfig:
     seed: int = 0
     threads: Optional[int] = None             # CPU threads for torch; None: auto (1 when the CPUs are already busy)
     model: ModelSection = ModelSection()
+    lora: LoraConfig = LoraConfig()           # LoRA adapters per tower (peft); the base weights stay frozen
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     tokenize: TokenizeConfig = TokenizeConfig()

@@ -16,6 +16,8 @@ from typing import Mapping
 import torch
 
 from clipforge._atomic import atomic_directory, check_output_folder
+from clipforge.config import from_dict
+from clipforge.models import adapters
 from clipforge.models.clip import CLIP, ModelInfo
 from clipforge.models.factory import ModelLoadError, create_model, save_pretrained
 from clipforge.models.hub_layout import declared_from_section
@@ -60,8 +62,45 @@ def _sharded_model(path: Path) -> CLIP:
     info = ModelInfo(preprocess=declared.preprocess, arch=declared.arch, overrides=dict(declared.overrides),
                      source=f"checkpoint {path}")
     model = CLIP(declared.config, info)
+    if any(".lora_" in k for k in state):  # a LoRA run: the shards hold base layers and adapters; merge them
+        adapters.apply_lora(model, _lora_config(meta))
+        model.load_state_dict(state, strict=True)
+        return adapters.merge_lora(model).eval()
     load_weights(model, state, f"checkpoint {path}")
     return model.eval()
+
+
+def _lora_config(meta: Mapping) -> adapters.LoraConfig:
+    return from_dict(adapters.LoraConfig, (meta.get("config") or {}).get("lora") or {})
+
+
+def _adapter_weights(path: Path) -> tuple[dict[str, torch.Tensor], Mapping]:
+    """(adapter tensors, checkpoint meta) of a LoRA run's checkpoint file or sharded folder."""
+    if path.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        meta = ckpt.load_checkpoint(path / "meta.pt")
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(str(path), str(Path(tmp) / "full.pt"))
+            state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)["model"]
+    else:
+        meta = ckpt.load_checkpoint(path)
+        state = meta.get("adapters") or {}
+    return {k: v for k, v in state.items() if ".lora_" in k}, meta
+
+
+def export_adapters(source: str | Path, out: str | Path) -> Path:
+    """Write the LoRA adapters of a run (or checkpoint) alone into ``out``, with their config and the fingerprint of
+    the base model (``model.name`` / ``model.pretrained`` of the run's config), for ``adapters.load_adapters``."""
+    checkpoint = find_checkpoint(source)
+    weights, meta = _adapter_weights(checkpoint)
+    if not weights:
+        raise ExportError(f"{checkpoint} holds no LoRA adapters (the run had lora rank 0 on both towers)")
+    fingerprint = meta.get("lora_base_fingerprint")
+    if not fingerprint:
+        raise ExportError(f"{checkpoint} does not record the fingerprint of its base model; export the merged "
+                          "model instead (clipforge export-model)")
+    return adapters.save_adapters(weights, _lora_config(meta), fingerprint, out)
 
 
 def load_checkpoint_model(path: str | Path, arch: str | None = None) -> CLIP:

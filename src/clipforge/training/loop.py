@@ -25,7 +25,7 @@ from clipforge._atomic import write_text_atomic
 from clipforge.config import ConfigError, to_dict
 from clipforge.cpu import set_threads
 from clipforge.losses.config import create_loss
-from clipforge.models import convert
+from clipforge.models import adapters, convert
 from clipforge.models.factory import create_model, tokenizer_for_config
 from clipforge.models.hub_layout import clipforge_section
 from clipforge.models.resolve import SECTION_KEY
@@ -108,6 +108,7 @@ def build_model(cfg: TrainConfig, ctx: RunContext) -> torch.nn.Module:
         model.lock_text_tower(unlocked_layers=m.lock_text_unlocked_layers)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    adapters.apply_lora(model, cfg.lora)
     return model.to(device=ctx.device, dtype=get_precision(cfg.optim.precision).weights)
 
 
@@ -122,18 +123,23 @@ def _model_section(model: torch.nn.Module) -> dict[str, Any]:
 def _meta(state: RunState, cfg: TrainConfig, model, metrics: dict[str, float]) -> dict[str, Any]:
     """What every checkpoint holds besides weights and optimizer: position, RNG of every rank, config, the model's
     own description and the latest metrics."""
+    fingerprint = getattr(unwrap(model), "lora_base_fingerprint", None)  # LoRA: the base the adapters belong to
     return {"epoch": state.epoch, "run_state": dataclasses.asdict(state), "rng": all_rng_states(),
-            "config": json.loads(config_to_json(cfg)), SECTION_KEY: _model_section(model), "metrics": dict(metrics)}
+            "config": json.loads(config_to_json(cfg)), SECTION_KEY: _model_section(model), "metrics": dict(metrics),
+            **({"lora_base_fingerprint": fingerprint} if fingerprint else {})}
 
 
 def _checkpoint_payload(model, optimizer, scaler, state: RunState, cfg: TrainConfig, metrics) -> dict[str, Any]:
     inner = unwrap(model)
+    # LoRA: the weights are stored merged (any reader gets the trained model) and the adapters beside them
+    weights = adapters.merged_state_dict(inner)
     try:  # open_clip's key layout when the architecture has one, so its tools read our checkpoints too
-        weights = convert.to_open_clip_state_dict(inner.state_dict(), inner.config)
+        weights = convert.to_open_clip_state_dict(weights, inner.config)
     except convert.ConversionError:
-        weights = inner.state_dict()
+        pass
+    extra = {"adapters": adapters.adapter_state_dict(inner)} if adapters.has_adapters(inner) else {}
     return {"state_dict": weights, "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, **_meta(state, cfg, model, metrics)}
+            "scaler": scaler.state_dict() if scaler is not None else None, **extra, **_meta(state, cfg, model, metrics)}
 
 
 def all_rng_states() -> list[dict[str, Any]]:
@@ -218,7 +224,11 @@ def _resume(cfg: TrainConfig, ctx: RunContext, wrapped: DistributedModel, optimi
                        optim_state_dict=shards["optimizer"])
     else:
         inner = unwrap(wrapped.module)
-        inner.load_state_dict(convert.convert_state_dict(payload["state_dict"], inner.config), strict=True)
+        weights = convert.convert_state_dict(payload["state_dict"], inner.config)
+        if adapters.has_adapters(inner) or "adapters" in payload:
+            adapters.load_adapted_state(inner, weights, payload.get("adapters", {}))
+        else:
+            inner.load_state_dict(weights, strict=True)
         optimizer.load_state_dict(payload["optimizer"])
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
@@ -407,6 +417,10 @@ def _finish(run: _Run, log: MetricsLogger, path, saved_at) -> tuple[Optional[Pat
         from clipforge.training.export import export_model
 
         model_dir = export_model(path, run.ctx.workdir / "model", force=True, metrics=run.metrics)
+        if run.cfg.lora.enabled:
+            from clipforge.training.export import export_adapters
+
+            export_adapters(path, run.ctx.workdir / "adapters")
     barrier()
     return path, model_dir
 

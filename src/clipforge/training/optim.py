@@ -2,6 +2,11 @@
 
 One rule for weight decay (nanoGPT's): tensors with two or more dimensions decay; gains, biases, 1-D embeddings
 such as the class token, and the temperature/bias of the loss do not.
+
+Layer-wise learning-rate decay (``optim.layer_decay`` < 1, for fine-tuning): each tower's parameter groups, from
+input to output (``param_groups()``: embeddings, blocks, head), get ``lr * decay ** (groups after it)``, so the
+head trains at the full rate and the early layers, which hold the most general features, move least. The loss
+temperature keeps the full rate. A tower with a single group (CLIP's ResNets) is not decayed.
 """
 from __future__ import annotations
 
@@ -14,20 +19,39 @@ from clipforge.training.config import OptimConfig, ScheduleConfig
 _NO_DECAY_NAMES = ("logit_scale", "logit_bias")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def layer_scales(model: torch.nn.Module, decay: float) -> dict[int, float]:
+    """``id(param) -> lr multiplier`` under layer-wise decay (parameters not listed keep 1.0)."""
+    inner = getattr(model, "module", model)  # DDP
+    scales: dict[int, float] = {}
+    if decay == 1.0:
+        return scales
+    for tower in (inner.visual, inner.text):
+        groups = tower.param_groups()
+        for position, group in enumerate(groups):
+            for item in group:
+                params = [item] if isinstance(item, torch.nn.Parameter) else item.parameters()
+                for param in params:
+                    scales[id(param)] = decay ** (len(groups) - 1 - position)
+    return scales
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups by (weight decay or not, learning-rate multiplier ``lr_scale``), in a fixed order."""
+    scales = layer_scales(model, layer_decay)
+    groups: dict[tuple[bool, float], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or name.split(".")[-1] in _NO_DECAY_NAMES:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+        decays = not (param.ndim < 2 or name.split(".")[-1] in _NO_DECAY_NAMES)
+        groups.setdefault((decays, scales.get(id(param), 1.0)), []).append(param)
+    if not groups:  # keep the two (empty) groups of the plain rule: callers filter empty groups
+        return [{"params": [], "weight_decay": 0.0}, {"params": [], "weight_decay": weight_decay}]
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
 def create_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    groups = [g for g in param_groups(model, cfg.weight_decay, cfg.layer_decay) if g["params"]]
     if not groups:
         raise ValueError("no trainable parameters: every tower is locked. Unlock some groups or layers.")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
@@ -51,5 +75,5 @@ def lr_factor(step: int, cfg: ScheduleConfig) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, cfg: ScheduleConfig) -> float:
     lr = base_lr * lr_factor(step, cfg)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr

@@ -35,6 +35,9 @@ TEMPLATES = (
 )
 ZERO_SHOT_TEMPLATES = ("a {}.", "a photo of a {}.", "a drawing of a {}.")
 _BACKGROUNDS = ((250, 250, 250), (235, 235, 235), (245, 240, 230), (225, 230, 235))
+# the "shifted" variant (a distribution shift for fine-tuning demos): dark backgrounds, outlined shapes
+_DARK_BACKGROUNDS = ((25, 25, 30), (45, 40, 35), (20, 35, 45), (50, 50, 50))
+VARIANTS = ("plain", "shifted")
 
 
 @dataclass(frozen=True)
@@ -62,31 +65,42 @@ def sample_attributes(rng: random.Random) -> ShapeSample:
     return ShapeSample(shape, color, position, size, caption)
 
 
-def draw_sample(sample: ShapeSample, image_size: int, rng: random.Random) -> Image.Image:
-    """Draw the shape in its quadrant with a little jitter; the shape never crosses the image centre."""
-    image = Image.new("RGB", (image_size, image_size), rng.choice(_BACKGROUNDS))
+def draw_sample(sample: ShapeSample, image_size: int, rng: random.Random, variant: str = "plain") -> Image.Image:
+    """Draw the shape in its quadrant with a little jitter; the shape never crosses the image centre. The
+    ``shifted`` variant draws outlines on dark backgrounds (same classes, another look)."""
+    shifted = variant == "shifted"
+    image = Image.new("RGB", (image_size, image_size), rng.choice(_DARK_BACKGROUNDS if shifted else _BACKGROUNDS))
     half = image_size / 2
     extent = half * (0.8 if sample.size == "large" else 0.45)  # side of the shape's bounding box
     slack = half - extent
     x0 = (half if "right" in sample.position else 0) + rng.uniform(0.1, 0.9) * slack
     y0 = (half if "bottom" in sample.position else 0) + rng.uniform(0.1, 0.9) * slack
     box = (x0, y0, x0 + extent, y0 + extent)
-    _draw_shape(ImageDraw.Draw(image), sample.shape, box, COLORS[sample.color])
+    _draw_shape(ImageDraw.Draw(image), sample.shape, box, COLORS[sample.color],
+                outline=max(2, round(extent / 7)) if shifted else 0)
     return image
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple, fill: tuple) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple, color: tuple, outline: int = 0) -> None:
+    """A filled shape, or its outline ``outline`` pixels wide."""
     x0, y0, x1, y1 = box
+    paint = {"outline": color, "width": outline} if outline else {"fill": color}
     if shape == "circle":
-        draw.ellipse(box, fill=fill)
+        draw.ellipse(box, **paint)
     elif shape == "square":
-        draw.rectangle(box, fill=fill)
+        draw.rectangle(box, **paint)
     elif shape == "triangle":  # apex up
-        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], **paint)
+    elif outline:  # cross: the outline of the two bars' union
+        third = (x1 - x0) / 3
+        points = [(x0 + third, y0), (x1 - third, y0), (x1 - third, y0 + third), (x1, y0 + third), (x1, y1 - third),
+                  (x1 - third, y1 - third), (x1 - third, y1), (x0 + third, y1), (x0 + third, y1 - third),
+                  (x0, y1 - third), (x0, y0 + third), (x0 + third, y0 + third)]
+        draw.polygon(points, **paint)
     else:  # cross: two bars a third of the box wide
         third = (x1 - x0) / 3
-        draw.rectangle((x0 + third, y0, x1 - third, y1), fill=fill)
-        draw.rectangle((x0, y0 + third, x1, y1 - third), fill=fill)
+        draw.rectangle((x0 + third, y0, x1 - third, y1), fill=color)
+        draw.rectangle((x0, y0 + third, x1, y1 - third), fill=color)
 
 
 def _encode(image: Image.Image, image_format: str) -> bytes:
@@ -115,13 +129,13 @@ def _write_json(path: str, obj) -> None:
 
 
 def _write_split(out_dir: str, split: str, count: int, shard_size: int, image_size: int, image_format: str,
-                 rng: random.Random, bar) -> dict[str, int]:
+                 rng: random.Random, bar, variant: str = "plain") -> dict[str, int]:
     sizes = {}
     for shard, start in enumerate(range(0, count, shard_size)):
         members = []
         for index in range(start, min(count, start + shard_size)):
             sample = sample_attributes(rng)
-            image = draw_sample(sample, image_size, rng)
+            image = draw_sample(sample, image_size, rng, variant)
             key = f"{split}{index:07d}"
             meta = {"shape": sample.shape, "color": sample.color, "position": sample.position, "size": sample.size}
             members += [(f"{key}.{image_format}", _encode(image, image_format)),
@@ -135,7 +149,8 @@ def _write_split(out_dir: str, split: str, count: int, shard_size: int, image_si
 
 
 def generate_shapes_dataset(out_dir: str, n_train: int, n_val: int, image_size: int = 64, seed: int = 0,
-                            shard_size: int = 1000, image_format: str = "jpg", show_progress: bool = False) -> dict:
+                            shard_size: int = 1000, image_format: str = "jpg", show_progress: bool = False,
+                            variant: str = "plain") -> dict:
     """Write the shapes dataset to ``out_dir`` and return its description (also saved as dataset.json).
 
     The returned dict has ``train`` / ``val`` brace specs for ``DataConfig.train``, ``num_train`` /
@@ -149,16 +164,18 @@ def generate_shapes_dataset(out_dir: str, n_train: int, n_val: int, image_size: 
         raise ValueError(f"shard_size must be >= 1 and image_size >= 16, got {shard_size}, {image_size}")
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
     os.makedirs(out_dir, exist_ok=True)
     # Separate streams per split: changing n_train never changes the validation images.
     train_rng, val_rng = random.Random(f"{seed}-train"), random.Random(f"{seed}-val")
     with progress(total=n_train + n_val, desc="shapes dataset", unit="img", enabled=show_progress) as bar:
-        sizes = _write_split(out_dir, "train", n_train, shard_size, image_size, image_format, train_rng, bar)
-        sizes.update(_write_split(out_dir, "val", n_val, shard_size, image_size, image_format, val_rng, bar))
+        sizes = _write_split(out_dir, "train", n_train, shard_size, image_size, image_format, train_rng, bar, variant)
+        sizes.update(_write_split(out_dir, "val", n_val, shard_size, image_size, image_format, val_rng, bar, variant))
     info = {
         "train": _spec("train", _ceil_div(n_train, shard_size)),
         "val": _spec("val", _ceil_div(n_val, shard_size)) if n_val else None,
-        "num_train": n_train, "num_val": n_val, "image_size": image_size, "seed": seed,
+        "num_train": n_train, "num_val": n_val, "image_size": image_size, "seed": seed, "variant": variant,
         "classnames": class_names(), "templates": list(ZERO_SHOT_TEMPLATES), "label_key": "cls",
         "shapes": list(SHAPES), "colors": list(COLORS), "positions": list(POSITIONS), "sizes": list(SIZES),
     }

@@ -97,8 +97,10 @@ class RawSample:
     caption: str | None
 
 
-def prepare_sample(raw: RawSample, transform: ImageTransform, seed: int, counts: dict):
-    """(image tensor, caption) or None when the sample is unusable; the reason goes into ``counts``."""
+def prepare_sample(raw: RawSample, transform: ImageTransform, seed: int, counts: dict,
+                   caption_transform: Optional[Callable[[str, int], str]] = None):
+    """(image tensor, caption) or None when the sample is unusable; the reason goes into ``counts``.
+    ``caption_transform(caption, seed)`` (training.data.captions) rewrites the caption with the sample's seed."""
     if raw.image is None or raw.caption is None or not raw.caption.strip():
         counts["missing_fields"] += 1
         return None
@@ -108,8 +110,11 @@ def prepare_sample(raw: RawSample, transform: ImageTransform, seed: int, counts:
         counts[_SKIP_COUNTER[exc.kind]] += 1
         logger.debug("skipping image: %s", exc)
         return None
+    caption = raw.caption.strip()
+    if caption_transform is not None:
+        caption = caption_transform(caption, seed)
     with seeded(seed):
-        return transform(image), raw.caption.strip()
+        return transform(image), caption
 
 
 @dataclass(frozen=True)
@@ -170,10 +175,10 @@ def _check_tokens(tokens, batch_size: int) -> torch.Tensor:
 
 
 def first_good(candidates: Iterator[RawSample], transform: ImageTransform, seeds: Iterator[int], counts: dict,
-               limit: int = 10_000) -> Optional[tuple]:
+               limit: int = 10_000, caption_transform=None) -> Optional[tuple]:
     """The first usable sample of ``candidates`` (used when a whole batch was unusable)."""
     for _, raw, seed in zip(range(limit), candidates, seeds):
-        item = prepare_sample(raw, transform, seed, counts)
+        item = prepare_sample(raw, transform, seed, counts, caption_transform)
         if item is not None:
             return item
     return None

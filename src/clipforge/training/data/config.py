@@ -44,6 +44,12 @@ class DataConfig:
     balance_from: str | None = None       # a `clipforge curate` folder: MetaCLIP balancing per epoch (webdataset)
     balance_t: float = 20000.0            # its threshold t
     balance_per_language: bool = False    # MetaCLIP 2: per-language lists get the t keeping English's share (en)
+    # caption transforms, per sample and seeded (training.data.captions)
+    class_captions: str | None = None     # FLYP: class-names file; the caption member holds a class index
+    class_templates: str | None = None    # templates with {} for class captions, one per line (default "a photo of a {}.")
+    synonym_prob: float = 0.0             # replace each word that has synonyms with this probability (0 = off)
+    synonyms: str | None = None           # "wordnet" (nltk + its data) or a word list (JSON or "word: syn, syn" lines)
+    protected_words: tuple[str, ...] = () # words / phrases never replaced; "@FILE" adds FILE's lines (class names)
 
     def __post_init__(self):
         checks = [
@@ -61,6 +67,11 @@ class DataConfig:
             (self.balance_from is None or self.kind == "webdataset",
              "data.balance_from applies to data.kind='webdataset' (the pool's shards, matched by clipforge curate)"),
             (self.balance_t > 0, f"data.balance_t must be positive, got {self.balance_t}"),
+            (0.0 <= self.synonym_prob <= 1.0, f"data.synonym_prob must be in [0, 1], got {self.synonym_prob}"),
+            (self.synonym_prob == 0 or self.synonyms, "data.synonym_prob > 0 needs data.synonyms: 'wordnet' (nltk) "
+                                                      "or a word-list file"),
+            (self.class_templates is None or self.class_captions,
+             "data.class_templates needs data.class_captions (the class-names file)"),
             (self.train_weights is None or self.resampled,
              "data.train_weights needs data.resampled=true: weights decide how often shards are drawn"),
         ]

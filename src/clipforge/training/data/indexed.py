@@ -108,9 +108,10 @@ class IndexedBatches(Dataset):
     """``dataset[i]`` is ``(images, tokens, counts)`` for batch ``i`` of ``plan``."""
 
     def __init__(self, source: IndexedSource, plan: EpochPlan, image_transform: ImageTransform, tokenize: Tokenize,
-                 text_mask_prob: float = 0.0):
+                 text_mask_prob: float = 0.0, caption_transform=None):
         self.source, self.plan = source, plan
         self.image_transform, self.tokenize, self.text_mask_prob = image_transform, tokenize, text_mask_prob
+        self.caption_transform = caption_transform
         self._laps: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -125,7 +126,8 @@ class IndexedBatches(Dataset):
 
     def _prepare(self, position: int, counts: dict):
         seed = derive_seed(self.plan.seed, self.plan.epoch, position, 0x5A)
-        return prepare_sample(self.source.raw(self._index(position)), self.image_transform, seed, counts)
+        return prepare_sample(self.source.raw(self._index(position)), self.image_transform, seed, counts,
+                              self.caption_transform)
 
     def __getitem__(self, batch: int):
         plan = self.plan
@@ -146,7 +148,7 @@ class IndexedBatches(Dataset):
         positions = range(beyond, beyond + 10_000)
         raws = (self.source.raw(self._index(p)) for p in positions)
         seeds = (derive_seed(self.plan.seed, self.plan.epoch, p, 0x5A) for p in positions)
-        item = first_good(raws, self.image_transform, seeds, counts)
+        item = first_good(raws, self.image_transform, seeds, counts, caption_transform=self.caption_transform)
         if item is None:
             raise RuntimeError("no readable image found: the image paths in the CSV do not open "
                                "(check data.csv_image_key and that paths are relative to the CSV or cwd)")

@@ -21,7 +21,8 @@ from clipforge.config import ConfigError
 
 from clipforge.data.shards import check_local_shards, expand_shards, read_total_size
 
-from .batch import DataStats, EpochPlan, ImageTransform, Tokenize, derive_seed
+from .batch import DataStats, EpochPlan, ImageTransform, Tokenize, derive_seed, new_counts
+from .captions import create_caption_transform
 from .config import DataConfig
 from .indexed import IndexedBatches, SyntheticSource, load_csv
 from .tar_stream import TarBatches, TarFormat
@@ -157,7 +158,8 @@ def _indexed_dataset(cfg, image_transform, tokenize, rank, world_size, epoch, st
     else:
         source, initial = SyntheticSource(cfg.num_samples), DataStats()
     plan = _make_plan(cfg, cfg.num_samples or len(source), rank, world_size, epoch, start_batch)
-    return IndexedBatches(source, plan, image_transform, tokenize, cfg.text_mask_prob), plan, initial
+    return IndexedBatches(source, plan, image_transform, tokenize, cfg.text_mask_prob,
+                          caption_transform_for(cfg)), plan, initial
 
 
 def _tar_dataset(cfg, image_transform, tokenize, rank, world_size, epoch, start_batch):
@@ -179,9 +181,42 @@ def _tar_dataset(cfg, image_transform, tokenize, rank, world_size, epoch, start_
     plan = _make_plan(cfg, num_samples, rank, world_size, epoch, start_batch)
     fmt = TarFormat(image_keys=_keys(cfg.wds_image_key), caption_keys=_keys(cfg.wds_caption_key),
                     shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, balance=balance)
-    dataset = TarBatches(shards, plan, fmt, image_transform, tokenize, cfg.text_mask_prob)
+    dataset = TarBatches(shards, plan, fmt, image_transform, tokenize, cfg.text_mask_prob, caption_transform_for(cfg))
     return dataset, plan, DataStats()
+
+
+def caption_transform_for(cfg):
+    """The data section's caption transforms (class captions, synonyms), or None."""
+    return create_caption_transform(cfg.class_captions, cfg.class_templates, cfg.synonym_prob, cfg.synonyms,
+                                    cfg.protected_words)
 
 
 def _keys(spec: str) -> tuple[str, ...]:
     return tuple(k.strip().lower() for k in spec.split(";") if k.strip())
+
+
+def preview_captions(cfg: DataConfig, count: int) -> list[tuple[str, str]]:
+    """(caption as stored, caption after the data section's transforms) for the first ``count`` samples in source
+    order, each with the seed of its position in epoch 0 (``clipforge train --print-augmented N``)."""
+    cfg.check_ready()
+    transform = caption_transform_for(cfg)
+    if cfg.kind == "webdataset":
+        from .tar_stream import read_shard
+
+        fmt = TarFormat(image_keys=_keys(cfg.wds_image_key), caption_keys=_keys(cfg.wds_caption_key))
+        urls = expand_shards(cfg.sources(), None).urls
+        raws = (raw for url in urls for raw in read_shard(url, fmt, new_counts()))
+    elif cfg.kind == "csv":
+        source = load_csv(cfg.sources(), cfg.csv_separator, cfg.csv_image_key, cfg.csv_caption_key)
+        raws = (source.raw(i) for i in range(len(source)))
+    else:
+        raws = (SyntheticSource(cfg.num_samples).raw(i) for i in range(cfg.num_samples))
+    out = []
+    for position, raw in enumerate(raws):
+        if len(out) >= count:
+            break
+        if raw.caption and raw.caption.strip():
+            caption = raw.caption.strip()
+            seed = derive_seed(cfg.seed, 0, 0, 0, position)
+            out.append((caption, transform(caption, seed) if transform is not None else caption))
+    return out

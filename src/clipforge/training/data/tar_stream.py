@@ -85,10 +85,11 @@ class TarBatches(IterableDataset):
     """Yields ``(images, tokens, counts)`` for the batches of ``plan`` that this loader worker owns."""
 
     def __init__(self, shards: ShardList, plan: EpochPlan, fmt: TarFormat, image_transform: ImageTransform,
-                 tokenize: Tokenize, text_mask_prob: float = 0.0):
+                 tokenize: Tokenize, text_mask_prob: float = 0.0, caption_transform=None):
         super().__init__()
         self.shards, self.plan, self.fmt = shards, plan, fmt
         self.image_transform, self.tokenize, self.text_mask_prob = image_transform, tokenize, text_mask_prob
+        self.caption_transform = caption_transform
 
     def __iter__(self):
         info = get_worker_info()
@@ -114,7 +115,7 @@ class TarBatches(IterableDataset):
     def _prepare(self, sample: RawSample, worker: int, position: int, counts: dict):
         plan = self.plan
         seed = derive_seed(plan.seed, plan.epoch, plan.rank, worker, position)
-        return prepare_sample(sample, self.image_transform, seed, counts)
+        return prepare_sample(sample, self.image_transform, seed, counts, self.caption_transform)
 
     def _rescue(self, raw: Iterator[RawSample], worker: int, position: int, counts: dict):
         # A whole batch was unusable: read ahead for one good sample. This shifts later batches of this
@@ -123,7 +124,7 @@ class TarBatches(IterableDataset):
                        "approximate)", self.plan.batch_size)
         seeds = (derive_seed(self.plan.seed, self.plan.epoch, self.plan.rank, worker, position + k)
                  for k in itertools.count())
-        item = first_good(raw, self.image_transform, seeds, counts)
+        item = first_good(raw, self.image_transform, seeds, counts, caption_transform=self.caption_transform)
         if item is None:
             raise RuntimeError("no usable sample in 10000 consecutive samples: the shards look corrupt or use "
                                f"other keys than image={self.fmt.image_keys} caption={self.fmt.caption_keys} "
