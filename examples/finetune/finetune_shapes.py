@@ -45,7 +45,8 @@ def main() -> None:
               "image_size=64", "--workdir", str(run))
     clipforge("wise-ft", "--zeroshot", str(work / "zeroshot" / "run"), "--finetuned", str(run),
               "--alpha", "0,0.25,0.5,0.75,1", "--eval", f"shifted=wds:{shifted}/val-000000.tar",
-              "--control", f"plain=wds:{work / 'zeroshot' / 'data'}/val-000000.tar", "--out", str(work / "wise_ft"),
+              "--control", f"plain=wds:{work / 'zeroshot' / 'data'}/val-000000.tar",
+              "--out", str(work / f"wise_ft-{args.recipe}"),
               "--save", "0.5")
 
 
