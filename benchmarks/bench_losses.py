@@ -24,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-LOSSES = ("open_clip.ClipLoss", "clipforge.tiled_clip", "open_clip.SigLipLoss", "clipforge.tiled_siglip")
+LOSSES = ("open_clip.ClipLoss", "clipforge.clip", "clipforge.tiled_clip", "open_clip.SigLipLoss", "clipforge.siglip",
+          "clipforge.tiled_siglip")
 # number of N x N fp32 matrices open_clip holds at its peak (measured: ClipLoss ~4, SigLipLoss ~5)
-DENSE_MATRICES = {"open_clip.ClipLoss": 4, "open_clip.SigLipLoss": 5}
+DENSE_MATRICES = {"open_clip.ClipLoss": 4, "open_clip.SigLipLoss": 5, "clipforge.clip": 4, "clipforge.siglip": 3}
 
 
 def _status_bytes(field: str) -> int:
@@ -65,6 +66,12 @@ def _make_loss(name: str, tile_size: int | None):
         from open_clip.loss import SigLipLoss
         loss = SigLipLoss()
         return lambda i, t, s, b: loss(i, t, s, b)
+    if name == "clipforge.clip":  # the dense forms (loss.tiled=false)
+        from clipforge.losses.contrastive import clip_loss
+        return lambda i, t, s, b: clip_loss(i, t, s)
+    if name == "clipforge.siglip":
+        from clipforge.losses.sigmoid import siglip_loss
+        return lambda i, t, s, b: siglip_loss(i, t, s, b)
     from clipforge.losses.tiled import tiled_clip_loss, tiled_siglip_loss
     if name == "clipforge.tiled_clip":
         return lambda i, t, s, b: tiled_clip_loss(i, t, s, tile_size=tile_size)
@@ -131,7 +138,8 @@ def _max_batch(name: str, points: list[dict], budget: float) -> int | None:
     return int((budget - fixed) / per_item) if per_item > 0 else None
 
 
-ANCHOR = {"clipforge.tiled_clip": "open_clip.ClipLoss", "clipforge.tiled_siglip": "open_clip.SigLipLoss"}
+ANCHOR = {"clipforge.tiled_clip": "open_clip.ClipLoss", "clipforge.tiled_siglip": "open_clip.SigLipLoss",
+          "clipforge.clip": "open_clip.ClipLoss", "clipforge.siglip": "open_clip.SigLipLoss"}
 
 
 def _print_table(rows: list[dict]) -> None:

@@ -29,8 +29,13 @@ def clip_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit
         all_images = all_gather_with_grad(image_features, collective)
         all_texts = all_gather_with_grad(text_features, collective)
         offset = collective.rank * n
-    logits_per_image = logit_scale * (image_features @ all_texts.T).to(logits_dtype(image_features))
-    logits_per_text = logit_scale * (text_features @ all_images.T).to(logits_dtype(image_features))
+    dtype = logits_dtype(image_features)
+    if image_features.dtype == dtype:  # scale the (B, D) features, not the (B, B_global) logits: one matrix less
+        logits_per_image = (logit_scale * image_features) @ all_texts.T
+        logits_per_text = (logit_scale * text_features) @ all_images.T
+    else:  # low-precision features: the products are widened first, then scaled in the logits' precision
+        logits_per_image = logit_scale * (image_features @ all_texts.T).to(dtype)
+        logits_per_text = logit_scale * (text_features @ all_images.T).to(dtype)
     labels = torch.arange(offset, offset + n, device=image_features.device)
     return logits_per_image, logits_per_text, labels
 

@@ -21,15 +21,22 @@ from clipforge.losses._checks import check_inputs, logits_dtype
 
 
 def _pair_loss_sum(image_features, text_features, logit_scale, logit_bias, positive_offset: int | None):
-    """Sum over pairs of -log sigmoid(label * logit); positives sit at column ``row + positive_offset``."""
-    logits = logit_scale * (image_features @ text_features.T).to(logits_dtype(image_features))  # (B_img, B_txt)
+    """Sum over pairs of -log sigmoid(label * logit); positives sit at column ``row + positive_offset``.
+
+    With labels -1 everywhere but the positives: sum softplus(logits) - sum of the positive logits (softplus(x) -
+    x = -log sigmoid(x)), so no (B, B) label matrix and no label-times-logit product is made."""
+    dtype = logits_dtype(image_features)
+    if image_features.dtype == dtype:  # scale the (B, D) features rather than the (B_img, B_txt) logits
+        logits = (logit_scale * image_features) @ text_features.T
+    else:
+        logits = logit_scale * (image_features @ text_features.T).to(dtype)
     if logit_bias is not None:
-        logits = logits + logit_bias
-    labels = -torch.ones_like(logits)
+        logits = logits.add_(logit_bias)  # in place: the product is not needed by its own backward
+    total = F.softplus(logits).sum()
     if positive_offset is not None:
         rows = torch.arange(logits.shape[0], device=logits.device)
-        labels[rows, rows + positive_offset] = 1.0
-    return -F.logsigmoid(labels * logits).sum()
+        total = total - logits[rows, rows + positive_offset].sum()
+    return total
 
 
 def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias=None, *,
