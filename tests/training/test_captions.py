@@ -66,7 +66,9 @@ class _FakeWordNet:
 
     def synsets(self, word):
         lemma = lambda name: types.SimpleNamespace(name=lambda: name)  # noqa: E731
-        table = {"large": [types.SimpleNamespace(lemmas=lambda: [lemma("large"), lemma("big")]),
+        table = {"a": [types.SimpleNamespace(lemmas=lambda: [lemma("angstrom")])],
+                 "in": [types.SimpleNamespace(lemmas=lambda: [lemma("inch")])],
+                 "large": [types.SimpleNamespace(lemmas=lambda: [lemma("large"), lemma("big")]),
                            types.SimpleNamespace(lemmas=lambda: [lemma("great_big")])]}
         return table.get(word, [])
 
@@ -80,6 +82,7 @@ def test_wordnet_synonyms_through_nltk(monkeypatch):
     transform = create_caption_transform(None, None, 1.0, "wordnet", ())
     assert transform("a large square", 0) in ("a big square", "a great big square")
     assert transform("a small square", 0) == "a small square"
+    assert transform("a large square in it", 0).startswith("a ") and transform("in it", 0) == "in it"
 
 
 def test_wordnet_without_nltk_names_the_fix(monkeypatch):

@@ -77,8 +77,16 @@ def load_word_list(path: str) -> dict[str, list[str]]:
     return table
 
 
+# function words WordNet would still "replace" (a -> angstrom, in -> inch, it -> information technology)
+_STOP_WORDS = frozenset("""a an the and or but if of in on at to by for with from into onto over under about as is are
+was were be been being am it its this that these those there here he she they we you i me him her them us my his
+their our your not no do does did has have had will would can could shall should may might must up down out off
+""".split())
+
+
 class WordNetSynonyms(Mapping):
-    """Synonyms of a word from WordNet's synsets (lemma names, underscores as spaces), looked up lazily."""
+    """Synonyms of a word from WordNet's synsets (lemma names, underscores as spaces), looked up lazily; function
+    words and words of two letters or fewer get none."""
 
     def __init__(self):
         try:
@@ -94,6 +102,8 @@ class WordNetSynonyms(Mapping):
         self._cache: dict[str, list[str]] = {}
 
     def __getitem__(self, word: str) -> list[str]:
+        if len(word) <= 2 or word in _STOP_WORDS:
+            return []
         if word not in self._cache:
             from nltk.corpus import wordnet
 
