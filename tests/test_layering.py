@@ -16,7 +16,7 @@ LEVELS = {
     # 2: the model zoo
     "models": 2,
     # 3: what is done with a model, each on its own (none imports another of this level)
-    "evaluation": 3, "runtime": 3, "curation": 3,
+    "evaluation": 3, "runtime": 3, "curation": 3, "captioning": 3,
     # 4: long-running jobs and products built from level 3
     "training": 4, "export": 4, "search": 4,
     # 5: the service, 6: the command line and its entry points

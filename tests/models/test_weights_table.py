@@ -17,7 +17,7 @@ ARCHS = [
     "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-B-16-plus-240", "ViT-L-14",
     "ViT-L-14-336", "ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256",
     "ViT-B-16-SigLIP-384", "ViT-B-16-SigLIP-512", "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384",
-    "ViT-SO400M-14-SigLIP", "ViT-SO400M-14-SigLIP-384",
+    "ViT-SO400M-14-SigLIP", "ViT-SO400M-14-SigLIP-384", "coca_ViT-B-32", "coca_ViT-L-14",
 ]
 
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from clipforge.layers.attention import split_heads
 from clipforge.layers.fused import linear_rows
 from clipforge.layers.mlp import Mlp, mlp_hidden
 from clipforge.layers.norm import LayerNorm
@@ -36,11 +37,6 @@ def pool_text(x: torch.Tensor, tokens: torch.Tensor, kind: str, eos_id: int | No
     return x[torch.arange(x.shape[0], device=x.device), index]
 
 
-def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    batch, length, width = x.shape
-    return x.view(batch, length, num_heads, width // num_heads).transpose(1, 2)  # (B, H, L, d)
-
-
 class LatentAttentionPool(nn.Module):
     """Multi-head attention pooling with learned latent queries, then a residual MLP (SigLIP "MAP" head)."""
 
@@ -60,7 +56,7 @@ class LatentAttentionPool(nn.Module):
         batch, _, width = x.shape
         q = self.q(self.latent).expand(batch, -1, -1)  # (B, Q, D)
         k, v = linear_rows(x, self.kv).chunk(2, dim=-1)  # 2 x (B, N, D)
-        out = F.scaled_dot_product_attention(*(_split_heads(t, self.num_heads) for t in (q, k, v)))
+        out = F.scaled_dot_product_attention(*(split_heads(t, self.num_heads) for t in (q, k, v)))
         out = self.proj(out.transpose(1, 2).reshape(batch, -1, width))  # (B, Q, D)
         out = out + self.mlp(self.norm(out))
         return out[:, 0]
@@ -87,6 +83,6 @@ class AttentionPool2d(nn.Module):
         batch, _, width = x.shape
         q = linear_rows(x[:, :1], self.q)  # (B, 1, C)
         k, v = linear_rows(x, self.kv).chunk(2, dim=-1)
-        out = F.scaled_dot_product_attention(*(_split_heads(t, self.num_heads) for t in (q, k, v)))
+        out = F.scaled_dot_product_attention(*(split_heads(t, self.num_heads) for t in (q, k, v)))
         out = out.transpose(1, 2).reshape(batch, width)  # (B, C)
         return linear_rows(out, self.proj)  # (B, out_dim)

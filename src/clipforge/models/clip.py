@@ -68,11 +68,14 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = config
         self.info = info or ModelInfo(preprocess=PreprocessConfig(image_size=config.vision.image_size))
-        self.visual = build_vision_tower(config)
-        self.text = TextTransformer(config.text, config.embed_dim)
+        self.visual, self.text = self.build_towers(config)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.logit_bias = (nn.Parameter(torch.tensor(float(config.init_logit_bias)))
                            if config.init_logit_bias is not None else None)
+
+    def build_towers(self, config: ClipConfig) -> tuple[nn.Module, nn.Module]:
+        """(image tower, text tower); a model family with other towers (CoCa) overrides this."""
+        return build_vision_tower(config), TextTransformer(config.text, config.embed_dim)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:

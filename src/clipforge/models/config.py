@@ -1,6 +1,7 @@
 """Architecture configs: ``VisionConfig``, ``TextConfig`` and ``ClipConfig``.
 
-Frozen dataclasses, validated on construction. The vision tower is chosen by ``kind`` only.
+Frozen dataclasses, validated on construction. The vision tower is chosen by ``kind`` only. A ``DecoderConfig``
+in ``ClipConfig.decoder`` makes the model a CoCa (contrastive captioner, ``models/coca.py``).
 Presets in ``presets/*.json`` are these dataclasses written with ``clipforge.config.to_dict``.
 """
 from __future__ import annotations
@@ -37,7 +38,11 @@ class VisionConfig:
     act: Act = "gelu"
     class_token: bool = True
     pre_norm: bool = True  # LayerNorm on the tokens before the first block (CLIP's ln_pre)
-    pool: Literal["token", "avg", "map"] = "token"  # class token, mean of patches, or latent attention pool
+    # class token, mean of patches, latent attention pool (SigLIP), or CoCa's query pool: ``pool_queries`` learned
+    # queries attend over all tokens; the first gives the image feature, the others the tokens the decoder reads
+    pool: Literal["token", "avg", "map", "coca"] = "token"
+    pool_queries: int = 256  # pool="coca" only
+    pool_heads: int = 8  # pool="coca" only
     patch_bias: bool = False
     output_proj: bool = True  # final linear map to ClipConfig.embed_dim
     norm_eps: float = 1e-5
@@ -62,6 +67,9 @@ class VisionConfig:
                  f"vision.patch_size must be in [1, image_size={self.image_size}], got {self.patch_size}")
         _require(self.pool != "token" or self.class_token,
                  "vision.pool='token' needs vision.class_token=true; use pool='avg' or 'map' without one")
+        _require(self.pool != "coca" or (self.pool_queries >= 2 and self.pool_heads > 0),
+                 f"vision.pool='coca' needs vision.pool_queries >= 2 (one for the image feature, the rest for the "
+                 f"caption decoder) and positive vision.pool_heads, got {self.pool_queries}, {self.pool_heads}")
 
     def _check_resnet(self):
         _require(len(self.stage_depths) == 4 and all(d > 0 for d in self.stage_depths),
@@ -93,6 +101,10 @@ class TextConfig:
     proj_bias: bool = False
     norm_eps: float = 1e-5
     layer_scale_init: float | None = None
+    # CoCa: a learned token appended after the text; its output is the text feature (pool must be "last"), and
+    # keys are masked where the *previous* token is ``pad_id`` (open_clip's mask for its published CoCa weights)
+    cls_token: bool = False
+    pad_id: int = 0
 
     def __post_init__(self):
         _require(self.context_length > 0 and self.vocab_size > 0,
@@ -101,6 +113,32 @@ class TextConfig:
                  f"text.width {self.width} is not divisible by text.num_heads {self.num_heads}")
         _require(self.depth > 0, f"text.depth must be positive, got {self.depth}")
         _require(self.pool != "eos" or self.eos_id is not None, "text.pool='eos' needs text.eos_id")
+        _require(not self.cls_token or (self.pool == "last" and self.causal_mask),
+                 "text.cls_token=true (CoCa) needs text.pool='last' and text.causal_mask=true")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """CoCa's multimodal text decoder: per layer a causal self-attention block over the text tower's token states,
+    then a cross-attention block over the image tokens; a final norm and a projection to the vocabulary.
+
+    ``width`` must equal the width of the image tokens it reads (``embed_dim`` for vision.pool='coca').
+    """
+    width: int = 512
+    num_heads: int = 8
+    depth: int = 12
+    context_length: int = 76
+    vocab_size: int = 49408
+    mlp_ratio: float = 4.0
+    act: Act = "gelu"
+    norm_eps: float = 1e-5
+    layer_scale_init: float | None = None
+
+    def __post_init__(self):
+        _require(self.width > 0 and self.depth > 0 and self.vocab_size > 0 and self.context_length > 0,
+                 "decoder.width, decoder.depth, decoder.vocab_size and decoder.context_length must be positive")
+        _require(self.width % self.num_heads == 0,
+                 f"decoder.width {self.width} is not divisible by decoder.num_heads {self.num_heads}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +154,11 @@ class ClipConfig:
     text: TextConfig
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None
-    open_clip_class: Literal["CLIP", "CustomTextCLIP"] = "CLIP"
+    open_clip_class: Literal["CLIP", "CustomTextCLIP", "CoCa"] = "CLIP"
     open_clip_timm_model: str | None = None
     tokenizer: str = "clip"  # "clip" (byte-level BPE) or a Hugging Face tokenizer id
     tokenizer_clean: str | None = None  # text cleaning mode; None = the tokenizer's default
+    decoder: DecoderConfig | None = None  # CoCa's caption decoder; None for a two-tower CLIP
 
     def __post_init__(self):
         _require(self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}")
@@ -128,3 +167,16 @@ class ClipConfig:
         _require(self.vision.kind == "resnet" or self.vision.output_proj or self.vision.width == self.embed_dim,
                  f"vision.output_proj=false needs vision.width == embed_dim ({self.vision.width} != "
                  f"{self.embed_dim})")
+        if self.decoder is not None:
+            self._check_coca()
+
+    def _check_coca(self):
+        _require(self.vision.kind == "vit" and self.vision.pool in ("coca", "token"),
+                 "a CoCa model (decoder set) needs a ViT image tower with vision.pool='coca' or 'token'")
+        tokens = self.embed_dim if self.vision.pool == "coca" else self.vision.width
+        _require(self.decoder.width == tokens,
+                 f"decoder.width {self.decoder.width} must equal the width of the image tokens it reads ({tokens})")
+        _require(self.text.cls_token and self.text.width == self.decoder.width,
+                 "a CoCa model needs text.cls_token=true and text.width == decoder.width")
+        _require(self.decoder.vocab_size == self.text.vocab_size,
+                 "decoder.vocab_size must equal text.vocab_size (the decoder predicts the text tower's tokens)")

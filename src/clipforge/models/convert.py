@@ -3,7 +3,8 @@
 Pure functions, state_dict -> state_dict. Supported sources:
 
 - open_clip ``CLIP`` (flat text keys, also OpenAI's ``.pt`` archives) and ``CustomTextCLIP`` (``text.*``),
-  including its timm-based SigLIP vision tower (``visual.trunk.*``, ``visual.head.*``);
+  including its timm-based SigLIP vision tower (``visual.trunk.*``, ``visual.head.*``), and ``CoCa`` (its attentional
+  pooler ``visual.attn_pool.*``, the text tower's ``cls_emb``, the decoder ``text_decoder.*``);
 - Hugging Face transformers ``CLIPModel``;
 - clipforge itself.
 
@@ -30,7 +31,10 @@ _OC_BLOCK = [("ln_1.", "norm1."), ("ln_2.", "norm2."), ("attn.in_proj_weight", "
              ("attn.in_proj_bias", "attn.qkv.bias"), ("attn.out_proj.", "attn.proj."), ("mlp.c_fc.", "mlp.fc1."),
              ("mlp.c_proj.", "mlp.fc2."), ("ls_1.", "ls1."), ("ls_2.", "ls2.")]
 _OC_VIT = [("conv1.", "patch_embed.proj."), ("class_embedding", "cls_token"), ("positional_embedding", "pos_embed"),
-           ("ln_pre.", "norm_pre."), ("ln_post.", "norm."), ("proj", "proj.weight")]
+           ("ln_pre.", "norm_pre."), ("ln_post.", "norm."), ("proj", "proj.weight"),
+           # CoCa's attentional pooler (its q/k/v projections are packed by _coca_pool_tensors)
+           ("attn_pool.query", "attn_pool.query"), ("attn_pool.ln_q.", "attn_pool.norm_q."),
+           ("attn_pool.ln_k.", "attn_pool.norm_k."), ("attn_pool.attn.out_proj.", "attn_pool.proj.")]
 _TIMM_VIT = [("trunk.patch_embed.", "patch_embed."), ("trunk.cls_token", "cls_token"), ("trunk.pos_embed", "pos_embed"),
              ("trunk.norm_pre.", "norm_pre."), ("trunk.norm.", "norm."), ("trunk.attn_pool.", "attn_pool."),
              ("head.proj.", "proj.")]
@@ -38,7 +42,12 @@ _OC_RESNET = [("attnpool.positional_embedding", "attn_pool.pos_embed"), ("attnpo
               ("attnpool.c_proj.", "attn_pool.proj.")]
 _OC_TEXT = [("token_embedding.", "token_embedding."), ("positional_embedding", "pos_embed"), ("ln_final.", "norm."),
             ("text_projection.weight", "proj.weight"), ("text_projection.bias", "proj.bias"),
-            ("text_projection", "proj.weight")]
+            ("text_projection", "proj.weight"), ("cls_emb", "cls_token")]
+# CoCa's decoder: open_clip's MultimodalTransformer (self-attention `resblocks`, `cross_attn` blocks, final norm)
+_OC_CROSS_BLOCK = [("ln_1_kv.", "norm_kv."), *_OC_BLOCK]
+_OC_DECODER_RE = re.compile(r"^text_decoder\.(resblocks|cross_attn)\.(\d+)\.(.*)$")
+_CF_DECODER_RE = re.compile(r"^decoder\.(self_blocks|cross_blocks)\.(\d+)\.(.*)$")
+_OC_POOL_ATTN = "visual.attn_pool.attn."
 _HF_BLOCK = [("layer_norm1.", "norm1."), ("layer_norm2.", "norm2."), ("self_attn.out_proj.", "attn.proj."),
              ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2.")]
 _HF_TOP = [("logit_scale", "logit_scale"), ("visual_projection.weight", "visual.proj.weight"),
@@ -129,6 +138,14 @@ def _open_clip_to_clipforge(state_dict: StateDict, config: ClipConfig) -> StateD
     for key, tensor in state_dict.items():
         if key in ("logit_scale", "logit_bias"):
             out[key] = tensor
+        elif key.startswith(_OC_POOL_ATTN) and not key.startswith(_OC_POOL_ATTN + "out_proj."):
+            continue  # packed below
+        elif key.startswith("text_decoder."):
+            new = _decoder_key(key)
+            if new is None:
+                unknown.append(key)
+            else:
+                out[new] = tensor.t() if key == "text_decoder.text_projection" else tensor
         elif key.startswith("visual."):
             name = key[len("visual."):]
             if config.vision.kind == "resnet" and name.startswith(("attnpool.k_proj.", "attnpool.v_proj.")):
@@ -145,6 +162,7 @@ def _open_clip_to_clipforge(state_dict: StateDict, config: ClipConfig) -> StateD
             unknown.append(key)
     if config.vision.kind == "resnet":
         _pack_resnet_kv(state_dict, out)
+    out.update(_coca_pool_tensors(state_dict))
     if unknown:
         raise ConversionError(f"{len(unknown)} checkpoint keys have no place in a clipforge model: "
                               f"{', '.join(unknown[:8])}")
@@ -156,6 +174,39 @@ def _text_key(name: str) -> str | None:
     if block and block.group(1) == "":
         return _block_key("", block.group(2), block.group(3), _OC_BLOCK)
     return _rename(name, _OC_TEXT)
+
+
+def _decoder_key(key: str) -> str | None:
+    """open_clip ``text_decoder.*`` -> clipforge ``decoder.*`` (None if unknown)."""
+    if key == "text_decoder.text_projection":
+        return "decoder.proj.weight"
+    if key.startswith("text_decoder.ln_final."):
+        return "decoder.norm." + key[len("text_decoder.ln_final."):]
+    match = _OC_DECODER_RE.match(key)
+    if match is None:
+        return None
+    kind, index, rest = match.groups()
+    mapped = _rename(rest, _OC_BLOCK if kind == "resblocks" else _OC_CROSS_BLOCK)
+    blocks = "self_blocks" if kind == "resblocks" else "cross_blocks"
+    return None if mapped is None else f"decoder.{blocks}.{index}.{mapped}"
+
+
+def _coca_pool_tensors(state_dict: StateDict) -> StateDict:
+    """CoCa pooler projections: ``nn.MultiheadAttention`` keeps q/k/v packed when the token width equals the pool
+    width, separate otherwise; clipforge keeps ``q`` and a packed ``kv``."""
+    get = lambda name: state_dict.get(_OC_POOL_ATTN + name)  # noqa: E731
+    out = {}
+    packed, bias = get("in_proj_weight"), get("in_proj_bias")
+    if packed is not None:
+        width = packed.shape[0] // 3
+        out["visual.attn_pool.q.weight"], out["visual.attn_pool.kv.weight"] = packed[:width], packed[width:]
+    elif get("q_proj_weight") is not None:
+        out["visual.attn_pool.q.weight"] = get("q_proj_weight")
+        out["visual.attn_pool.kv.weight"] = torch.cat([get("k_proj_weight"), get("v_proj_weight")])
+    if bias is not None:
+        width = bias.shape[0] // 3
+        out["visual.attn_pool.q.bias"], out["visual.attn_pool.kv.bias"] = bias[:width], bias[width:]
+    return out
 
 
 def _pack_resnet_kv(state_dict: StateDict, out: StateDict) -> None:
@@ -199,10 +250,10 @@ def _hf_to_clipforge(state_dict: StateDict) -> StateDict:
 # ---------------------------------------------------------------- validation, entry points
 def expected_shapes(config: ClipConfig) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a clipforge model for ``config``, built on the meta device (no memory, no init cost)."""
-    from clipforge.models.clip import CLIP  # clip.py does not import this module; imported here to keep it light
+    from clipforge.models.coca import build_model  # it does not import this module; imported here to keep it light
 
     with torch.device("meta"):
-        model = CLIP(config)
+        model = build_model(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -273,12 +324,16 @@ def to_open_clip_state_dict(state_dict: Mapping[str, torch.Tensor], config: Clip
     if config.vision.pool == "map" and config.open_clip_timm_model is None:
         raise ConversionError("a latent-attention-pooled (SigLIP) vision tower only exists in open_clip as a timm "
                               "trunk; set open_clip_timm_model to the timm model name to write this layout")
-    text_prefix = "text." if config.open_clip_class == "CustomTextCLIP" else ""
+    text_prefix = "text." if config.open_clip_class in ("CustomTextCLIP", "CoCa") else ""
     linear_text_proj = config.text.proj_bias  # open_clip uses nn.Linear only when the projection has a bias
-    out: StateDict = {}
+    out: StateDict = _to_open_clip_pool(state_dict, config)
     for key, tensor in state_dict.items():
         if key in ("logit_scale", "logit_bias"):
             out[key] = tensor
+        elif key.startswith(("visual.attn_pool.q.", "visual.attn_pool.kv.")) and config.vision.pool == "coca":
+            continue  # written by _to_open_clip_pool
+        elif key.startswith("decoder."):
+            out[_to_open_clip_decoder_key(key)] = tensor.t() if key == "decoder.proj.weight" else tensor
         elif key.startswith("visual."):
             for name, value in _to_open_clip_visual(key[len("visual."):], tensor, config).items():
                 out["visual." + name] = value
@@ -294,4 +349,34 @@ def to_open_clip_state_dict(state_dict: Mapping[str, torch.Tensor], config: Clip
             out[text_prefix + new] = tensor
         else:
             raise ConversionError(f"'{key}' is not a clipforge CLIP key")
+    return out
+
+
+def _to_open_clip_decoder_key(key: str) -> str:
+    if key == "decoder.proj.weight":
+        return "text_decoder.text_projection"
+    if key.startswith("decoder.norm."):
+        return "text_decoder.ln_final." + key[len("decoder.norm."):]
+    match = _CF_DECODER_RE.match(key)
+    if match is None:
+        raise ConversionError(f"'{key}' is not a clipforge CoCa decoder key")
+    kind, index, rest = match.groups()
+    table = _OC_BLOCK if kind == "self_blocks" else _OC_CROSS_BLOCK
+    blocks = "resblocks" if kind == "self_blocks" else "cross_attn"
+    return f"text_decoder.{blocks}.{index}.{_rename(rest, table, reverse=True)}"
+
+
+def _to_open_clip_pool(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> StateDict:
+    """CoCa pooler q / kv -> ``nn.MultiheadAttention``'s packed or separate projections (see _coca_pool_tensors)."""
+    if config.vision.pool != "coca" or "visual.attn_pool.q.weight" not in state_dict:
+        return {}
+    q, kv = state_dict["visual.attn_pool.q.weight"], state_dict["visual.attn_pool.kv.weight"]
+    out = {_OC_POOL_ATTN + "in_proj_bias": torch.cat([state_dict["visual.attn_pool.q.bias"],
+                                                      state_dict["visual.attn_pool.kv.bias"]])}
+    if config.vision.width == config.embed_dim:
+        out[_OC_POOL_ATTN + "in_proj_weight"] = torch.cat([q, kv])
+    else:
+        k, v = kv.chunk(2, dim=0)
+        out.update({_OC_POOL_ATTN + "q_proj_weight": q, _OC_POOL_ATTN + "k_proj_weight": k,
+                    _OC_POOL_ATTN + "v_proj_weight": v})
     return out

@@ -5,6 +5,7 @@ Imported through ``clipforge.models.convert``. Options that clipforge does not i
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any, Mapping
@@ -12,7 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from clipforge.config import ConfigError
-from clipforge.models.config import ClipConfig, TextConfig, VisionConfig
+from clipforge.models.config import ClipConfig, DecoderConfig, TextConfig, VisionConfig
 
 # timm SigLIP trunks open_clip names in its configs: size -> (width, depth, num_heads, mlp_ratio)
 _TIMM_SIGLIP_SIZES = {"base": (768, 12, 12, 4.0), "large": (1024, 24, 16, 4.0), "so400m": (1152, 27, 16, 3.7362)}
@@ -86,9 +87,42 @@ def _text_from_open_clip(cfg: Mapping[str, Any], act: str) -> TextConfig:
                       layer_scale_init=cfg.get("ls_init_value"))
 
 
+# open_clip's CoCa switches, handled by _coca_from_open_clip rather than rejected
+_COCA_VISION = ("attentional_pool", "attn_pooler_queries", "attn_pooler_heads", "output_tokens")
+_COCA_TEXT = ("embed_cls", "output_tokens", "pad_id")
+
+
+def _coca_from_open_clip(model_cfg: Mapping[str, Any], act: str) -> ClipConfig:
+    """An open_clip CoCa ``model_cfg`` (one with ``multimodal_cfg``) -> ClipConfig with a decoder."""
+    vision_cfg, text_cfg = dict(model_cfg.get("vision_cfg", {})), dict(model_cfg.get("text_cfg", {}))
+    if text_cfg.get("hf_model_name") or vision_cfg.get("timm_model_name"):
+        raise ConfigError("CoCa with a Hugging Face text tower or a timm image tower is not supported by clipforge")
+    if not text_cfg.get("embed_cls", False):
+        raise ConfigError("open_clip CoCa configs without text_cfg.embed_cls are not supported by clipforge")
+    vision, _ = _vision_from_open_clip({k: v for k, v in vision_cfg.items() if k not in _COCA_VISION}, act)
+    if vision_cfg.get("attentional_pool"):
+        if isinstance(vision_cfg["attentional_pool"], str):
+            raise ConfigError(f"open_clip attentional_pool='{vision_cfg['attentional_pool']}' is not supported; "
+                              "clipforge implements open_clip's original CoCa pooler (attentional_pool=true)")
+        vision = dataclasses.replace(vision, pool="coca", pool_queries=vision_cfg.get("attn_pooler_queries", 256),
+                                     pool_heads=vision_cfg.get("attn_pooler_heads", 8))
+    text = _text_from_open_clip({k: v for k, v in text_cfg.items() if k not in _COCA_TEXT}, act)
+    text = dataclasses.replace(text, cls_token=True, pool="last", pad_id=text_cfg.get("pad_id", 0))
+    m = model_cfg["multimodal_cfg"]
+    decoder = DecoderConfig(width=m.get("width", 512), num_heads=m.get("heads", 8), depth=m.get("layers", 12),
+                            context_length=m.get("context_length", 77), vocab_size=text.vocab_size,
+                            mlp_ratio=float(m.get("mlp_ratio", 4.0)), act=act,
+                            layer_scale_init=m.get("ls_init_value"))
+    return ClipConfig(embed_dim=model_cfg["embed_dim"], vision=vision, text=text, decoder=decoder,
+                      init_logit_scale=model_cfg.get("init_logit_scale", math.log(1 / 0.07)),
+                      init_logit_bias=model_cfg.get("init_logit_bias"), open_clip_class="CoCa")
+
+
 def config_from_open_clip(model_cfg: Mapping[str, Any]) -> ClipConfig:
     """open_clip ``model_cfg`` (its JSON config, or ``open_clip_config.json["model_cfg"]``) -> ClipConfig."""
     act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+    if model_cfg.get("multimodal_cfg"):
+        return _coca_from_open_clip(model_cfg, act)
     text_cfg = model_cfg.get("text_cfg", {})
     vision, timm_name = _vision_from_open_clip(model_cfg.get("vision_cfg", {}), act)
     custom_text = model_cfg.get("custom_text", False) or bool(text_cfg.get("hf_model_name"))
@@ -112,8 +146,12 @@ def _vision_to_open_clip(config: ClipConfig) -> dict[str, Any]:
            "patch_size": v.patch_size, "mlp_ratio": v.mlp_ratio}
     if not v.pre_norm:
         out["no_ln_pre"] = True
-    if v.pool != "token":
+    if v.pool == "coca":
+        out.update(attentional_pool=True, attn_pooler_queries=v.pool_queries, attn_pooler_heads=v.pool_heads)
+    elif v.pool != "token":
         out["pool_type"] = {"avg": "avg"}.get(v.pool) or _fail(f"vision.pool '{v.pool}' has no open_clip equivalent")
+    if config.decoder is not None:
+        out["output_tokens"] = True
     if v.norm_eps != 1e-5:
         out["norm_kwargs"] = {"eps": v.norm_eps}
     if v.layer_scale_init is not None:
@@ -147,6 +185,20 @@ def _text_to_open_clip(config: ClipConfig) -> dict[str, Any]:
         out["hf_tokenizer_name"] = config.tokenizer
     if config.tokenizer_clean:
         out["tokenizer_kwargs"] = {"clean": config.tokenizer_clean}
+    if t.cls_token:
+        out.update(embed_cls=True, output_tokens=True, pad_id=t.pad_id)
+        out.pop("pool_type")  # the appended token overrides open_clip's pool_type
+    return out
+
+
+def _decoder_to_open_clip(config: ClipConfig) -> dict[str, Any]:
+    d = config.decoder
+    out = {"width": d.width, "heads": d.num_heads, "layers": d.depth, "context_length": d.context_length,
+           "vocab_size": d.vocab_size, "mlp_ratio": d.mlp_ratio}
+    if d.layer_scale_init is not None:
+        out["ls_init_value"] = d.layer_scale_init
+    if d.norm_eps != 1e-5 or d.act != config.text.act:
+        raise ConfigError("open_clip's CoCa decoder uses the towers' activation and LayerNorm eps 1e-5")
     return out
 
 
@@ -159,8 +211,10 @@ def config_to_open_clip(config: ClipConfig) -> dict[str, Any]:
                            "text_cfg": _text_to_open_clip(config)}
     if acts == {"quick_gelu"}:
         out["quick_gelu"] = True
-    if config.open_clip_class == "CustomTextCLIP":
+    if config.open_clip_class in ("CustomTextCLIP", "CoCa"):
         out["custom_text"] = True
+    if config.decoder is not None:
+        out["multimodal_cfg"] = _decoder_to_open_clip(config)
     if config.init_logit_bias is not None:
         out["init_logit_bias"] = config.init_logit_bias
     if abs(config.init_logit_scale - math.log(1 / 0.07)) > 1e-9:

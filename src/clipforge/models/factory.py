@@ -20,6 +20,7 @@ import torch
 from clipforge.config import ConfigError, apply_overrides, to_dict
 from clipforge.models import convert, convert_config, registry
 from clipforge.models.clip import CLIP, ModelInfo
+from clipforge.models.coca import build_model
 from clipforge.models.config import ClipConfig
 from clipforge.models.hub_layout import CLIPFORGE_SECTION, DeclaredModel, clipforge_section, save_hub_layout
 from clipforge.models.loading import ModelLoadError, dotted_diff, load_weights
@@ -166,7 +167,7 @@ def create_model(model_name: str, pretrained: str | None = None, *, precision: s
     info = ModelInfo(preprocess=_preprocess_for(config, declared, preprocess_overrides), arch=arch,
                      overrides=arch_overrides, source=local.source if local is not None else None,
                      weights_path=str(local.weights_path) if local is not None else None)
-    model = CLIP(config, info)
+    model = build_model(config, info)  # a CoCa when the architecture has a caption decoder
     if local is not None:
         load_weights(model, local.state_dict(), local.source, resize_pos_embed=image_size is not None)
     return model.to(device=device, dtype=cast.weights).eval()

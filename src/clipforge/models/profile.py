@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from clipforge.models.clip import CLIP
+from clipforge.models.coca import build_model
 from clipforge.models.config import ClipConfig
 
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -47,7 +47,7 @@ def _gflops(fn, *args) -> float:
 def profile_model(config: ClipConfig) -> ModelProfile:
     """Counts for a model built from ``config`` (on the meta device)."""
     with torch.device("meta"):
-        model = CLIP(config).eval()
+        model = build_model(config).eval()
         images = torch.zeros(1, 3, config.vision.image_size, config.vision.image_size)
         tokens = torch.zeros(1, config.text.context_length, dtype=torch.long)
     return ModelProfile(params_total=_count(model), params_image=_count(model.visual), params_text=_count(model.text),

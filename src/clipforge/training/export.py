@@ -19,6 +19,7 @@ from clipforge._atomic import atomic_directory, check_output_folder
 from clipforge.config import from_dict
 from clipforge.models import adapters
 from clipforge.models.clip import CLIP, ModelInfo
+from clipforge.models.coca import build_model
 from clipforge.models.factory import ModelLoadError, create_model, save_pretrained
 from clipforge.models.hub_layout import declared_from_section
 from clipforge.models.loading import load_weights
@@ -61,7 +62,7 @@ def _sharded_model(path: Path) -> CLIP:
         state = torch.load(full, map_location="cpu", weights_only=True)["model"]
     info = ModelInfo(preprocess=declared.preprocess, arch=declared.arch, overrides=dict(declared.overrides),
                      source=f"checkpoint {path}")
-    model = CLIP(declared.config, info)
+    model = build_model(declared.config, info)
     if any(".lora_" in k for k in state):  # a LoRA run: the shards hold base layers and adapters; merge them
         adapters.apply_lora(model, _lora_config(meta))
         model.load_state_dict(state, strict=True)

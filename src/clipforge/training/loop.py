@@ -83,6 +83,12 @@ def validate(cfg: TrainConfig) -> None:
             and "init_logit_bias" not in cfg.model.overrides:
         raise ConfigError(f"loss.kind=siglip needs a model with a learned logit bias, and {spec.arch} has none: use "
                           "a SigLIP architecture or set model.overrides={'init_logit_bias': -10.0}")
+    if cfg.loss.kind == "coca" and arch is not None and arch.decoder is None:
+        raise ConfigError(f"loss.kind=coca trains a caption decoder, and {spec.arch} has none: use a CoCa "
+                          "architecture (coca_ViT-B-32, coca_ViT-L-14, tiny-coca) or another loss.kind")
+    if cfg.loss.kind == "coca" and cfg.optim.accum_steps > 1:
+        raise ConfigError("loss.kind=coca has no gradient-cached form yet: set optim.accum_steps=1 (and lower "
+                          "data.batch_size if memory is short)")
     if (cfg.loss.kind == "distill") != (cfg.model.teacher is not None):
         raise ConfigError("loss.kind=distill and model.teacher go together: set both (e.g. model.teacher="
                           "'ViT-L-14::openai') or neither")

@@ -54,6 +54,20 @@ def _features(model, images, tokens):
     return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
 
 
+def _caption_losses(model, images, tokens, loss_fn, accum_steps: int) -> dict:
+    """CoCa: features and teacher-forced caption logits from the same tower passes, then the loss."""
+    if accum_steps > 1:
+        raise ValueError("loss.kind=coca has no gradient-cached form yet: set optim.accum_steps=1 (and lower the "
+                         "batch size if memory is short)")
+    if not hasattr(unwrap(model), "caption_logits"):
+        raise ValueError("loss.kind=coca needs a CoCa model (one with a caption decoder, e.g. coca_ViT-B-32); "
+                         "use loss.kind=clip for a two-tower model")
+    out = model(images, tokens, output_dict=True, with_captions=True)
+    bias = out.get("logit_bias")
+    return loss_fn(out["image_features"].float(), out["text_features"].float(), out["logit_scale"].float(),
+                   None if bias is None else bias.float(), captions=(out["caption_logits"], out["caption_labels"]))
+
+
 def _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision: str | Precision, scaler,
                           teacher=None) -> dict:
     """Exact large-batch gradient with activations of one chunk at a time (gradient caching).
@@ -122,7 +136,11 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
         distill = teacher_outputs(teacher, images, tokens)
     extra = {"teacher": distill} if distill is not None else {}
     with value_checks(False):  # one finiteness check per step, on the loss, in _read_step
-        if accum_steps > 1:
+        if getattr(loss_fn, "needs_captions", False):
+            with precision.autocast_context(device_type):
+                losses = _caption_losses(model, images, tokens, loss_fn, accum_steps)
+            (scaler.scale(losses["loss"]) if scaler else losses["loss"]).backward()
+        elif accum_steps > 1:
             losses = _accumulated_backward(model, images, tokens, loss_fn, accum_steps, precision, scaler, distill)
         else:
             with precision.autocast_context(device_type):
