@@ -42,3 +42,24 @@ def test_coca_loss_misconfigurations_fail_before_the_run_folder(tmp_path, over, 
     with pytest.raises(ConfigError, match=message):
         train(cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_contrastive_loss_on_a_coca_freezes_the_decoder(tmp_path):
+    """Only loss.kind=coca trains the decoder; with another loss it is frozen (DDP needs every trainable parameter
+    to get a gradient) and comes out of the run unchanged."""
+    cfg = apply_overrides(TrainConfig(), {"workdir": str(tmp_path / "r"), "model.name": "tiny-coca",
+                                          "loss.kind": "clip", "data.kind": "synthetic", "data.num_samples": 16,
+                                          "data.batch_size": 8, "schedule.steps": 2, "schedule.warmup_steps": 1,
+                                          "log.progress": False, "optim.lr": 1e-2})
+    result = train(cfg)
+    torch.manual_seed(cfg.seed)  # the run's own initialisation
+    initial = create_model("tiny-coca")
+    trained = create_model(f"local-dir:{result.model_dir}")
+    for key, value in trained.decoder.state_dict().items():
+        assert torch.equal(value, initial.decoder.state_dict()[key]), key
+    assert not torch.equal(trained.visual.proj.weight, initial.visual.proj.weight)  # the towers did train
+
+
+def test_coca_image_groups_end_with_pool_norm_and_projection():
+    visual = create_model("tiny-coca").visual
+    assert visual.param_groups()[-1] == [visual.attn_pool, visual.norm, visual.proj]

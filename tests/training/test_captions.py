@@ -96,10 +96,7 @@ def test_class_captions_fill_templates_from_the_class_index():
     make = ClassCaptions(["red circle", "blue square"], ["a photo of a {}.", "a {} drawn."])
     assert make("1", 7) == make("1", 7) and "blue square" in make("1", 7)
     assert {make("0", s) for s in range(20)} == {"a photo of a red circle.", "a red circle drawn."}
-    with pytest.raises(ValueError, match="class index"):
-        make("a red circle", 0)
-    with pytest.raises(ValueError, match="outside"):
-        make("5", 0)
+    assert make("a red circle", 0) is None and make("5", 0) is None and make("-1", 0) is None  # skipped, counted
     with pytest.raises(ConfigError, match="needs a '{}'"):
         ClassCaptions(["x"], ["no slot"])
 
@@ -133,6 +130,18 @@ def test_the_pipeline_applies_synonyms_deterministically(shapes):
     colours_shapes = [c for c in (shapes / "classnames.txt").read_text().splitlines()]
     for before, after in zip(plain, first):  # the class name (colour + shape) survives every rewrite
         assert [n for n in colours_shapes if n in before] == [n for n in colours_shapes if n in after]
+
+
+def test_labels_that_name_no_class_are_skipped_and_counted(shapes, tmp_path):
+    (tmp_path / "two.txt").write_text("red circle\nred square\n")  # labels 2.. name no class here
+    cfg = DataConfig(kind="webdataset", train=str(shapes / "train-000000.tar"), batch_size=16, shuffle_buffer=0,
+                     wds_caption_key="cls", class_captions=str(tmp_path / "two.txt"))
+    loader = create_train_loader(cfg, image_transform=lambda im: torch.zeros(1),
+                                 tokenize=lambda caps: torch.zeros(len(caps), 4))
+    for _ in loader:
+        pass
+    labels = [int(x) for x in _captions(DataConfig(**{**cfg.__dict__, "class_captions": None}))]
+    assert loader.stats.missing_fields == sum(label >= 2 for label in labels) > 0
 
 
 def test_print_augmented_previews_captions(shapes, capsys):

@@ -41,9 +41,11 @@ def test_merged_weights_equal_the_adapted_model(arch):
     torch.manual_seed(0)
     config = LORA if arch != "tiny-resnet" else LoraConfig(
         image=LoraTowerConfig(rank=4, targets=(r"layer\d\.\d\.conv2", r"attn_pool\.(q|kv|proj)")), text=LORA.text)
-    model = adapters.apply_lora(create_model(arch).eval(), config)
-    _randomise_updates(model)
+    model = create_model(arch).eval()
     images, tokens = _inputs(model)
+    _encode(model, images, tokens)  # inference first: fills caches of the plain layers (ResNet folded convs)
+    adapters.apply_lora(model, config)
+    _randomise_updates(model)
     reference = _encode(model, images, tokens, grad=True)  # autograd path: no fused kernels, no weight reads
     fast = _encode(model, images, tokens)                   # inference path (fused oneDNN, single-token last block)
     plain = create_model(arch).eval()
@@ -117,11 +119,13 @@ def test_lora_run_resumes_exactly_and_exports_merged_model_and_adapters(tmp_path
 def test_adapters_refuse_another_base_model(tmp_path):
     torch.manual_seed(0)
     model = adapters.apply_lora(create_model("tiny-vit"), LORA)
-    adapters.save_adapters(adapters.adapter_weights(model), LORA, model.lora_base_fingerprint, tmp_path / "ad")
+    adapters.save_adapters(adapters.adapter_weights(model), LORA, model.lora_base_fingerprint, tmp_path / "ad",
+                           model.lora_base_description)
     torch.manual_seed(0)
     adapters.load_adapters(create_model("tiny-vit"), tmp_path / "ad")  # the same base: accepted
     torch.manual_seed(1)
-    with pytest.raises(AdapterError, match="another base model"):
+    with pytest.raises(AdapterError, match="another base model.*expect architecture tiny-vit, weights random init, "
+                                           "image size 32, dtype float32; this model is architecture tiny-vit"):
         adapters.load_adapters(create_model("tiny-vit"), tmp_path / "ad")
     with pytest.raises(FileNotFoundError, match="holds no adapters"):
         adapters.load_adapters(create_model("tiny-vit"), tmp_path)

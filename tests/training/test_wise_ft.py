@@ -55,14 +55,14 @@ def test_each_alpha_is_the_interpolated_model_evaluated(pair, tmp_path):
         expected = evaluator(model.eval(), 0)
         assert row["metrics"] == pytest.approx(expected, abs=1e-6)
         assert row["target"] == pytest.approx(expected["shifted/acc1"])
-    mid = create_model(f"local-dir:{tmp_path}/out/alpha_0.50")
+    mid = create_model(f"local-dir:{tmp_path}/out/alpha_0.5")
     for key, value in mid.state_dict().items():
         torch.testing.assert_close(value, (zs.state_dict()[key] + ft.state_dict()[key]) / 2, rtol=1e-6, atol=1e-6)
-    assert not (tmp_path / "out" / "alpha_0.00").exists()  # only the asked alpha was saved
+    assert not (tmp_path / "out" / "alpha_0").exists()  # only the asked alpha was saved
     report = json.loads((tmp_path / "out" / "wise_ft.json").read_text())
     assert len(report["rows"]) == 3
     table = (tmp_path / "out" / "wise_ft.md").read_text()
-    assert "| 0.50 |" in table and "shifted (target)" in table and "plain (control)" in table
+    assert "| 0.5 |" in table and "shifted (target)" in table and "plain (control)" in table
     assert (tmp_path / "out" / "wise_ft.png").stat().st_size > 1000
 
 
@@ -71,7 +71,7 @@ def test_command_prints_the_table(pair, tmp_path, capsys):
                  "--control", f"plain=wds:{pair}/plain/val-000000.tar", "--out", str(tmp_path / "o"),
                  "--save", "none"])
     out = capsys.readouterr().out
-    assert code == 0 and "| 1.00 |" in out and "plain (control)" in out
+    assert code == 0 and "| 1 |" in out and "plain (control)" in out
     assert not list((tmp_path / "o").glob("alpha_*"))
 
 
@@ -79,6 +79,8 @@ def test_command_prints_the_table(pair, tmp_path, capsys):
     (["--alpha", "0.5,1.5"], "alpha must be in [0, 1]"),
     (["--alpha", "half"], "numbers separated by commas"),
     (["--save", "some"], "numbers separated by commas"),
+    (["--alpha", "0.5,0.50"], "repeat a value"),
+    (["--alpha", "0,1", "--save", "0.5"], "is not one of the alphas"),
 ])
 def test_bad_alphas_are_one_line_errors(pair, tmp_path, capsys, extra, message):
     code = main(["wise-ft", "--zeroshot", str(pair / "zs"), "--finetuned", str(pair / "ft"), "--out",

@@ -57,6 +57,8 @@ def generate_tokens(model, images, config: GenerationConfig | None = None, *, to
     """Token ids of one caption per image (start and end tokens removed). See ``generate``."""
     check_captioner(model)
     config = _as_config(config, overrides)
+    if not isinstance(images, torch.Tensor) and len(images) == 0:
+        return []
     limit = model.config.decoder.context_length
     if config.max_length > limit:
         raise ConfigError(f"max_length {config.max_length} is more than this model reads ({limit} tokens)")

@@ -3,7 +3,7 @@
 Interpolates the weights of a zero-shot model and its fine-tuned version at each alpha (0 = zero-shot, 1 =
 fine-tuned), evaluates each on the held-out sets of the fine-tuning target (``--eval``) and on zero-shot control
 sets (``--control``), and writes ``DIR/wise_ft.md`` (table), ``wise_ft.json``, ``wise_ft.png`` (the trade-off curve)
-and the interpolated models (``DIR/alpha_0.50/``, hub layout; ``--save none`` skips them). Datasets are given as
+and the interpolated models (``DIR/alpha_0.5/``, hub layout; ``--save none`` skips them). Datasets are given as
 ``clipforge benchmark`` takes them (shipped names under ``--data-root``, ``NAME=wds:...``, ``folder:...``).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--eval", nargs="*", default=[], metavar="DATASET", help="held-out sets of the target task")
     parser.add_argument("--control", nargs="*", default=[], metavar="DATASET", help="zero-shot control sets")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--out", required=True, help="the report folder (models go to OUT/alpha_X.XX/)")
+    parser.add_argument("--out", required=True, help="the report folder (models go to OUT/alpha_A/, e.g. alpha_0.5)")
     parser.add_argument("--save", default="all", help="models to write: all (default), none, or alphas 0.5,0.75")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")

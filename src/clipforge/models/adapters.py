@@ -113,6 +113,7 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         return model
     peft = _import_peft()
     model.lora_base_fingerprint = weights_fingerprint(model)  # what the adapters may be loaded onto later
+    model.lora_base_description = describe_base(model)
     for key, attribute in _TOWERS:
         tower_config: LoraTowerConfig = getattr(config, key)
         if not tower_config.rank:
@@ -125,6 +126,19 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     for name, param in model.named_parameters():
         param.requires_grad_(".lora_" in name or any(_matches(p, name) for p in config.trainable))
     return model
+
+
+def describe_base(model: nn.Module) -> str:
+    """Architecture, weights source, image size and dtype of a model: said when adapters meet another base."""
+    info, config = getattr(model, "info", None), getattr(model, "config", None)
+    parts = [f"architecture {getattr(info, 'arch', None) or 'custom'}",
+             f"weights {getattr(info, 'source', None) or 'random init'}"]
+    if getattr(info, "overrides", None):
+        parts.append(f"overrides {dict(info.overrides)}")
+    if config is not None:
+        parts.append(f"image size {config.vision.image_size}")
+    parts.append(f"dtype {str(next(model.parameters()).dtype).replace('torch.', '')}")
+    return ", ".join(parts)
 
 
 def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -177,14 +191,18 @@ def merge_lora(model: nn.Module) -> nn.Module:
     model takes clipforge's fast inference paths again."""
     for name, layer in _lora_layers(model).items():
         layer.merge(adapter_names=[ADAPTER_NAME])
+        base = layer.get_base_layer()
+        # peft merges into the weight's storage without bumping its version counter, so a cache keyed on it (the
+        # ResNet's BatchNorm-folded conv weights) would keep the unmerged weight: drop it
+        base.__dict__.pop("_folded", None)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer.get_base_layer())
+        setattr(parent, child, base)
     return model
 
 
 def save_adapters(weights: dict[str, torch.Tensor], config: LoraConfig, base_fingerprint: str,
-                  out: str | Path) -> Path:
+                  out: str | Path, base_description: str = "") -> Path:
     """Write adapters alone (``adapters.safetensors`` + ``adapter_config.json``) into the folder ``out``.
     ``weights``: the ``lora_`` tensors of an adapted model (``adapter_weights``); ``base_fingerprint``: the
     ``lora_base_fingerprint`` that ``apply_lora`` recorded on it."""
@@ -194,8 +212,8 @@ def save_adapters(weights: dict[str, torch.Tensor], config: LoraConfig, base_fin
         raise AdapterError("the model has no adapters to save (lora rank is 0 on both towers)")
     with atomic_directory(Path(out)) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps({"lora": to_dict(config), "base_fingerprint": base_fingerprint},
-                                                  indent=2, sort_keys=True))
+        (tmp / CONFIG_FILE).write_text(json.dumps({"lora": to_dict(config), "base_fingerprint": base_fingerprint,
+                                                   "base": base_description}, indent=2, sort_keys=True))
     return Path(out)
 
 
@@ -215,8 +233,10 @@ def load_adapters(model: nn.Module, folder: str | Path, merge: bool = False) -> 
                                 "adapters/ folder")
     meta = json.loads((folder / CONFIG_FILE).read_text())
     if weights_fingerprint(model) != meta.get("base_fingerprint"):
+        expected = meta.get("base") or "the base named in the run's config.json (model.name, model.pretrained, " \
+                                       "model.image_size)"
         raise AdapterError(f"the adapters in {folder} were trained on another base model (weights fingerprint "
-                           "differs): load them onto the model named in the run's config (model.name/pretrained)")
+                           f"differs): they expect {expected}; this model is {describe_base(model)}")
     config = from_dict(LoraConfig, meta["lora"])
     apply_lora(model, config)
     weights = load_file(str(folder / WEIGHTS_FILE))

@@ -56,6 +56,14 @@ class CocaVisionTransformer(VisionTransformer):
             return super().forward(images)
         return self.forward_tokens(images)[0]
 
+    def param_groups(self):
+        """As ``VisionTransformer``'s, except that the final norm follows the query pool: [pool, norm, proj] is
+        the last group (what LiT's unlocked_groups=1 and layer-wise lr decay treat as the head)."""
+        if self.config.pool != "coca":
+            return super().param_groups()
+        embed = [m for m in (self.patch_embed, self.cls_token, self.pos_embed, self.norm_pre) if m is not None]
+        return [embed, *[[b] for b in self.transformer.blocks], [self.attn_pool, self.norm, self.proj]]
+
 
 def legacy_pad_mask(tokens: torch.Tensor, pad_id: int, dtype: torch.dtype) -> torch.Tensor:
     """Additive (B, 1, L+1, L+1) mask for text + appended token: causal, and key j>0 masked where token j-1 is

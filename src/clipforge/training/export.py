@@ -101,7 +101,8 @@ def export_adapters(source: str | Path, out: str | Path) -> Path:
     if not fingerprint:
         raise ExportError(f"{checkpoint} does not record the fingerprint of its base model; export the merged "
                           "model instead (clipforge export-model)")
-    return adapters.save_adapters(weights, _lora_config(meta), fingerprint, out)
+    return adapters.save_adapters(weights, _lora_config(meta), fingerprint, out,
+                                  meta.get("lora_base_description", ""))
 
 
 def load_checkpoint_model(path: str | Path, arch: str | None = None) -> CLIP:

@@ -114,6 +114,10 @@ def build_model(cfg: TrainConfig, ctx: RunContext) -> torch.nn.Module:
         model.lock_text_tower(unlocked_layers=m.lock_text_unlocked_layers)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if getattr(model, "decoder", None) is not None and cfg.loss.kind != "coca":
+        # only loss.kind=coca gives the caption decoder gradients; DDP needs every trainable parameter to get one
+        model.decoder.requires_grad_(False)
+        logger.info("the caption decoder is frozen: loss.kind=%s trains the contrastive towers only", cfg.loss.kind)
     adapters.apply_lora(model, cfg.lora)
     return model.to(device=ctx.device, dtype=get_precision(cfg.optim.precision).weights)
 
@@ -129,10 +133,13 @@ def _model_section(model: torch.nn.Module) -> dict[str, Any]:
 def _meta(state: RunState, cfg: TrainConfig, model, metrics: dict[str, float]) -> dict[str, Any]:
     """What every checkpoint holds besides weights and optimizer: position, RNG of every rank, config, the model's
     own description and the latest metrics."""
-    fingerprint = getattr(unwrap(model), "lora_base_fingerprint", None)  # LoRA: the base the adapters belong to
+    inner = unwrap(model)
+    fingerprint = getattr(inner, "lora_base_fingerprint", None)  # LoRA: the base the adapters belong to
+    lora = {"lora_base_fingerprint": fingerprint,
+            "lora_base_description": getattr(inner, "lora_base_description", "")} if fingerprint else {}
     return {"epoch": state.epoch, "run_state": dataclasses.asdict(state), "rng": all_rng_states(),
             "config": json.loads(config_to_json(cfg)), SECTION_KEY: _model_section(model), "metrics": dict(metrics),
-            **({"lora_base_fingerprint": fingerprint} if fingerprint else {})}
+            **lora}
 
 
 def _checkpoint_payload(model, optimizer, scaler, state: RunState, cfg: TrainConfig, metrics) -> dict[str, Any]:

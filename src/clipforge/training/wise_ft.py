@@ -4,7 +4,7 @@
 fine-tuned one. Fine-tuning gains on the target data; the interpolations between keep much of the zero-shot
 robustness the fine-tuned model lost. ``run_wise_ft`` evaluates each alpha on the user's held-out sets (the target)
 and on zero-shot control sets (what must not be forgotten), writes the table (``wise_ft.md``, ``wise_ft.json``), the
-trade-off curve (``wise_ft.png``) and the interpolated models asked for (hub layout, ``alpha_0.50/``).
+trade-off curve (``wise_ft.png``) and the interpolated models asked for (hub layout, ``alpha_0.5/``).
 
 Both models must have the same architecture (config, parameter names and shapes); floating-point tensors are
 interpolated, integer buffers (BatchNorm's batch counter) are taken from the fine-tuned model.
@@ -52,11 +52,24 @@ class WiseFtConfig:
             raise WiseFtError(f"alpha must be in [0, 1] (0 = zero-shot, 1 = fine-tuned), got {bad[0]}")
         if isinstance(self.save, str) and self.save not in ("all", "none"):
             raise WiseFtError(f"save must be 'all', 'none' or a list of alphas, got {self.save!r}")
+        names = [alpha_name(a) for a in self.alphas]
+        if len(set(names)) != len(names):
+            raise WiseFtError(f"alphas {list(self.alphas)} repeat a value (as written to folders: {names})")
+        if not isinstance(self.save, str):
+            missing = [s for s in self.save if alpha_name(s) not in names]
+            if missing:
+                raise WiseFtError(f"--save {missing[0]:g} is not one of the alphas {[float(a) for a in self.alphas]}")
 
     def alphas_to_save(self) -> list[float]:
         if self.save == "all":
             return list(self.alphas)
-        return [] if self.save == "none" else [a for a in self.alphas if any(abs(a - s) < 1e-9 for s in self.save)]
+        wanted = set() if self.save == "none" else {alpha_name(s) for s in self.save}
+        return [a for a in self.alphas if alpha_name(a) in wanted]
+
+
+def alpha_name(alpha: float) -> str:
+    """``alpha_0.5``, ``alpha_0.333``: the folder of an interpolated model (up to 6 significant digits)."""
+    return f"alpha_{alpha:g}"
 
 
 def interpolate_state_dicts(zeroshot: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor],
@@ -151,7 +164,7 @@ def run_wise_ft(config: WiseFtConfig) -> WiseFtResult:
         rows.append(row)
         logger.info("alpha %.2f: target %s, control %s", alpha, _fmt(row["target"]), _fmt(row["control"]))
         if alpha in config.alphas_to_save():
-            with atomic_directory(out / f"alpha_{alpha:.2f}") as tmp:
+            with atomic_directory(out / alpha_name(alpha)) as tmp:
                 save_pretrained(model.cpu(), tmp)
     result = WiseFtResult(rows, _dataset_names(target_eval), _dataset_names(control_eval))
     write_report(result, config)
@@ -168,7 +181,7 @@ def format_table(rows: list[dict], target_sets: list[str], control_sets: list[st
     head = ["alpha"] + [f"{d} ({group})" for d, group in columns] + ["target mean", "control mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for row in rows:
-        cells = [f"{row['alpha']:.2f}"] + [_fmt(headline(row["metrics"], d)) for d, _ in columns]
+        cells = [f"{row['alpha']:g}"] + [_fmt(headline(row["metrics"], d)) for d, _ in columns]
         lines.append("| " + " | ".join(cells + [_fmt(row["target"]), _fmt(row["control"])]) + " |")
     return "\n".join(lines)
 
@@ -201,7 +214,7 @@ def plot_curve(rows: list[dict], path: Path) -> Optional[Path]:
     xs, ys = [100 * r["control"] for r in rows], [100 * r["target"] for r in rows]
     ax.plot(xs, ys, "o-", color="tab:blue")
     for r, x, y in zip(rows, xs, ys):
-        ax.annotate(f"{r['alpha']:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(f"{r['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("control (zero-shot) score, %")
     ax.set_ylabel("target score, %")
     ax.set_title("WiSE-FT: alpha from zero-shot to fine-tuned")

@@ -113,6 +113,9 @@ def prepare_sample(raw: RawSample, transform: ImageTransform, seed: int, counts:
     caption = raw.caption.strip()
     if caption_transform is not None:
         caption = caption_transform(caption, seed)
+        if caption is None:  # the transform found the caption unusable (e.g. a label that names no class)
+            counts["missing_fields"] += 1
+            return None
     with seeded(seed):
         return transform(image), caption
 

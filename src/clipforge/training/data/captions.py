@@ -1,5 +1,6 @@
-"""Caption transforms applied per sample before tokenizing, seeded by the sample's own seed (so a sample gets the
-same caption whichever worker builds it, and a resumed run sees the captions of an uninterrupted one).
+"""Caption transforms applied per sample before tokenizing, seeded by the seed the pipeline derives for each sample
+(seed, epoch, and the sample's place in the stream: rank and, for WebDataset, worker and position), so a rerun with
+the same settings, or a resumed run, sees the same captions as an uninterrupted one.
 
 - ``ClassCaptions`` (FLYP-style fine-tuning): the caption member holds a class index (``.cls``); it becomes a
   template filled with the class name, the template drawn per sample.
@@ -10,12 +11,15 @@ same caption whichever worker builds it, and a resumed run sees the captions of 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from clipforge.config import ConfigError
+
+logger = logging.getLogger("clipforge.data")
 
 CaptionTransform = Callable[[str, int], str]
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
@@ -29,7 +33,8 @@ def _read_lines(path: str, what: str) -> list[str]:
 
 
 class ClassCaptions:
-    """``"3"`` -> ``"a photo of a blue circle."``: class index -> a seeded template with the class name."""
+    """``"3"`` -> ``"a photo of a blue circle."``: class index -> a seeded template with the class name. A label
+    that is not an index of the class names gives None: the sample is skipped and counted, like an empty caption."""
 
     def __init__(self, classnames: Sequence[str], templates: Sequence[str]):
         if not classnames:
@@ -38,17 +43,18 @@ class ClassCaptions:
         if not templates or bad:
             raise ConfigError(f"every class-caption template needs a '{{}}' for the class name, got {bad[:1] or []}")
         self.classnames, self.templates = list(classnames), list(templates)
+        self._warned = False
 
-    def __call__(self, caption: str, seed: int) -> str:
-        try:
-            label = int(caption.strip())
-        except ValueError:
-            raise ValueError(f"data.class_captions expects the caption member to hold a class index, got "
-                             f"{caption[:40]!r}; set data.wds_caption_key=cls (or the label column)") from None
-        if not 0 <= label < len(self.classnames):
-            raise ValueError(f"class index {label} is outside the {len(self.classnames)} names of "
-                             "data.class_captions")
-        return random.Random(seed).choice(self.templates).format(self.classnames[label])
+    def __call__(self, caption: str, seed: int) -> Optional[str]:
+        label = caption.strip()
+        if not label.isdigit() or int(label) >= len(self.classnames):
+            if not self._warned:
+                self._warned = True
+                logger.warning("data.class_captions: caption member %r is not an index of the %d class names "
+                               "(such samples are skipped and counted; is data.wds_caption_key=cls?)",
+                               caption[:40], len(self.classnames))
+            return None
+        return random.Random(seed).choice(self.templates).format(self.classnames[int(label)])
 
 
 def load_word_list(path: str) -> dict[str, list[str]]:
@@ -159,9 +165,11 @@ class Chain:
     def __init__(self, steps: Sequence[CaptionTransform]):
         self.steps = list(steps)
 
-    def __call__(self, caption: str, seed: int) -> str:
+    def __call__(self, caption: str, seed: int) -> Optional[str]:
         for k, step in enumerate(self.steps):
             caption = step(caption, seed + k)
+            if caption is None:
+                return None
         return caption
 
 

@@ -196,8 +196,10 @@ def _keys(spec: str) -> tuple[str, ...]:
 
 
 def preview_captions(cfg: DataConfig, count: int) -> list[tuple[str, str]]:
-    """(caption as stored, caption after the data section's transforms) for the first ``count`` samples in source
-    order, each with the seed of its position in epoch 0 (``clipforge train --print-augmented N``)."""
+    """(caption as stored, caption after the data section's transforms, or "(skipped)") for the first ``count``
+    samples in source order (``clipforge train --print-augmented N``). An illustration of what the transforms do:
+    training draws from each sample's own seed (seed, epoch, rank, worker and position in the shuffled stream), so
+    the same caption gets other draws there."""
     cfg.check_ready()
     transform = caption_transform_for(cfg)
     if cfg.kind == "webdataset":
@@ -218,5 +220,6 @@ def preview_captions(cfg: DataConfig, count: int) -> list[tuple[str, str]]:
         if raw.caption and raw.caption.strip():
             caption = raw.caption.strip()
             seed = derive_seed(cfg.seed, 0, 0, 0, position)
-            out.append((caption, transform(caption, seed) if transform is not None else caption))
+            after = transform(caption, seed) if transform is not None else caption
+            out.append((caption, after if after is not None else "(skipped: not a class index)"))
     return out
