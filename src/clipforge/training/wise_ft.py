@@ -162,7 +162,7 @@ def run_wise_ft(config: WiseFtConfig) -> WiseFtResult:
             values = [v for v in (headline(metrics, d) for d in _dataset_names(evaluator)) if v is not None]
             row[group] = sum(values) / len(values) if values else None
         rows.append(row)
-        logger.info("alpha %.2f: target %s, control %s", alpha, _fmt(row["target"]), _fmt(row["control"]))
+        logger.info("alpha %g: target %s, control %s", alpha, _fmt(row["target"]), _fmt(row["control"]))
         if alpha in config.alphas_to_save():
             with atomic_directory(out / alpha_name(alpha)) as tmp:
                 save_pretrained(model.cpu(), tmp)
