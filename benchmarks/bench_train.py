@@ -68,7 +68,13 @@ def run_pair(name, image_size, batch, repeats):
     size = config.vision.image_size
     images = torch.randn(batch, 3, size, size)
     tokens = torch.randint(1, 49000, (batch, config.text.context_length))
-    ref_opt, opt = adamw(reference), adamw(model)
+    from clipforge.training.config import OptimConfig
+    from clipforge.training.optim import create_optimizer
+
+    # each side with its trainer's optimizer: open_clip_train's plain AdamW, clipforge's create_optimizer (the fused
+    # AdamW kernel where it applies)
+    ref_opt = adamw(reference)
+    opt = create_optimizer(model, OptimConfig(lr=1e-4, weight_decay=0.2, beta1=0.9, beta2=0.98, eps=1e-6))
     ref_loss, loss_fn = open_clip.ClipLoss(), create_loss(LossConfig(kind="clip"))
     times = {"open_clip": [], "clipforge": []}
     losses = {}

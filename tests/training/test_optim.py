@@ -43,3 +43,30 @@ def test_schedules(kind):
     expected = {"cosine": 0.5 * (1 + math.cos(math.pi * 0.5)), "linear": 0.5, "const": 1.0}[kind]
     assert mid == pytest.approx(expected)
     assert lr_factor(110, cfg) == pytest.approx(0.0 if kind != "const" else 1.0)
+
+
+def test_fused_adamw_is_the_default_and_equals_the_plain_update():
+    """The fused kernel (the default where it applies) gives the plain loop's parameters to rounding after several
+    steps with weight decay, warm-up-sized learning rates and a 0-d temperature."""
+    results = {}
+    for fused in (None, False):
+        torch.manual_seed(0)
+        model = _Toy()
+        optimizer = create_optimizer(model, OptimConfig(lr=1e-2, weight_decay=0.1, fused=fused))
+        assert optimizer.defaults["fused"] is (fused is None)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            optimizer.step()
+        results[fused] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name, value in results[False].items():
+        torch.testing.assert_close(results[None][name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_fused_applies_to_plain_cpu_tensors_only():
+    """(FSDP2's sharded parameters take the plain update: tests/training/test_dist_*.py run through it.)"""
+    from clipforge.training.optim import fused_applies
+
+    assert fused_applies([torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16)])
+    assert not fused_applies([torch.zeros(2, device="meta")]) and not fused_applies([torch.zeros(2).long()])

@@ -59,6 +59,7 @@ class OptimConfig:
     grad_clip: Optional[float] = None         # max global grad norm
     accum_steps: int = 1                      # exact large-batch gradient via cached features
     layer_decay: float = 1.0                  # layer-wise lr decay for fine-tuning (e.g. 0.75); 1.0 = off
+    fused: Optional[bool] = None              # torch's fused AdamW kernel; None: used where it applies
     # a clipforge.precision name: fp32, amp (fp16 autocast + grad scaler), amp_bf16 (bf16 autocast), bf16 (weights)
     precision: str = "fp32"
 
