@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from clipforge._optional import require
 from clipforge.curation.metadata import CurationError
 
 RULES = ("metaclip1", "metaclip2", "words")
@@ -41,11 +42,7 @@ _WORDS = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
 
 
 def import_ahocorasick():
-    try:
-        import ahocorasick
-    except ImportError:
-        raise ImportError("caption matching needs pyahocorasick: pip install 'clipforge[curate]'") from None
-    return ahocorasick
+    return require("ahocorasick", hint="caption matching needs pyahocorasick: pip install 'clipforge[curate]'")
 
 
 def space_caption(text: str) -> str:

@@ -9,23 +9,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clipforge.layers.attention import split_heads
+from clipforge.layers.attention import Attention, split_heads
 from clipforge.layers.fused import linear_rows
 from clipforge.layers.mlp import Mlp, mlp_hidden
 from clipforge.layers.norm import LayerNorm
 from clipforge.layers.regularize import LayerScale
 
 
-class CrossAttention(nn.Module):
-    """x (B, Lq, D) attends over context (B, Lk, D): softmax(q k^T / sqrt(d)) v, then the output projection."""
-
-    def __init__(self, width: int, num_heads: int):
-        super().__init__()
-        if width % num_heads:
-            raise ValueError(f"attention width {width} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+class CrossAttention(Attention):
+    """x (B, Lq, D) attends over context (B, Lk, D): softmax(q k^T / sqrt(d)) v, then the output projection. The
+    parameters are ``Attention``'s (packed q/k/v rows, output projection); only where q and k/v come from differs."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         width = x.shape[-1]

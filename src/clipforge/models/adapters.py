@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from clipforge._atomic import atomic_directory
+from clipforge._optional import require
 from clipforge.config import ConfigError, from_dict, to_dict
 from clipforge.models.fingerprint import weights_fingerprint
 
@@ -75,11 +77,7 @@ class LoraConfig:
 
 
 def _import_peft():
-    try:
-        import peft
-    except ImportError:
-        raise ImportError("LoRA adapters need peft, which is not installed: pip install 'clipforge[lora]'") from None
-    return peft
+    return require("peft", hint="LoRA adapters need peft, which is not installed: pip install 'clipforge[lora]'")
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -142,11 +140,10 @@ def describe_base(model: nn.Module) -> str:
 
 
 def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:
+    lora = sys.modules.get("peft.tuners.lora")  # never imported: no model has adapters (peft is not loaded for it)
+    if lora is None:
         return {}
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, lora.LoraLayer)}
 
 
 def has_adapters(model: nn.Module) -> bool:

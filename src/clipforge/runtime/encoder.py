@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from clipforge._optional import require
 from clipforge.runtime.bundle import Bundle, BundleError, read_bundle
 from clipforge.tokenizer import ClipTokenizer, HFTokenizer
 from clipforge.transforms import PreprocessConfig, create_eval_array_transform
@@ -34,12 +35,8 @@ _SHORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImportError("the ONNX runtime needs onnxruntime: pip install 'clipforge[runtime]' "
-                          "(or onnxruntime-gpu for CUDA and TensorRT)") from None
-    return onnxruntime
+    return require("onnxruntime", hint="the ONNX runtime needs onnxruntime: pip install 'clipforge[runtime]' "
+                                       "(or onnxruntime-gpu for CUDA and TensorRT)")
 
 
 def choose_providers(requested: str | Sequence[Any] | None = "auto") -> list:

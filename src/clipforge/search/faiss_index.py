@@ -28,6 +28,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from clipforge._optional import require
+
 FLAT_LIMIT = 20_000
 HNSW_LIMIT = 2_000_000
 OPQ_MIN = 1_000  # OPQ trains a 256-centroid quantiser for its rotation
@@ -37,11 +39,7 @@ _ADD_CHUNK = 65536
 
 
 def import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise ImportError("indexes are built with faiss: pip install 'clipforge[search]' (faiss-cpu)") from None
-    return faiss
+    return require("faiss", hint="indexes are built with faiss: pip install 'clipforge[search]' (faiss-cpu)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,17 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
+from clipforge._optional import require
+
 _NAMESPACE = uuid.UUID("6f1d3c1e-8a55-4f0e-9d3e-2b7c4a9f5e10")
 _BATCH = 256
 
 
 def import_qdrant():
-    try:
-        import qdrant_client
-        import qdrant_client.models
-    except ImportError:
-        raise ImportError("the Qdrant backend needs qdrant-client: pip install 'clipforge[qdrant]'") from None
-    return qdrant_client
+    return require("qdrant_client", "qdrant_client.models",
+                   hint="the Qdrant backend needs qdrant-client: pip install 'clipforge[qdrant]'")
 
 
 def point_id(key: str) -> str:

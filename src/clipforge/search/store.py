@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from clipforge._atomic import atomic_open, atomic_path, write_text_atomic
+from clipforge._optional import require
 
 MANIFEST = "clipforge_index.json"
 FORMAT = 1
@@ -35,12 +36,8 @@ _PART = re.compile(r"^part-(\d{5})-(\d{3})-(\d{6})\.parquet$")
 
 
 def import_pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        raise ImportError("index metadata is Parquet: pip install 'clipforge[search]' (pyarrow)") from None
-    return pyarrow
+    return require("pyarrow", "pyarrow.parquet",
+                   hint="index metadata is Parquet: pip install 'clipforge[search]' (pyarrow)")
 
 
 def part_name(run: int, rank: int, seq: int) -> str:
