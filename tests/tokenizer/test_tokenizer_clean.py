@@ -30,13 +30,14 @@ def test_gate_never_skips_a_text_ftfy_would_change(codepoints):
 
 @pytest.mark.parametrize("text", [
     "cafÃ©", "â€œquotedâ€\x9d", "x &amp; y", "AT&T", "\u201ccurly\u201d", "ｆｕｌｌ", "ﬁne", "ctrl\x00", "\x1b[31mred",
-    "c1\x85", "cafe\u0301", "lone\ud800", "bom\ufeff", "ǅemal", "é\nline", "é\rline", "ascii\rcr",
+    "c1\x85", "cafe\u0301", "lone\ud800", "bom\ufeff", "ǅemal", "é\rline", "ascii\rcr", "ok é\ncafÃ©",
 ])
 def test_gate_sends_repairable_text_to_ftfy(text):
     assert clean.needs_repair(text)
 
 
-@pytest.mark.parametrize("text", ["a photo of a cat", "Tabs\tand\nnew lines", "东京的夜景 😀", "नमस्ते", "café"])
+@pytest.mark.parametrize("text", ["a photo of a cat", "Tabs\tand\nnew lines", "东京的夜景 😀", "नमस्ते", "café",
+                                  "é\nline", "Zürich\n東京\nnaïve"])
 def test_gate_lets_ordinary_text_through(text):
     assert not clean.needs_repair(text)
 
@@ -65,21 +66,50 @@ def test_unknown_clean_mode_names_the_choices():
         clean.get_clean_fn("lowercase")
 
 
-def test_ascii_entity_shortcut_equals_ftfy():
+_PIECES = ["&amp;", "&amp;amp;", "&lt;", "&gt;", "&quot;", "&#39;", "&#x27;", "&#0;", "&#13;", "&#10;", "&EACUTE;",
+           "&eacute;", "&nbsp;", "&#x1F600;", "&#150;", "&#x26;", "amp;", "&", "&;", "<", ">", "<b>", " ", "x",
+           "AT&T", "&copy", "&notanentity;", "\n", "\r\n", "\r", "cafÃ©", "â€™", "Ã", "\xa0", "\u201c", "\u2019",
+           "ＦＵＬＬ", "ﬁ", "\x1b[31m", "\x85", "\x9d", "e\u0301", "\ud800", "\ud83d\ude00", "é", "東京", "\u2028",
+           "\x00", "\u3000", "ǅ", "😀", "Привет"]
+
+
+def test_fix_text_equals_ftfy_on_random_mixes():
+    """clipforge's fix_text (ftfy's loop with steps skipped where they are the identity) against ftfy itself, on
+    texts glued from the pieces each step acts on: entities, mojibake, quotes, widths, controls, line breaks."""
     import random
 
-    pieces = ["&amp;", "&amp;amp;", "&lt;", "&gt;", "&quot;", "&#39;", "&#x27;", "&#0;", "&#13;", "&#10;", "&EACUTE;",
-              "&eacute;", "&nbsp;", "&#x1F600;", "&#150;", "&#x26;", "amp;", "lt;", "#39;", "&", "&;", "&#;", "<",
-              ">", "<b>", " ", "x", "AT&T", "&copy", "&notanentity;", "&#x41;", "&#65", "&AMP;", "&LT;"]
     rng = random.Random(5)
-    used = 0
-    for _ in range(3000):
-        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
-        repaired = clean._repair_ascii_entities(text)
-        if repaired is not None:
-            used += 1
-            assert repaired == ftfy.fix_text(text), text
-    assert used > 1000
+    changed = 0
+    for _ in range(20_000):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 14)))
+        expected = ftfy.fix_text(text)
+        assert clean.fix_text(text) == expected, text
+        changed += expected != text
+    assert changed > 10_000  # the mixes really exercise the repairs
+
+
+def test_fix_text_equals_ftfy_on_the_corpus(corpus):
+    diffs = [text for text in corpus if clean.fix_text(text) != ftfy.fix_text(text)]
+    assert not diffs, f"{len(diffs)} texts differ, e.g. {diffs[:3]!r}"
+
+
+def test_fix_text_keeps_ftfys_line_rules():
+    # A "<" turns HTML unescaping off for its own line and every later one, not for the lines before it.
+    text = "a &amp; b\n<p> &amp;\nc &amp; d"
+    assert clean.fix_text(text) == ftfy.fix_text(text) == "a & b\n<p> &amp;\nc &amp; d"
+    # Mojibake is judged line by line: one line repaired, the other left alone.
+    text = "cafÃ© au lait\nplain é line"
+    assert clean.fix_text(text) == ftfy.fix_text(text) == "café au lait\nplain é line"
+
+
+def test_only_mojibake_reaches_ftfys_encoding_repair(monkeypatch):
+    calls = []
+    real = clean.ftfy.fix_encoding
+    monkeypatch.setattr(clean.ftfy, "fix_encoding", lambda text: calls.append(text) or real(text))
+    monkeypatch.setattr(clean.ftfy, "fix_text", lambda text, *a, **k: pytest.fail(f"ftfy.fix_text on {text!r}"))
+    assert clean.clean_text("\u201cQuoted\u201d ＦＵＬＬ ﬁne &amp; more\nÜber") == '"quoted" full fine & more über'
+    assert calls == []
+    assert clean.clean_text("cafÃ©") == "café" and calls == ["cafÃ©"]
 
 
 def test_badness_shortcut_never_misses_a_bad_text():
@@ -110,26 +140,10 @@ def test_badness_categories_have_no_characters_outside_the_bmp():
     assert categories.search("".join(chr(c) for c in range(0x80))) is None  # nor ASCII ones
 
 
-@pytest.mark.parametrize("wrap", ["\u201c{}\u201d", "ＦＵＬＬ {} ﬁ", "it\u2019s {}", "{}\u00a0\u2018x\u2019"])
-def test_one_pass_repair_equals_ftfy_across_the_bmp(wrap):
-    """The shortcut that runs only ftfy's character-level fixers agrees with ftfy whenever it answers."""
-    codepoints = [c for c in range(0x80, 0x10000, 3) if not 0xD800 <= c <= 0xDFFF]
-    texts = [wrap.format(" ".join(chr(c) for c in codepoints[i:i + 24])) for i in range(0, len(codepoints), 24)]
-    texts += [wrap.format(chr(c)) for c in codepoints[::7]]
-    answered = 0
-    for text in texts:
-        repaired = clean._repair_one_pass(text)
-        if repaired is not None:
-            assert repaired == ftfy.fix_text(text), text
-            answered += 1
-    assert answered > 0.3 * len(texts)  # useful, not only sound
-
-
-@pytest.mark.parametrize("text", ["cafÃ©", "itâ€™s", "x &amp; \u201cy\u201d", "\u201ca\u201d\nb", "ＦＵＬＬ\r"])
-def test_one_pass_repair_declines_mojibake_entities_and_lines(text):
-    assert clean._repair_one_pass(text) is None
-
-
-def test_curly_quotes_and_full_width_skip_ftfy(monkeypatch):
-    monkeypatch.setattr(clean.ftfy, "fix_text", lambda text, *a, **k: pytest.fail(f"ftfy called on {text!r}"))
-    assert clean.clean_text("\u201cQuoted\u201d ＦＵＬＬ ﬁne") == '"quoted" full fine'
+@pytest.mark.parametrize("wrap", ["\u201c{}\u201d", "ＦＵＬＬ {} ﬁ &amp;", "it\u2019s {}\ncafÃ© {}", "{}\u00a0\u2018x\u2019\r\n"])
+def test_fix_text_equals_ftfy_across_the_bmp(wrap):
+    codepoints = [c for c in range(0x80, 0x10000) if not 0xD800 <= c <= 0xDFFF]
+    texts = [wrap.format(*[" ".join(chr(c) for c in codepoints[i:i + 24])] * wrap.count("{}"))
+             for i in range(0, len(codepoints), 24)]
+    diffs = [text for text in texts if clean.fix_text(text) != ftfy.fix_text(text)]
+    assert not diffs, f"{len(diffs)} texts differ, e.g. {diffs[:2]!r}"

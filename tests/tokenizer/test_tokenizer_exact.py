@@ -99,3 +99,34 @@ def test_batched_path_matches_per_text_path_on_case_and_script_edges(reference):
     assert torch.equal(batched, reference(texts))
     for i, text in enumerate(texts):
         assert torch.equal(tok(text)[0], batched[i]), text
+
+
+def _documents(corpus, count=400, seed=3):
+    """Long multi-line documents glued from corpus captions: the cases where only the first lines and chunks
+    are cleaned and encoded."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.choice(["\n", "\n\n", " ", "\r\n", ". "]).join(rng.sample(corpus, rng.randint(2, 40)))
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("context_length", [16, 77])
+def test_long_documents_match_in_batches_and_one_at_a_time(context_length, corpus, reference):
+    documents = _documents(corpus)
+    assert sum(len(doc) > 8 * context_length and "\n" in doc for doc in documents) > 200
+    theirs = reference(documents, context_length=context_length)
+    batch = ClipTokenizer()(documents, context_length=context_length)
+    tok = ClipTokenizer()
+    single = torch.cat([tok(doc, context_length=context_length) for doc in documents])
+    for ours in (batch, single):
+        examples, count = _mismatches(documents, ours, theirs)
+        assert count == 0, f"{count} documents differ, e.g. {examples}"
+
+
+def test_one_caption_at_a_time_matches(corpus, reference):
+    tok = ClipTokenizer()
+    subset = corpus[::7]
+    ours = torch.cat([tok(text) for text in subset])
+    examples, count = _mismatches(subset, ours, reference(subset))
+    assert count == 0, f"{count} captions differ, e.g. {examples}"

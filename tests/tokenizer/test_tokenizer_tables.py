@@ -47,10 +47,13 @@ def test_special_tokens_quoted_in_captions_match_open_clip(texts, reference):
 
 def test_fresh_tokenizers_start_from_the_seed_only():
     first = ClipTokenizer()
-    first(["zzqxwv blorfgle, a photo"])
+    first(["zzqxwv blorfgle, a photo"] * 16)  # a batch: the stream path and its chunk table
+    first("qqzzvv, flurbo")  # one caption: the per-text path and its chunk dict
     assert "zzqxwv" in first._words.index and "blorfgle," in first._table.index
+    assert "qqzzvv" in first._words.index and "qqzzvv," in first._chunk_ids
     second = ClipTokenizer()
     assert "zzqxwv" not in second._words.index and "blorfgle," not in second._table.index
+    assert "qqzzvv" not in second._words.index and "qqzzvv," not in second._chunk_ids
     assert len(second._table) == len(second._seed_chunk_table) and "photo" in second._table.index
 
 

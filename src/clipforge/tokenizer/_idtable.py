@@ -48,6 +48,19 @@ class IdTable:
         self.lengths.frombytes(lengths.tobytes())
         self.ids.frombytes(np.asarray(ids, dtype=np.int64).tobytes())
 
+    def append(self, key: str, ids) -> None:
+        """Add one key (not in the table yet) with its ids."""
+        self.index[key] = len(self.starts)
+        self.starts.append(len(self.ids))
+        self.lengths.append(len(ids))
+        self.ids.extend(ids)
+
+    def ids_of(self, key: str):
+        """The ids of one key (an ``array`` slice); raises KeyError for a key not in the table."""
+        row = self.index[key]
+        start = self.starts[row]
+        return self.ids[start:start + self.lengths[row]]
+
     def copy(self) -> IdTable:
         table = IdTable()
         table.index = dict(self.index)

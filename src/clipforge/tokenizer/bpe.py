@@ -55,6 +55,10 @@ _ASCII_WORD_RE = re.compile(
 )
 _CACHE_LIMIT = 1_000_000  # entries per cache; reset when full, so an endless stream of rare words is harmless
 _WORDS_PER_PIECE = 2048
+# Below this many texts the per-text path (dict lookups, no numpy) is faster than the batched stream: one caption at
+# a time is how a training pipeline's dataset calls the tokenizer.
+_STREAM_MIN_TEXTS = 16
+_FEW = 64  # fewer new words or chunks than this are learnt in plain Python
 
 
 def default_vocab_path() -> str:
@@ -67,6 +71,25 @@ def _split_words(chunk: str) -> list[str]:
         # An all-letter ASCII chunk is one pre-token: no other alternative of the regex starts with a letter.
         return [chunk] if chunk.isalpha() else _ASCII_WORD_RE.findall(chunk)
     return _WORD_RE.findall(chunk)
+
+
+def _leading_chunks(to_chunks, text: str, count: int) -> list[str]:
+    """``to_chunks(text)[:count]``, cleaning only as many whole lines of a long text as that takes.
+
+    Cleaning works line by line (ftfy repairs each line alone, and no HTML entity, whitespace run or case rule
+    reaches across a newline), so the chunks of a text's first lines are the first chunks of the whole text.
+    """
+    if len(text) <= 8 * count:
+        return to_chunks(text)[:count]
+    end = 8 * count
+    while True:
+        cut = text.find("\n", end) + 1
+        if cut == 0:
+            return to_chunks(text)[:count]
+        chunks = to_chunks(text[:cut])
+        if len(chunks) >= count:
+            return chunks[:count]
+        end = 2 * cut
 
 
 @functools.lru_cache()
@@ -213,6 +236,7 @@ class ClipTokenizer:
         self._rust = _rust_stream_bpe(vocab, merges)
         # Ids that end a word: "</w>" tokens, and the special tokens (always whole words, without "</w>").
         self._ends_word = np.array([t.endswith(EOW) or t in (SOT_TOKEN, EOT_TOKEN) for t in vocab], dtype=bool)
+        self._ends_word_list = self._ends_word.tolist()
         self._id_to_token = list(vocab)
         self._byte_of = {c: b for b, c in byte_alphabet().items()}
         self.vocab_size = len(vocab)
@@ -248,7 +272,25 @@ class ClipTokenizer:
             self._words = self._seed_word_table.copy()
             missing = words.difference(self._words.index)
         missing = list(missing)
-        self._words.extend(missing, *self._bpe_words(missing))
+        if len(missing) < _FEW:
+            self._learn_few_words(missing)
+        else:
+            self._words.extend(missing, *self._bpe_words(missing))
+
+    def _learn_few_words(self, words: list[str]) -> None:
+        """``_learn_words`` for a handful of words, in plain Python: numpy's per-call cost would dominate."""
+        if not words:
+            return
+        ids = self._rust.encode_batch_fast([" ".join(words)], add_special_tokens=False)[0].ids
+        ends_word, start, done = self._ends_word_list, 0, 0
+        for end, token in enumerate(ids, 1):
+            if ends_word[token]:
+                if done == len(words):
+                    break
+                self._words.append(words[done], ids[start:end])
+                done, start = done + 1, end
+        if done != len(words) or start != len(ids):
+            raise RuntimeError("internal error: the Rust BPE did not return one end-of-word token per word")
 
     def _bpe_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(number of ids of each chunk, all their ids one chunk after the other), through the word table: the
@@ -264,9 +306,16 @@ class ClipTokenizer:
     def _learn_chunks(self, chunks: set[str]) -> None:
         """Add ``chunks`` (not yet cached) to the per-text path's chunk dict."""
         chunks = list(chunks)
-        lengths, ids = self._bpe_chunks(chunks)
-        ids, bounds = ids.tolist(), list(accumulate(lengths.tolist(), initial=0))
-        self._chunk_ids.update(zip(chunks, (tuple(ids[a:b]) for a, b in zip(bounds, bounds[1:]))))
+        if len(chunks) >= _FEW:
+            lengths, ids = self._bpe_chunks(chunks)
+            ids, bounds = ids.tolist(), list(accumulate(lengths.tolist(), initial=0))
+            self._chunk_ids.update(zip(chunks, (tuple(ids[a:b]) for a, b in zip(bounds, bounds[1:]))))
+            return
+        words_of = list(map(_split_words, chunks))
+        self._learn_words(set(chain.from_iterable(words_of)))
+        ids_of = self._words.ids_of
+        for chunk, words in zip(chunks, words_of):
+            self._chunk_ids[chunk] = tuple(chain.from_iterable(map(ids_of, words)))
 
     def _resolve(self, rows: list, pending: list[int]) -> None:
         """Replace the chunk lists at ``pending`` by ids, filling both caches for the chunks not seen before."""
@@ -285,14 +334,16 @@ class ClipTokenizer:
         with _gc_paused():
             return self._encode_batch(texts)
 
-    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def _encode_batch(self, texts: list[str], max_chunks: int | None = None) -> list[list[int]]:
+        """Ids of each text; with ``max_chunks``, of its first ``max_chunks`` chunks only (each chunk gives at
+        least one id, so these hold every id that fits in a context of ``max_chunks``)."""
         to_chunks, chunk_ids = self._chunks, self._chunk_ids
         rows: list = []
         pending = []  # rows that still hold chunks, some of them not in the cache yet
         for text in texts:
             # Cleaned text is single-spaced and no pre-token spans a space, so space-separated chunks can be
             # encoded (and cached) independently: most chunks are common words seen before.
-            chunks = to_chunks(text)
+            chunks = to_chunks(text) if max_chunks is None else _leading_chunks(to_chunks, text, max_chunks)
             try:
                 rows.append(list(chain.from_iterable(map(chunk_ids.__getitem__, chunks))))
             except KeyError:
@@ -328,9 +379,9 @@ class ClipTokenizer:
 
     def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids: texts that clean by whitespace and case alone go through the batched stream path, the
-        others (ftfy repairs, HTML entities, canonicalize mode) through the per-text path."""
-        if self.clean_mode not in BULK_MODES:
-            rows = self._encode_batch(texts)
+        others (ftfy repairs, HTML entities, canonicalize mode) and small batches through the per-text path."""
+        if self.clean_mode not in BULK_MODES or len(texts) < _STREAM_MIN_TEXTS:
+            rows = self._encode_batch(texts, max_chunks=context_length - 2)
             return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
         fast = fast_path_flags(texts)
         if all(fast):
@@ -338,7 +389,7 @@ class ClipTokenizer:
         # Slow texts stand in as empty ones in the stream, then their rows are overwritten.
         out = self._encode_stream([text if ok else "" for text, ok in zip(texts, fast)], context_length)
         slow_index = [i for i, ok in enumerate(fast) if not ok]
-        rows = self._encode_batch([texts[i] for i in slow_index])
+        rows = self._encode_batch([texts[i] for i in slow_index], max_chunks=context_length - 2)
         out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
         return out
 
@@ -365,7 +416,7 @@ class ClipTokenizer:
 
     def _encode_stream(self, texts: list[str], context_length: int) -> np.ndarray:
         """``(N, L)`` ids of fast-path texts, from one chunk stream and vectorised packing (no per-text Python)."""
-        rows = self._stream_rows(bulk_chunks(texts, self.clean_mode))
+        rows = self._stream_rows(bulk_chunks(texts, self.clean_mode, max_chunks=context_length - 2))
         out = np.zeros((len(texts), context_length), dtype=np.int64)
         out[:, 0] = self.sot_token_id
         # Truncation keeps context_length - 2 ids: eot then takes the last position.

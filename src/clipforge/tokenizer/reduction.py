@@ -16,12 +16,20 @@ from typing import Callable, Sequence
 import numpy as np
 
 EncodeBatch = Callable[[Sequence[str]], list]
+_FEW_ROWS = 4
 
 
 def pack(middles: Sequence[Sequence[int]], context_length: int, sot_token_id: int, eot_token_id: int) -> np.ndarray:
     """``(N, context_length)`` int64 array of rows sot + middle + eot + zero padding; each middle must fit in
     ``context_length - 2``. Vectorised with numpy: a Python loop over rows would cost more than the BPE."""
     n = len(middles)
+    if n <= _FEW_ROWS:  # row by row: numpy's fixed cost per call is most of the time for a caption or two
+        out = np.zeros((n, context_length), dtype=np.int64)
+        for row, middle in zip(out, middles):
+            if len(middle) > context_length - 2:
+                raise ValueError(f"a row of {len(middle)} ids does not fit between sot and eot in {context_length}")
+            row[:len(middle) + 2] = (sot_token_id, *middle, eot_token_id)
+        return out
     lengths = np.fromiter(map(len, middles), dtype=np.int64, count=n)
     if n and lengths.max() > context_length - 2:
         raise ValueError(f"a row of {lengths.max()} ids does not fit between sot and eot in {context_length}")
