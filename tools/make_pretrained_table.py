@@ -25,17 +25,11 @@ from clipforge._atomic import write_text_atomic  # noqa: E402
 TABLE_PATH = Path(__file__).resolve().parents[1] / "src" / "clipforge" / "models" / "pretrained.json"
 FORMAT = "clipforge-pretrained/1"
 
-# The architectures clipforge builds. open_clip's `-quickgelu` twins are not separate entries here: a tag that
-# needs QuickGELU declares it, and weights.py makes the `<arch>-quickgelu` names resolve to those tags.
-ARCHS = (
-    "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64",
-    "ViT-B-32", "ViT-B-16", "ViT-B-16-plus-240", "ViT-L-14", "ViT-L-14-336",
-    "ViT-H-14", "ViT-g-14", "ViT-bigG-14",
-    "coca_ViT-B-32", "coca_ViT-L-14",  # in open_clip's order: its table lists CoCa before SigLIP
-    "ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256", "ViT-B-16-SigLIP-384", "ViT-B-16-SigLIP-512",
-    "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384",
-    "ViT-SO400M-14-SigLIP", "ViT-SO400M-14-SigLIP-384",
-)
+# The architectures are those open_clip publishes weights for that have a clipforge preset (``presets/*.json``,
+# written and checked by tools/make_zoo_table.py), in open_clip's table order. open_clip's `-quickgelu` twins are not
+# separate entries here: a tag that needs QuickGELU declares it, and weights.py makes the `<arch>-quickgelu` names
+# resolve to those tags.
+
 QUICK_GELU_OVERRIDES = {"vision.act": "quick_gelu", "text.act": "quick_gelu"}
 # open_clip's default file name inside a hub repo when its entry names only the repo (a trailing slash).
 DEFAULT_HUB_FILENAME = "open_clip_pytorch_model.bin"
@@ -90,16 +84,22 @@ def make_entry(arch: str, tag: str, cfg: dict, image_size) -> dict:
     }
 
 
+def supported_archs(pretrained: dict) -> list[str]:
+    """open_clip's architectures with tags (its order) that clipforge has a preset for, by the same name."""
+    from clipforge.models import registry
+
+    presets = {name.lower() for name in registry.list_models()}
+    return [arch for arch in pretrained if arch.lower() in presets]
+
+
 def build_table() -> dict:
     import open_clip
     from open_clip.pretrained import _PRETRAINED  # the tag table itself; there is no public accessor for it
 
     configs_dir = Path(open_clip.__file__).parent / "model_configs"
     entries = []
-    for arch in ARCHS:
-        tags = _PRETRAINED.get(arch)
-        if not tags:
-            raise SystemExit(f"open_clip {open_clip.__version__} lists no tags for {arch}")
+    for arch in supported_archs(_PRETRAINED):
+        tags = _PRETRAINED[arch]
         size = image_size_of(arch, configs_dir)
         entries.extend(make_entry(arch, tag, cfg, size) for tag, cfg in tags.items())
     return {"format": FORMAT, "generated_from": f"open_clip_torch {open_clip.__version__}", "entries": entries}

@@ -16,17 +16,24 @@ from clipforge.config import ConfigError
 from clipforge.models.config import ClipConfig, DecoderConfig, TextConfig, VisionConfig
 
 # timm SigLIP trunks open_clip names in its configs: size -> (width, depth, num_heads, mlp_ratio)
-_TIMM_SIGLIP_SIZES = {"base": (768, 12, 12, 4.0), "large": (1024, 24, 16, 4.0), "so400m": (1152, 27, 16, 3.7362)}
-_TIMM_SIGLIP_RE = re.compile(r"^vit_(base|large|so400m)_patch(\d+)_siglip_(\d+)$")
+_TIMM_SIGLIP_SIZES = {"base": (768, 12, 12, 4.0), "large": (1024, 24, 16, 4.0), "so400m": (1152, 27, 16, 3.7362),
+                      "giantopt": (1536, 40, 16, 4.0)}
+_TIMM_SIGLIP_RE = re.compile(r"^vit_(base|large|so400m|giantopt)_patch(\d+)_siglip_(\d+)$")
+# the SigLIP trunks that timm (1.0) defines with act_layer='gelu_tanh' (the SigLIP 2 additions); the others use
+# exact GELU. Written out because clipforge never imports timm; tools/make_zoo_table.py checks it against timm.
+_TIMM_SIGLIP_GELU_TANH = frozenset({
+    "vit_base_patch32_siglip_256", "vit_large_patch16_siglip_512", "vit_so400m_patch16_siglip_256",
+    "vit_so400m_patch16_siglip_384", "vit_so400m_patch16_siglip_512", "vit_giantopt_patch16_siglip_256",
+    "vit_giantopt_patch16_siglip_384"})
 
 # open_clip options whose non-default values change the architecture in ways clipforge does not implement
 _UNSUPPORTED_VISION = {"attentional_pool": False, "final_ln_after_pool": False, "block_type": None,
                        "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
-                       "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "act_kwargs": None,
+                       "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
                        "output_tokens": False, "timm_proj_bias": False}
 _UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "final_ln_after_pool": False, "proj_type": "linear",
                      "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
-                     "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "act_kwargs": None,
+                     "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
                      "output_tokens": False, "use_pad_mask": False}
 _OC_POOLS = {"tok": "token", "avg": "avg"}
 
@@ -37,11 +44,25 @@ def _reject_unsupported(cfg: Mapping[str, Any], defaults: Mapping[str, Any], whe
         raise ConfigError(f"open_clip {where} options not supported by clipforge: {', '.join(bad)}")
 
 
+def _tower_act(cfg: Mapping[str, Any], act: str, where: str) -> str:
+    """open_clip's per-tower ``act_kwargs`` on top of the model's GELU / QuickGELU choice."""
+    kwargs = cfg.get("act_kwargs") or {}
+    if not kwargs:
+        return act
+    if kwargs == {"approximate": "tanh"} and act == "gelu":
+        return "gelu_tanh"
+    raise ConfigError(f"open_clip {where} act_kwargs={dict(kwargs)!r} is not supported by clipforge (with quick_gelu="
+                      f"{act == 'quick_gelu'}); only {{'approximate': 'tanh'}} on GELU")
+
+
 def _vision_from_open_clip(cfg: Mapping[str, Any], act: str) -> tuple[VisionConfig, str | None]:
     _reject_unsupported(cfg, _UNSUPPORTED_VISION, "vision_cfg")
     image_size = cfg.get("image_size", 224)
     if cfg.get("timm_model_name"):
+        if cfg.get("act_kwargs"):
+            raise ConfigError("open_clip vision_cfg act_kwargs with a timm tower is not supported by clipforge")
         return _vision_from_timm(cfg, image_size), cfg["timm_model_name"]
+    act = _tower_act(cfg, act, "vision_cfg")
     eps = (cfg.get("norm_kwargs") or {}).get("eps", 1e-5)
     layers, width, head_width = cfg.get("layers", 12), cfg.get("width", 768), cfg.get("head_width", 64)
     if isinstance(layers, (list, tuple)):
@@ -62,21 +83,24 @@ def _vision_from_timm(cfg: Mapping[str, Any], image_size: int) -> VisionConfig:
     match = _TIMM_SIGLIP_RE.match(name)
     if not match or cfg.get("timm_pool", "avg") != "map":
         raise ConfigError(f"timm vision tower '{name}' (pool {cfg.get('timm_pool')!r}) is not supported; "
-                          f"clipforge implements the SigLIP towers vit_{{base,large,so400m}}_patchN_siglip_RES "
-                          f"with timm_pool='map'")
+                          "clipforge implements the SigLIP towers "
+                          f"vit_{{base,large,so400m,giantopt}}_patchN_siglip_RES with timm_pool='map'")
     width, depth, heads, ratio = _TIMM_SIGLIP_SIZES[match.group(1)]
     proj = cfg.get("timm_proj", "linear")
     if proj not in ("none", "linear", "", None):
         raise ConfigError(f"timm_proj '{proj}' is not supported; use 'none' or 'linear'")
-    # timm ViTs use exact GELU and eps 1e-6 whatever open_clip's quick_gelu says
+    # timm ViTs use their own GELU (exact, or tanh for the SigLIP 2 trunks) and eps 1e-6 whatever open_clip's
+    # quick_gelu says
+    act = "gelu_tanh" if name in _TIMM_SIGLIP_GELU_TANH else "gelu"
     return VisionConfig(kind="vit", image_size=image_size, width=width, num_heads=heads, depth=depth,
-                        patch_size=int(match.group(2)), mlp_ratio=ratio, act="gelu", class_token=False,
+                        patch_size=int(match.group(2)), mlp_ratio=ratio, act=act, class_token=False,
                         pre_norm=False, pool="map", patch_bias=True, output_proj=proj == "linear", norm_eps=1e-6,
                         patch_dropout=cfg.get("patch_dropout", 0.0))
 
 
 def _text_from_open_clip(cfg: Mapping[str, Any], act: str) -> TextConfig:
     _reject_unsupported(cfg, _UNSUPPORTED_TEXT, "text_cfg")
+    act = _tower_act(cfg, act, "text_cfg")
     return TextConfig(context_length=cfg.get("context_length", 77), vocab_size=cfg.get("vocab_size", 49408),
                       width=cfg.get("width", 512), num_heads=cfg.get("heads", 8), depth=cfg.get("layers", 12),
                       mlp_ratio=cfg.get("mlp_ratio", 4.0), act=act, causal_mask=not cfg.get("no_causal_mask", False),
@@ -204,11 +228,18 @@ def _decoder_to_open_clip(config: ClipConfig) -> dict[str, Any]:
 
 def config_to_open_clip(config: ClipConfig) -> dict[str, Any]:
     """ClipConfig -> open_clip ``model_cfg`` dict (for ``open_clip_config.json``)."""
-    acts = {config.text.act} | ({config.vision.act} if not config.open_clip_timm_model else set())
+    towers = {"text_cfg": config.text.act}
+    if not config.open_clip_timm_model:  # a timm trunk brings its own activation
+        towers["vision_cfg"] = config.vision.act
+    acts = {"gelu" if act == "gelu_tanh" else act for act in towers.values()}  # tanh: a tower's act_kwargs
     if acts - {"gelu", "quick_gelu"} or len(acts) > 1:
-        raise ConfigError(f"activations {sorted(acts)} cannot be written as open_clip's single quick_gelu flag")
+        raise ConfigError(f"activations {sorted(set(towers.values()))} cannot be written as open_clip's single "
+                          f"quick_gelu flag plus per-tower act_kwargs")
     out: dict[str, Any] = {"embed_dim": config.embed_dim, "vision_cfg": _vision_to_open_clip(config),
                            "text_cfg": _text_to_open_clip(config)}
+    for tower, act in towers.items():
+        if act == "gelu_tanh":
+            out[tower]["act_kwargs"] = {"approximate": "tanh"}
     if acts == {"quick_gelu"}:
         out["quick_gelu"] = True
     if config.open_clip_class in ("CustomTextCLIP", "CoCa"):

@@ -143,15 +143,19 @@ def split_model_tag(name: str) -> tuple[str, str | None]:
 
 
 def format_pretrained_table(arch: str | None = None) -> str:
-    """A plain-text table of the tags (all, or one architecture's) for ``clipforge models``."""
-    rows = [("architecture", "tag", "image", "source", "needs")]
+    """A plain-text table of the tags (all, or one architecture's) for ``clipforge models``: where each downloads
+    from (hub repo and file, or URL) and the sha256 of the URL file (the fallback download) as far as it is
+    published (a prefix is marked ``...``); the hub checks its own files."""
+    rows = [("architecture", "tag", "image", "source", "file", "url-sha256", "needs")]
     for name, tags in _by_arch().items():
         if arch is not None and name != _canonical_arch(arch):
             continue
         for entry in tags.values():
             source = f"hf-hub:{entry.hf_hub_id}" if entry.hf_hub_id else (entry.url or "")
+            sha256 = (entry.sha256 or "-") + ("" if entry.sha256_is_full or not entry.sha256 else "...")
             needs = ", ".join(f"{k}={v}" for k, v in entry.arch_overrides.items())
-            rows.append((name, entry.tag, str(entry.preprocess["image_size"]), source, needs))
+            rows.append((name, entry.tag, str(entry.preprocess["image_size"]), source,
+                         entry.hf_filename if entry.hf_hub_id else "-", sha256, needs))
     if len(rows) == 1:
         raise ValueError(f"no pretrained weights are published for architecture '{arch}'")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
