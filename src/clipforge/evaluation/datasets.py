@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from clipforge.data.images import ImageReadError
-from clipforge.evaluation import layouts, suites
+from clipforge.evaluation import layouts, multilingual, published_layouts, suites
 
 logger = logging.getLogger("clipforge.evaluation")
 CUSTOM_KINDS = {"folder": ("cifar", "imagefolder"), "wds": ("wds",), "captions": ("captions",)}
@@ -126,6 +126,10 @@ def _read_layout(layout: str, root: str, split: str, spec: suites.DatasetSpec) -
         return layouts.read_wds(root, split)
     if not os.path.exists(root):
         return None
+    if layout in published_layouts.READERS:
+        return published_layouts.READERS[layout](root, split, spec)
+    if layout == "multilingual":
+        return multilingual.read_multilingual(root, split, spec)
     if layout == "cifar":
         return layouts.read_cifar(root, split) if os.path.isdir(root) else None
     if layout in ("imagefolder", "imagenet", "imagenetv2"):
@@ -136,18 +140,27 @@ def _read_layout(layout: str, root: str, split: str, spec: suites.DatasetSpec) -
         return found
     if layout == "voc":
         return layouts.read_voc(root, split, spec.multilabel)
-    annotation, images = _caption_files(layout, root, split, spec.name)
+    annotation, images = _caption_files(layout, root, split, spec)
     return None if annotation is None else layouts.read_captions(annotation, images)
 
 
-def _caption_files(layout: str, root: str, split: str, name: str) -> tuple[str | None, str]:
+def _karpathy_file(spec: suites.DatasetSpec, split: str) -> str:
+    """``flickr30k_test_karpathy.txt``; another language's captions: ``flickr30k_test_zh.txt`` (clip_benchmark's)."""
+    suffix = "karpathy" if spec.language in ("", "en") else spec.language
+    return f"{spec.name.split('/', 1)[0] if spec.languages else spec.name}_{split}_{suffix}.txt"
+
+
+def _caption_files(layout: str, root: str, split: str, spec: suites.DatasetSpec) -> tuple[str | None, str]:
     if os.path.isfile(root):  # a user's annotation file, images next to it
         return root, os.path.dirname(root)
     if layout == "coco":
         path = os.path.join(root, f"coco_{split}_karpathy.json")
         images = os.path.join(root, "train2014" if split == "train" else "val2014")
         return (path if os.path.exists(path) else None), images
-    for candidate in (f"{name}_{split}_karpathy.txt", "captions.csv", "captions.tsv", "captions.txt",
+    if spec.language not in ("", "en"):  # only the language's own file: English captions are no substitute
+        path = os.path.join(root, _karpathy_file(spec, split))
+        return (path if os.path.exists(path) else None), root
+    for candidate in (_karpathy_file(spec, split), "captions.csv", "captions.tsv", "captions.txt",
                       "captions.json"):
         if os.path.exists(os.path.join(root, candidate)):
             return os.path.join(root, candidate), root
@@ -165,7 +178,10 @@ def _where_to_put(spec: suites.DatasetSpec, root: str, split: str) -> str:
              "voc": f"{root}/VOCdevkit/VOC2007/{{Annotations,ImageSets/Main,JPEGImages}}",
              "coco": f"{root}/coco_{split}_karpathy.json + {root}/val2014/<images>",
              "captions": f"{root} as a CSV/TSV annotation file with image and caption columns, or "
-                         f"{root}/{spec.name}_{split}_karpathy.txt or {root}/captions.csv + the images in {root}"}
+                         f"{root}/{_karpathy_file(spec, split)} or {root}/captions.csv + the images in {root}"}
+    if "multilingual" in spec.layouts:
+        hints["multilingual"] = multilingual.hint(spec, root)
+    hints.update({layout: text.format(root=root, split=split) for layout, text in published_layouts.HINTS.items()})
     return "\n  ".join(hints[layout] for layout in spec.layouts)
 
 

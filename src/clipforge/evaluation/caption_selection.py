@@ -1,0 +1,87 @@
+"""Image-caption selection, clip_benchmark's ``image_caption_selection`` task, on SugarCrepe.
+
+Each instance has images and captions, image i going with caption i (SugarCrepe: one COCO image, its caption and
+a hard negative). ``text_acc``: every image's most similar caption is its own; ``image_acc``: every caption's most
+similar image is its own; ``acc``: both. With one image per instance ``image_acc`` is 1 and ``acc`` is
+``text_acc``, as in clip_benchmark. Equal scores pick the first caption (``argmax``), also as clip_benchmark.
+
+SugarCrepe is ``sugar_crepe/<task>`` (``TASKS``) as clip_benchmark leaves it in its dataset folder:
+``root/<task>.json`` (``{id: {filename, caption, negative_caption}}``) + ``root/val2017/<filename>``. It is not a
+task of ``clipforge benchmark`` yet; from Python::
+
+    data = load_sugar_crepe("swap_att", "data/sugar_crepe", transform=encoders.transform)
+    metrics = evaluate_caption_selection(encoders, data)   # {"image_acc", "text_acc", "acc", "num_samples"}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+import torch
+
+from clipforge.evaluation.datasets import DatasetNotFound, ImageDataset, collate_skipping
+from clipforge.evaluation.features import Encoders, encode_images, encode_texts
+from clipforge.evaluation.layouts import OpenFile
+
+TASKS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+
+
+@dataclasses.dataclass
+class SelectionSet:
+    """Instances of one image each; ``captions[i]`` are instance i's candidates, the true one first."""
+
+    name: str
+    dataset: ImageDataset
+    captions: list[list[str]]
+    source: str = ""
+
+
+def load_sugar_crepe(task: str, root: str, transform: Callable | None = None) -> SelectionSet:
+    """SugarCrepe's ``task`` from clip_benchmark's folder layout (see the module doc)."""
+    if task not in TASKS:
+        raise KeyError(f"unknown SugarCrepe task '{task}'; choose one of {', '.join(TASKS)}")
+    annotation, images = os.path.join(root, f"{task}.json"), os.path.join(root, "val2017")
+    if not os.path.isfile(annotation) or not os.path.isdir(images):
+        raise DatasetNotFound(f"dataset 'sugar_crepe/{task}' not found at {root}. Put {annotation} (from the "
+                              f"SugarCrepe repository's data/) and the COCO 2017 validation images in {images}/")
+    fix = "fetch it again from the SugarCrepe repository's data/ folder"
+    try:
+        with open(annotation, encoding="utf-8") as f:
+            items = list(json.load(f).values())
+        paths = [os.path.join(images, item["filename"]) for item in items]
+        captions = [[item["caption"], item["negative_caption"]] for item in items]
+    except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as e:
+        raise ValueError(f"{annotation} is not a SugarCrepe file ({{id: {{filename, caption, negative_caption}}}}: "
+                         f"{type(e).__name__}: {e}); {fix}") from None
+    return SelectionSet(f"sugar_crepe/{task}", ImageDataset(paths, OpenFile(), transform), captions,
+                        os.path.abspath(root))
+
+
+def selection_metrics(image_features: torch.Tensor, text_features: torch.Tensor) -> dict[str, float]:
+    """Metrics from (N, I, D) image and (N, C, D) caption features (normalised); image i goes with caption i."""
+    scores = image_features @ text_features.transpose(1, 2)  # (N, I, C)
+    pairs = min(scores.shape[1], scores.shape[2])
+    truth = torch.arange(pairs)
+    text_right = (scores.argmax(dim=2)[:, :pairs] == truth).all(dim=1)  # each image's best caption is its own
+    image_right = (scores.argmax(dim=1)[:, :pairs] == truth).all(dim=1)  # each caption's best image is its own
+    return {"image_acc": image_right.float().mean().item(), "text_acc": text_right.float().mean().item(),
+            "acc": (text_right & image_right).float().mean().item()}
+
+
+def evaluate_caption_selection(encoders: Encoders, data: SelectionSet, batch_size: int = 64,
+                               num_workers: int = 0) -> dict[str, float]:
+    """The selection metrics of one model on ``data``; instances whose image cannot be read are skipped."""
+    loader = torch.utils.data.DataLoader(data.dataset, batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=collate_skipping)
+    encoded = encode_images(encoders.encode_image, loader)
+    kept = encoded.targets.long().tolist()
+    if not kept:
+        raise ValueError(f"'{data.name}': no image could be read ({encoded.skipped} skipped)")
+    counts = {len(data.captions[i]) for i in kept}
+    if len(counts) != 1:
+        raise ValueError(f"'{data.name}': instances have different numbers of captions ({sorted(counts)})")
+    texts = encode_texts(encoders.encode_text, encoders.tokenize, [c for i in kept for c in data.captions[i]])
+    metrics = selection_metrics(encoded.features.unsqueeze(1), texts.view(len(kept), counts.pop(), -1))
+    return {**metrics, "num_samples": len(kept), "num_skipped": encoded.skipped}
