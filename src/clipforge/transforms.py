@@ -35,7 +35,7 @@ from clipforge.config import ConfigError, apply_overrides, to_dict
 __all__ = [
     "OPENAI_MEAN", "OPENAI_STD", "PreprocessConfig", "AugmentConfig", "PreprocessMismatchError",
     "resolve_preprocess", "create_eval_transform", "create_eval_array_transform", "create_train_transform",
-    "prepare_mode",
+    "prepare_mode", "TrainTransform",
 ]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -152,6 +152,9 @@ class AugmentConfig:
     randaugment: tuple[int, int] | None = None  # (num_ops, magnitude in [0, 30]), e.g. (2, 9)
     re_prob: float = 0.0  # probability of random erasing (per-pixel normal noise, after normalize)
     re_count: int = 1  # rectangles erased when erasing happens
+    # JPEGs whose crop is at least twice the target size are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+    # scaling) and resampled from there: the same crops, several times less decoding. False: full decode.
+    reduced_decode: bool = True
 
     def __post_init__(self):
         for name in ("scale", "ratio"):
@@ -171,6 +174,8 @@ class AugmentConfig:
                 raise ConfigError(f"randaugment must be (num_ops >= 0, magnitude in [0, 30]) ints, "
                                   f"e.g. (2, 9); got {self.randaugment!r}")
             object.__setattr__(self, "randaugment", ra)
+        if not isinstance(self.reduced_decode, bool):
+            raise ConfigError(f"reduced_decode must be true or false, got {self.reduced_decode!r}")
         if isinstance(self.re_count, bool) or not isinstance(self.re_count, int) or self.re_count < 1:
             raise ConfigError(f"re_count must be an int >= 1, got {self.re_count!r}")
 
@@ -395,11 +400,19 @@ class RandomResizedCrop:
         self.ratio = tuple(ratio)
         self.interpolation = interpolation
 
-    def __call__(self, img: Image.Image) -> Image.Image:
-        top, left, height, width = _tvt().RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
+    def params(self, img: Image.Image) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the next crop; needs only the image's size and bands, so it works on an
+        opened image before its pixels are decoded."""
+        return tuple(_tvt().RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio)))
+
+    def apply(self, img: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+        top, left, height, width = box
         img = img.crop((left, top, left + width, top + height))
         target = (self.size_hw[1], self.size_hw[0])
         return img if img.size == target else img.resize(target, _RESAMPLE[self.interpolation])
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return self.apply(img, self.params(img))
 
     def __repr__(self):
         return (f"RandomResizedCrop(size_hw={self.size_hw}, scale={self.scale}, ratio={self.ratio}, "
@@ -538,18 +551,77 @@ def _augment_steps(aug: AugmentConfig) -> list[Callable]:
     return steps
 
 
-def create_train_transform(cfg: PreprocessConfig, aug: AugmentConfig | None = None):
+_DCT_SCALES = (8, 4, 2)  # the reductions libjpeg decodes to directly, largest first
+
+
+class TrainTransform:
     """Training preprocessing: random resized crop, RGB, augmentations, normalize, random erasing.
 
-    With the default ``AugmentConfig`` the output equals open_clip's training transform under the same
-    torch seed (when ``cfg.interpolation`` is bicubic, the only one open_clip uses for training).
+    ``transform(img)`` takes a decoded image, like any torchvision transform. ``transform.decode(opened)`` takes
+    an image opened but not yet decoded (``PIL.Image.open``): the crop is drawn from the header's size first
+    (the same draw, from the same generator, as ``transform(img)`` makes), then a JPEG whose crop is at least
+    twice the target size is decoded at 1/2, 1/4 or 1/8 scale and the crop is resampled from that smaller
+    image, its box in fractional coordinates. Other images are decoded whole and cropped exactly as
+    ``transform(img)`` does. ``finish`` runs the steps after the crop. The training pipeline calls
+    ``decode`` + ``finish``; the pixels of a reduced decode differ from a full decode by resampling noise only
+    (the tests compare crop statistics), and decoding a 1024 px JPEG costs about a quarter as much.
+    """
+
+    def __init__(self, crop: RandomResizedCrop, after: list[Callable], reduced_decode: bool = True):
+        self.crop, self.after, self.reduced_decode = crop, list(after), reduced_decode
+        self.transforms = [PrepareMode(), crop, ToRGB(), *self.after]  # torchvision's Compose attribute name
+
+    def __call__(self, img):
+        img = prepare_mode(_as_pil(img))
+        return self.finish(self.crop(img))
+
+    def finish(self, img: Image.Image):
+        img = ToRGB()(img)
+        for step in self.after:
+            img = step(img)
+        return img
+
+    def _reduction(self, img: Image.Image, box: tuple[int, int, int, int]) -> int:
+        if not self.reduced_decode or img.format != "JPEG" or img.mode not in ("RGB", "L"):
+            return 1
+        target_h, target_w = self.crop.size_hw
+        _, _, height, width = box
+        return next((k for k in _DCT_SCALES if width >= k * target_w and height >= k * target_h), 1)
+
+    def decode(self, img: Image.Image) -> Image.Image:
+        """The crop of an opened, not yet decoded image, at the target size (see the class docstring)."""
+        box = self.crop.params(img)
+        k = self._reduction(img, box)
+        if k == 1:
+            img.load()
+            return self.crop.apply(prepare_mode(img.convert("RGB")), box)
+        full_w, full_h = img.size
+        # Pillow picks the largest scale s with full // requested >= s, and then decodes ceil(full / s) pixels.
+        img.draft(img.mode, (full_w // k, full_h // k))
+        scale = next((s for s in (*_DCT_SCALES, 1) if img.size == (-(-full_w // s), -(-full_h // s))), None)
+        if scale is None:  # pragma: no cover - a Pillow that scales differently: fall back to exact sizes
+            scale = full_w / img.width
+        top, left, height, width = box
+        target = (self.crop.size_hw[1], self.crop.size_hw[0])
+        small = img.resize(target, _RESAMPLE[self.crop.interpolation],
+                           box=(left / scale, top / scale, (left + width) / scale, (top + height) / scale))
+        return small if small.mode == "RGB" else small.convert("RGB")
+
+    def __repr__(self):
+        return f"TrainTransform({', '.join(map(repr, self.transforms))}, reduced_decode={self.reduced_decode})"
+
+
+def create_train_transform(cfg: PreprocessConfig, aug: AugmentConfig | None = None) -> TrainTransform:
+    """Training preprocessing: random resized crop, RGB, augmentations, normalize, random erasing.
+
+    With the default ``AugmentConfig`` the output of ``transform(img)`` equals open_clip's training transform
+    under the same torch seed (when ``cfg.interpolation`` is bicubic, the only one open_clip uses for training).
     """
     _check_type(cfg, PreprocessConfig, "cfg")
     aug = AugmentConfig() if aug is None else _check_type(aug, AugmentConfig, "aug")
-    steps: list[Callable] = [PrepareMode(), RandomResizedCrop(cfg.size_hw, aug.scale, aug.ratio, cfg.interpolation),
-                             ToRGB()]
-    steps += _augment_steps(aug)
-    steps.append(ToNormalizedTensor(cfg.mean, cfg.std))
+    after: list[Callable] = _augment_steps(aug)
+    after.append(ToNormalizedTensor(cfg.mean, cfg.std))
     if aug.re_prob > 0:
-        steps.append(RandomErasing(aug.re_prob, aug.re_count))
-    return _tvt().Compose(steps)
+        after.append(RandomErasing(aug.re_prob, aug.re_count))
+    crop = RandomResizedCrop(cfg.size_hw, aug.scale, aug.ratio, cfg.interpolation)
+    return TrainTransform(crop, after, reduced_decode=aug.reduced_decode)

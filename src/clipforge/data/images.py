@@ -24,18 +24,26 @@ class ImageReadError(OSError):
         self.kind = kind
 
 
-def _open(data: bytes | str | os.PathLike, convert: Callable[[Image.Image], Image.Image] | None) -> Image.Image:
+def _open(data: bytes | str | os.PathLike, convert: Callable[[Image.Image], Image.Image] | None,
+          decode: Callable[[Image.Image], Image.Image] | None) -> Image.Image:
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     with Image.open(source) as img:
+        if decode is not None:
+            return decode(img)
         img.load()
         return convert(img) if convert is not None else img.convert("RGB")
 
 
-def read_image(data: bytes | str | os.PathLike,
-               convert: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
-    """Decode encoded bytes or read a file; ``convert`` (default: to RGB) runs while the file is open."""
+def read_image(data: bytes | str | os.PathLike, convert: Callable[[Image.Image], Image.Image] | None = None,
+               decode: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
+    """Decode encoded bytes or read a file; ``convert`` (default: to RGB) runs while the file is open.
+
+    ``decode``, when given, replaces both: it receives the opened image before its pixels are read (to choose
+    a reduced-size decode, for instance) and returns the decoded image; its decoding errors are classified
+    like the default path's.
+    """
     try:
-        return _open(data, convert)
+        return _open(data, convert, decode)
     except FileNotFoundError as e:
         raise ImageReadError("missing", f"image file not found: {e.filename or data}") from None
     except Image.DecompressionBombError as e:

@@ -104,20 +104,23 @@ def prepare_sample(raw: RawSample, transform: ImageTransform, seed: int, counts:
     if raw.image is None or raw.caption is None or not raw.caption.strip():
         counts["missing_fields"] += 1
         return None
-    try:
-        image = read_image(raw.image)
-    except ImageReadError as exc:
-        counts[_SKIP_COUNTER[exc.kind]] += 1
-        logger.debug("skipping image: %s", exc)
-        return None
     caption = raw.caption.strip()
     if caption_transform is not None:
         caption = caption_transform(caption, seed)
         if caption is None:  # the transform found the caption unusable (e.g. a label that names no class)
             counts["missing_fields"] += 1
             return None
+    # A transform with ``decode`` + ``finish`` (transforms.TrainTransform) crops while decoding: the crop is drawn
+    # from the file's header, so a large JPEG can be decoded at reduced size. Both draw from the sample's seed.
+    decode, finish = getattr(transform, "decode", None), getattr(transform, "finish", None)
     with seeded(seed):
-        return transform(image), caption
+        try:
+            image = read_image(raw.image, decode=decode if finish is not None else None)
+        except ImageReadError as exc:
+            counts[_SKIP_COUNTER[exc.kind]] += 1
+            logger.debug("skipping image: %s", exc)
+            return None
+        return (finish(image) if decode is not None and finish is not None else transform(image)), caption
 
 
 @dataclass(frozen=True)
