@@ -1,4 +1,5 @@
-"""``clipforge benchmark``: zero-shot classification/retrieval, linear probe and resource tables for models.
+"""``clipforge benchmark``: zero-shot classification/retrieval, linear probe, SugarCrepe image-caption selection
+and resource tables for models.
 
 Example::
 
@@ -6,6 +7,7 @@ Example::
         --tasks zeroshot_classification zeroshot_retrieval statistics \\
         --datasets retrieval vtab imagenetv2 --data-root ~/datasets --cache-dir ~/.cache/clipforge/features \\
         --output results/
+    clipforge benchmark --model ViT-B-32::openai --datasets sugar_crepe --data-root ~/datasets  # sugar_crepe/
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ _DEFAULT_DATA = os.path.join(os.path.expanduser("~"), ".cache", "clipforge", "da
 def _list_datasets() -> int:
     from clipforge.evaluation import suites
     for name, spec in suites.DATASETS.items():
-        print(f"{name:40s} {spec.task:15s} layouts: {', '.join(spec.layouts)}")
+        print(f"{name:40s} {spec.task:17s} layouts: {', '.join(spec.layouts)}")
     for suite, names in suites.SUITES.items():
         print(f"suite {suite}: {' '.join(names)}")
     return 0
@@ -40,13 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", nargs="+", default=[], metavar="SPEC",
                         help="ARCH, ARCH::TAG, ARCH::path/to/weights, hf-hub:org/repo, local-dir:DIR, or an ONNX bundle "
                              "onnx:DIR[@VARIANT] (several allowed)")
-    parser.add_argument("--tasks", nargs="+", default=["zeroshot_classification", "zeroshot_retrieval"],
-                        help="zeroshot_classification, zeroshot_retrieval, linear_probe, statistics")
+    parser.add_argument("--tasks", nargs="+", default=["zeroshot_classification", "zeroshot_retrieval",
+                                                       "image_caption_selection"],
+                        help="zeroshot_classification, zeroshot_retrieval, linear_probe, image_caption_selection "
+                             "(SugarCrepe), statistics; each dataset runs those it supports (default: the first "
+                             "two and image_caption_selection)")
     parser.add_argument("--datasets", nargs="+", default=["classification", "retrieval"],
-                        help="dataset names, suites (vtab, retrieval, classification) or folder:/wds:/captions:PATH")
+                        help="dataset names, suites (vtab, retrieval, classification, sugar_crepe) or "
+                             "folder:/wds:/captions:PATH")
     parser.add_argument("--data-root", default=os.environ.get("CLIPFORGE_DATA", _DEFAULT_DATA),
-                        help="folder holding one sub-folder per dataset (vtab/cifar10 -> vtab_cifar10), "
-                             "or a pattern with {dataset}")
+                        help="folder holding one sub-folder per dataset (vtab/cifar10 -> vtab_cifar10; every "
+                             "sugar_crepe/<task> -> sugar_crepe), or a pattern with {dataset}")
     parser.add_argument("--output", default="benchmark_results", help="folder for the Markdown, CSV and JSON tables")
     parser.add_argument("--cache-dir", default=None, help="cache encoded image features here (re-runs skip encoding)")
     parser.add_argument("--download", action="store_true", help="fetch missing datasets when the network allows")

@@ -4,6 +4,10 @@
 encode functions and loaded datasets and returns ``{"<dataset>/<metric>": value}``. ``run_benchmark(model_specs,
 config)`` adds model loading (any name ``create_model`` takes: ``ARCH``, ``ARCH::TAG``, ``ARCH::path``,
 ``hf-hub:org/repo``, ``local-dir:PATH``), resource statistics and the feature cache.
+
+Each dataset runs the tasks it supports among those asked for: classification sets ``zeroshot_classification`` and
+``linear_probe``, caption sets ``zeroshot_retrieval``, SugarCrepe (``sugar_crepe/<task>``) clip_benchmark's
+``image_caption_selection`` (``evaluation.caption_selection``).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 
 from clipforge.evaluation import datasets as ds
 from clipforge.evaluation import suites
+from clipforge.evaluation.caption_selection import SelectionSet, load_sugar_crepe, missing_folder, score_selection
 from clipforge.evaluation.features import EncodedImages, Encoders, cache_key, cached, encode_images
 from clipforge.evaluation.linear_probe import probe_features
 from clipforge.evaluation.metrics import check_tie_rule
@@ -26,8 +31,11 @@ from clipforge.precision import get_precision
 from clipforge.progress import progress
 
 CACHE_FORMAT = "indices-v2"  # cached targets are dataset indices (older caches held labels: never reuse them)
-TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "statistics")
-_TASKS_OF = {"classification": ("zeroshot_classification", "linear_probe"), "retrieval": ("zeroshot_retrieval",)}
+TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "image_caption_selection", "statistics")
+# what a dataset supports (``LoadedDataset.tasks``, ``SelectionSet.tasks``) -> the tasks that run on it
+_TASKS_OF = {"classification": ("zeroshot_classification", "linear_probe"), "retrieval": ("zeroshot_retrieval",),
+             "caption_selection": ("image_caption_selection",)}
+DEFAULT_TASKS = ("zeroshot_classification", "zeroshot_retrieval", "image_caption_selection")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +46,7 @@ class BenchmarkConfig:
     with published tables) or "pessimistic". ``precision``: a ``clipforge.precision`` name (``amp_bf16``...).
     """
 
-    tasks: tuple[str, ...] = ("zeroshot_classification", "zeroshot_retrieval")
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     datasets: tuple[str, ...] = ("classification", "retrieval")
     data_root: str = "data"
     split: str = "test"
@@ -69,7 +77,7 @@ def make_loader(dataset, batch_size: int, num_workers: int, device: str = "cpu")
                                        collate_fn=ds.collate_skipping, pin_memory=device.startswith("cuda"))
 
 
-def _encode(encoders: Encoders, loaded: ds.LoadedDataset, split: str, config: BenchmarkConfig,
+def _encode(encoders: Encoders, loaded: ds.LoadedDataset | SelectionSet, split: str, config: BenchmarkConfig,
             quiet: bool) -> EncodedImages:
     """Features of every readable image, with their dataset indices as targets (cached when asked)."""
     path = None
@@ -92,7 +100,7 @@ def _view(encoded: EncodedImages, targets) -> EncodedImages:
     return EncodedImages(encoded.features, targets, encoded.skipped)
 
 
-def evaluate_dataset(encoders: Encoders, loaded: ds.LoadedDataset, config: BenchmarkConfig,
+def evaluate_dataset(encoders: Encoders, loaded: ds.LoadedDataset | SelectionSet, config: BenchmarkConfig,
                      train: ds.LoadedDataset | None = None, quiet: bool = True) -> dict[str, float]:
     """Metrics of one model on one loaded dataset, keyed ``<dataset>/<metric>``. Images are encoded once for
     every task the dataset supports and the config asks for."""
@@ -117,13 +125,15 @@ def evaluate_dataset(encoders: Encoders, loaded: ds.LoadedDataset, config: Bench
             train_view = _view(train_encoded, train.labels[train_encoded.targets.long()])
             probe = probe_features(train_view, _view(encoded, labels), len(loaded.classnames))
             out.update({f"linear_probe_{k}": v for k, v in probe.items()})
+    if "caption_selection" in wanted:
+        out.update(score_selection(encoders, loaded, encoded, config.ties))
     if loaded.shard_errors:
         out["shard_errors"] = loaded.shard_errors
     return {f"{loaded.name}/{k}": v for k, v in out.items()}
 
 
-def evaluate(encoders: Encoders, loaded: Sequence[ds.LoadedDataset], config: BenchmarkConfig | None = None,
-             quiet: bool = True) -> dict[str, float]:
+def evaluate(encoders: Encoders, loaded: Sequence[ds.LoadedDataset | SelectionSet],
+             config: BenchmarkConfig | None = None, quiet: bool = True) -> dict[str, float]:
     """Flat metrics of one model over already loaded datasets (the trainer's evaluation calls this)."""
     config = config or BenchmarkConfig()
     results: dict[str, float] = {}
@@ -138,19 +148,33 @@ def dataset_root(data_root: str, name: str) -> str:
     return data_root.replace("{dataset}", folder) if "{dataset}" in data_root else os.path.join(data_root, folder)
 
 
+def _wanted(tasks: Sequence[str], config: BenchmarkConfig) -> bool:
+    return any(set(_TASKS_OF[t]) & set(config.tasks) for t in tasks)
+
+
 def load_datasets(names: Sequence[str], config: BenchmarkConfig, transform: Callable | None,
-                  ) -> list[tuple[ds.LoadedDataset, ds.LoadedDataset | None]]:
+                  ) -> list[tuple[ds.LoadedDataset | SelectionSet, ds.LoadedDataset | None]]:
     """Load every dataset (and its train split for the linear probe) before encoding anything.
 
-    All unusable datasets are reported in one error, so a long run does not stop at the 18th dataset.
+    All unusable datasets are reported in one error, so a long run does not stop at the 18th dataset; a missing
+    SugarCrepe folder is one line for all its tasks.
     """
     loaded, errors = [], []
+    missing_selection: dict[str, list[str]] = {}  # SugarCrepe folder not there -> its tasks asked for
     for name in suites.expand(list(names)):
         try:
             request = ds.parse_dataset(name)
             root = request.path or dataset_root(config.data_root, name)
+            if request.spec.task == "caption_selection":
+                if not _wanted(("caption_selection",), config):
+                    continue
+                if not os.path.isdir(root):
+                    missing_selection.setdefault(root, []).append(name)
+                    continue
+                loaded.append((load_sugar_crepe(name.partition("/")[2], root, transform, config.split), None))
+                continue
             test = ds.load_dataset(name, root, config.split, transform, config.allow_download)
-            if not any(set(_TASKS_OF[t]) & set(config.tasks) for t in test.tasks):
+            if not _wanted(test.tasks, config):
                 continue
             train = None
             if "linear_probe" in config.tasks and "classification" in test.tasks and not test.multilabel:
@@ -158,6 +182,9 @@ def load_datasets(names: Sequence[str], config: BenchmarkConfig, transform: Call
             loaded.append((test, train))
         except (FileNotFoundError, ValueError, KeyError) as e:
             errors.append(str(e.args[0] if isinstance(e, KeyError) else e))
+    errors += [missing_folder(root, tasks, config.allow_download) for root, tasks in missing_selection.items()]
+    if len(errors) == 1:
+        raise ds.DatasetNotFound(errors[0])
     if errors:
         raise ds.DatasetNotFound(f"{len(errors)} dataset(s) cannot be used:\n" + "\n".join(errors))
     return loaded

@@ -3,14 +3,19 @@
 Each instance has images and captions, image i going with caption i (SugarCrepe: one COCO image, its caption and
 a hard negative). ``text_acc``: every image's most similar caption is its own; ``image_acc``: every caption's most
 similar image is its own; ``acc``: both. With one image per instance ``image_acc`` is 1 and ``acc`` is
-``text_acc``, as in clip_benchmark. Equal scores pick the first caption (``argmax``), also as clip_benchmark.
+``text_acc``, as in clip_benchmark. Equal scores pick the first caption (``argmax``), also as clip_benchmark; the
+"pessimistic" tie rule counts a tie as a miss instead.
 
 SugarCrepe is ``sugar_crepe/<task>`` (``TASKS``) as clip_benchmark leaves it in its dataset folder:
-``root/<task>.json`` (``{id: {filename, caption, negative_caption}}``) + ``root/val2017/<filename>``. It is not a
-task of ``clipforge benchmark`` yet; from Python::
+``root/<task>.json`` (``{id: {filename, caption, negative_caption}}``) + ``root/val2017/<filename>``; the benchmark
+reads every task from ``<data root>/sugar_crepe``::
+
+    clipforge benchmark --model ViT-B-32::openai --datasets sugar_crepe --data-root data
+
+From Python::
 
     data = load_sugar_crepe("swap_att", "data/sugar_crepe", transform=encoders.transform)
-    metrics = evaluate_caption_selection(encoders, data)   # {"image_acc", "text_acc", "acc", "num_samples"}
+    metrics = evaluate_caption_selection(encoders, data)   # {"image_acc", "text_acc", "acc", "num_samples", ...}
 """
 from __future__ import annotations
 
@@ -22,10 +27,12 @@ from typing import Callable
 import torch
 
 from clipforge.evaluation.datasets import DatasetNotFound, ImageDataset, collate_skipping
-from clipforge.evaluation.features import Encoders, encode_images, encode_texts
+from clipforge.evaluation.features import EncodedImages, Encoders, encode_images, encode_texts
 from clipforge.evaluation.layouts import OpenFile
+from clipforge.evaluation.metrics import check_tie_rule
+from clipforge.evaluation.suites import SUGAR_CREPE_TASKS as TASKS
 
-TASKS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+SOURCE = "the SugarCrepe repository's data/ folder (github.com/RAIVNLab/sugar-crepe)"
 
 
 @dataclasses.dataclass
@@ -36,10 +43,27 @@ class SelectionSet:
     dataset: ImageDataset
     captions: list[list[str]]
     source: str = ""
+    shard_errors: int = 0
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """What the benchmark runs on it (``LoadedDataset.tasks``' counterpart)."""
+        return ("caption_selection",)
 
 
-def load_sugar_crepe(task: str, root: str, transform: Callable | None = None) -> SelectionSet:
-    """SugarCrepe's ``task`` from clip_benchmark's folder layout (see the module doc)."""
+def missing_folder(root: str, names: list[str], download: bool = False) -> str:
+    """The one-line error for a SugarCrepe folder that is not there at all (one line for all its tasks)."""
+    files = ", ".join(f"{name.rpartition('/')[2]}.json" for name in names)
+    why = " (clipforge does not download SugarCrepe)" if download else ""
+    asked = "sugar_crepe" if len(names) == len(TASKS) else ", ".join(names)
+    return (f"{asked}: SugarCrepe folder {root} not found{why}. Put the task files ({files}) from "
+            f"{SOURCE} in {root}/ and the COCO 2017 validation images in {os.path.join(root, 'val2017')}/")
+
+
+def load_sugar_crepe(task: str, root: str, transform: Callable | None = None, split: str = "test") -> SelectionSet:
+    """SugarCrepe's ``task`` from clip_benchmark's folder layout (see the module doc); it has only a test split."""
+    if split != "test":
+        raise ValueError(f"'sugar_crepe/{task}' has only the 'test' split, not '{split}'")
     if task not in TASKS:
         raise KeyError(f"unknown SugarCrepe task '{task}'; choose one of {', '.join(TASKS)}")
     annotation, images = os.path.join(root, f"{task}.json"), os.path.join(root, "val2017")
@@ -59,23 +83,38 @@ def load_sugar_crepe(task: str, root: str, transform: Callable | None = None) ->
                         os.path.abspath(root))
 
 
-def selection_metrics(image_features: torch.Tensor, text_features: torch.Tensor) -> dict[str, float]:
+def _picks_own(scores: torch.Tensor, dim: int, pairs: int, ties: str) -> torch.Tensor:
+    """(N,) whether, along ``dim``, each of the first ``pairs`` rows' best match is its own (index i for row i)."""
+    right = scores.argmax(dim=dim) == torch.arange(scores.shape[3 - dim])  # (N, rows)
+    if ties == "pessimistic":  # a tie with any other candidate is a miss
+        right &= (scores == scores.amax(dim=dim, keepdim=True)).sum(dim=dim) == 1
+    return right[:, :pairs].all(dim=1)
+
+
+def selection_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
+                      ties: str = "reference") -> dict[str, float]:
     """Metrics from (N, I, D) image and (N, C, D) caption features (normalised); image i goes with caption i."""
+    check_tie_rule(ties)
     scores = image_features @ text_features.transpose(1, 2)  # (N, I, C)
     pairs = min(scores.shape[1], scores.shape[2])
-    truth = torch.arange(pairs)
-    text_right = (scores.argmax(dim=2)[:, :pairs] == truth).all(dim=1)  # each image's best caption is its own
-    image_right = (scores.argmax(dim=1)[:, :pairs] == truth).all(dim=1)  # each caption's best image is its own
+    text_right = _picks_own(scores, 2, pairs, ties)  # each image's best caption is its own
+    image_right = _picks_own(scores, 1, pairs, ties)  # each caption's best image is its own
     return {"image_acc": image_right.float().mean().item(), "text_acc": text_right.float().mean().item(),
             "acc": (text_right & image_right).float().mean().item()}
 
 
 def evaluate_caption_selection(encoders: Encoders, data: SelectionSet, batch_size: int = 64,
-                               num_workers: int = 0) -> dict[str, float]:
+                               num_workers: int = 0, ties: str = "reference") -> dict[str, float]:
     """The selection metrics of one model on ``data``; instances whose image cannot be read are skipped."""
     loader = torch.utils.data.DataLoader(data.dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate_skipping)
-    encoded = encode_images(encoders.encode_image, loader)
+    return score_selection(encoders, data, encode_images(encoders.encode_image, loader), ties)
+
+
+def score_selection(encoders: Encoders, data: SelectionSet, encoded: EncodedImages,
+                    ties: str = "reference") -> dict[str, float]:
+    """The selection metrics from ``data``'s encoded images (targets: instance indices, as the benchmark's
+    encoding and its feature cache give them); the captions are encoded here."""
     kept = encoded.targets.long().tolist()
     if not kept:
         raise ValueError(f"'{data.name}': no image could be read ({encoded.skipped} skipped)")
@@ -83,5 +122,5 @@ def evaluate_caption_selection(encoders: Encoders, data: SelectionSet, batch_siz
     if len(counts) != 1:
         raise ValueError(f"'{data.name}': instances have different numbers of captions ({sorted(counts)})")
     texts = encode_texts(encoders.encode_text, encoders.tokenize, [c for i in kept for c in data.captions[i]])
-    metrics = selection_metrics(encoded.features.unsqueeze(1), texts.view(len(kept), counts.pop(), -1))
+    metrics = selection_metrics(encoded.features.unsqueeze(1), texts.view(len(kept), counts.pop(), -1), ties)
     return {**metrics, "num_samples": len(kept), "num_skipped": encoded.skipped}

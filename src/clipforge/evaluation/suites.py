@@ -8,6 +8,10 @@ the VTAB split of the same data, so both names share class names and templates.
 Multilingual sets take a language the way clip_benchmark's ``--language`` does, as part of the name:
 ``xtd10/de``, ``crossmodal3600/ja``, ``xtd200/deu_Latn``, ``flickr30k/zh`` (codes in ``languages``); the bare name
 is English. Every language of a set is read from the set's one folder (``xtd10``), as clip_benchmark does.
+
+SugarCrepe is ``sugar_crepe/<task>`` (``SUGAR_CREPE_TASKS``, clip_benchmark's names; the ``sugar_crepe`` suite is
+all seven), scored with clip_benchmark's ``image_caption_selection`` task (``evaluation.caption_selection``). All
+tasks are read from one folder, ``sugar_crepe``: ``<task>.json`` files + ``val2017/``.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from typing import Literal
 
 from clipforge.evaluation import languages as langs
 
-Task = Literal["zeroshot_classification", "zeroshot_retrieval", "linear_probe"]
+Task = Literal["zeroshot_classification", "zeroshot_retrieval", "linear_probe", "image_caption_selection"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +31,7 @@ class DatasetSpec:
     """One benchmark dataset. ``key`` names its class names and templates in the shipped JSON files."""
 
     name: str
-    task: Literal["classification", "retrieval"]
+    task: Literal["classification", "retrieval", "caption_selection"]
     key: str = ""
     title: str = ""
     layouts: tuple[str, ...] = ("wds", "imagefolder")
@@ -59,6 +63,15 @@ def _multilingual(name: str, title: str, languages: tuple[str, ...], english: st
     """A retrieval set read from clip_benchmark's per-language annotation files (``evaluation.multilingual``)."""
     return DatasetSpec(name=name, task="retrieval", title=title, layouts=("multilingual",), languages=languages,
                        language=english)
+
+
+SUGAR_CREPE_TASKS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+
+
+def _selection(task: str) -> DatasetSpec:
+    """A SugarCrepe task: every task is read from the one ``sugar_crepe`` folder (``evaluation.caption_selection``)."""
+    return DatasetSpec(name=f"sugar_crepe/{task}", task="caption_selection", title=f"SugarCrepe {task}",
+                       layouts=("sugar_crepe",), folder="sugar_crepe")
 
 
 class _Catalogue(dict):
@@ -128,6 +141,7 @@ DATASETS: dict[str, DatasetSpec] = _Catalogue({spec.name: spec for spec in [
     _multilingual("multilingual_mscoco_captions", "Multilingual MS-COCO", langs.XTD10),
     _multilingual("xtd200", "XTD200", langs.FLORES200, "eng_Latn"),
     _multilingual("flickr30k-200", "Flickr30k-200", langs.FLORES200, "eng_Latn"),
+    *[_selection(task) for task in SUGAR_CREPE_TASKS],
 ]})
 
 SUITES: dict[str, list[str]] = {
@@ -142,6 +156,7 @@ SUITES: dict[str, list[str]] = {
               "country211", "renderedsst2"] + [f"vtab/{name}" for name in _VTAB],
     "multilingual_retrieval": ["crossmodal3600", "xtd10", "multilingual_mscoco_captions", "xtd200",
                                "flickr30k-200"],
+    "sugar_crepe": [f"sugar_crepe/{task}" for task in SUGAR_CREPE_TASKS],
 }
 
 
@@ -190,6 +205,9 @@ def resolve(name: str) -> DatasetSpec:
     if name in DATASETS:
         return DATASETS[name]
     base, _, language = name.rpartition("/")
+    if base == "sugar_crepe":
+        raise KeyError(f"unknown SugarCrepe task '{language}'; choose one of "
+                       f"{', '.join(SUITES['sugar_crepe'])} (or the suite sugar_crepe for all of them)")
     spec = dict.get(DATASETS, base)
     if spec is not None and spec.languages:
         raise KeyError(f"'{language}' is not a language of '{base}'; it has: {' '.join(spec.languages)} "

@@ -1,8 +1,10 @@
-"""The published CLIP benchmark's three tables, rendered from flat per-model results.
+"""The published CLIP benchmark's three tables, rendered from flat per-model results, and the linear-probe and
+image-caption selection (SugarCrepe) tables.
 
 Results are ``{model_id: {metric_key: value}}`` with keys such as ``disk_usage_mb``,
-``mscoco_captions/image_retrieval_recall@5`` or ``vtab/cifar10/acc1``. Each table has one row per model and is
-rendered as a grid table (the ``+---+`` style of the seed), a GitHub Markdown table, CSV rows or JSON.
+``mscoco_captions/image_retrieval_recall@5``, ``vtab/cifar10/acc1`` or ``sugar_crepe/swap_att/acc``. Each table
+has one row per model and is rendered as a grid table (the ``+---+`` style of the seed), a GitHub Markdown table,
+CSV rows or JSON.
 """
 from __future__ import annotations
 
@@ -113,6 +115,13 @@ def linear_probe_table(results: Results, datasets: Sequence[str], bold: bool = F
                               "Linear probe (top-1 accuracy)", bold)
 
 
+def caption_selection_table(results: Results, datasets: Sequence[str], bold: bool = False) -> Table:
+    """Image-caption selection accuracy (clip_benchmark's ``acc``: the image's best caption is its own, not the
+    negative) per dataset, SugarCrepe's tasks in clip_benchmark's order."""
+    return _per_dataset_table(results, datasets, ("acc",), "caption_selection",
+                              "Image-caption selection (SugarCrepe accuracy)", bold)
+
+
 def _title(name: str) -> str:
     spec = suites.DATASETS.get(name)
     if spec is not None:
@@ -209,12 +218,14 @@ def render_csv(table: Table) -> str:
 
 
 def build_tables(results: Results, bold: bool = True) -> list[Table]:
-    """The tables the results have data for, in the seed's order: statistics, retrieval, classification."""
+    """The tables the results have data for, in the seed's order: statistics, retrieval, classification; then
+    linear probe and image-caption selection."""
     keys = {k for r in results.values() for k in r}
     retrieval = [d for d in _datasets(keys) if f"{d}/image_retrieval_recall@5" in keys]
     classification = [d for d in _datasets(keys)
                       if f"{d}/acc1" in keys or f"{d}/mean_average_precision" in keys]
     probed = [d for d in _datasets(keys) if f"{d}/linear_probe_acc1" in keys]
+    selection = [d for d in _datasets(keys) if f"{d}/acc" in keys and f"{d}/text_acc" in keys]
     tables = []
     if "peak_ram_gb" in keys:
         tables.append(stats_table(results))
@@ -224,13 +235,15 @@ def build_tables(results: Results, bold: bool = True) -> list[Table]:
         tables.append(classification_table(results, classification, bold=bold))
     if probed:
         tables.append(linear_probe_table(results, probed, bold=bold))
+    if selection:
+        tables.append(caption_selection_table(results, selection, bold=bold))
     return tables
 
 
 def _datasets(keys: set[str]) -> list[str]:
     """Dataset names found in metric keys, in the suites' column order, then the rest alphabetically."""
     found = {k.rsplit("/", 1)[0] for k in keys if "/" in k}
-    order = suites.SUITES["retrieval"] + suites.SUITES["classification"]
+    order = suites.SUITES["retrieval"] + suites.SUITES["classification"] + suites.SUITES["sugar_crepe"]
     return [d for d in order if d in found] + sorted(found - set(order))
 
 
