@@ -56,9 +56,6 @@ FAMILIES = [
 ]
 # What clipforge's model code would need for each family it does not cover yet (reviewed by hand).
 NEEDS = {
-    "CLIPA": "vision: LayerNorm after average pooling (open_clip final_ln_after_pool) in vit.py + a VisionConfig "
-             "field; tokenizer: bert-base-uncased with strip_sep_token",
-    "SigLIP": "text tower without projection (open_clip text proj_type='none'): a TextConfig switch in text.py",
     "ConvNeXt (timm)": "a ConvNeXt image tower (timm trunk + open_clip head)",
     "EVA (timm)": "an EVA ViT tower (rotary position embeddings, SwiGLU, sub-LN)",
     "MobileCLIP (timm FastViT / MCi)": "FastViT / MCi hybrid conv-attention towers (and MobileCLIP2-L-14's timm ViT)",

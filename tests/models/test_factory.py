@@ -1,4 +1,5 @@
 """create_model end to end: every pretrained= source, files moving both ways with open_clip, strictness."""
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +9,9 @@ from safetensors.torch import save_file
 
 from clipforge.models import weights
 from clipforge.models.factory import (ModelLoadError, create_model, create_model_and_transforms,
-                                      create_model_from_pretrained, get_tokenizer, save_pretrained)
+                                      create_model_from_pretrained, get_tokenizer, save_pretrained,
+                                      tokenizer_for_config)
+from clipforge.models.registry import get_architecture
 from clipforge.models.resolve import resolve_weights
 from clipforge.models.weights import QUICK_GELU_OVERRIDES, WeightEntry
 from test_weights_resolve import make_hub_cache
@@ -168,6 +171,24 @@ def test_precision_and_tokenizer():
     assert tokenizer(["a cat"]).shape == (1, 16)
     with pytest.raises(ValueError, match="positional embedding"):
         get_tokenizer("tiny-vit", context_length=77)
+
+
+def test_tokenizer_strips_separators_when_the_architecture_says_so(tmp_path):
+    """CLIPA's BERT tokenizer: open_clip's strip_sep_token, recorded in the preset as tokenizer_strip_sep."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4, "cat": 5},
+                                     unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": "[PAD]", "sep_token": "[SEP]"}))
+    clipa = dataclasses.replace(get_architecture("ViT-L-14-CLIPA"), tokenizer=str(tmp_path))
+    assert clipa.tokenizer_strip_sep and clipa.text.context_length == 32
+    assert tokenizer_for_config(clipa)(["a cat"]).tolist() == [[2, 4, 5] + [0] * 29]
+    kept = dataclasses.replace(clipa, tokenizer_strip_sep=False)
+    assert tokenizer_for_config(kept)(["a cat"]).tolist() == [[2, 4, 5, 3] + [0] * 28]
 
 
 @pytest.mark.parametrize("name, pretrained, needle", [

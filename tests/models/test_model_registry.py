@@ -5,15 +5,16 @@ import pytest
 import torch
 
 from clipforge.config import ConfigError, apply_overrides, from_dict, to_dict
-from clipforge.models.clip import CLIP
 from clipforge.models.config import ClipConfig, TextConfig, VisionConfig
-from clipforge.models.convert import config_from_open_clip, config_to_open_clip
+from clipforge.models.coca import build_model
+from clipforge.models.convert import anchors_match, config_from_open_clip, config_to_open_clip
 from clipforge.models.registry import UnknownModelError, get_architecture, list_models
 
 REQUIRED = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-B-16-plus-240", "ViT-L-14",
             "ViT-L-14-336", "ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256",
             "ViT-B-16-SigLIP-384", "ViT-B-16-SigLIP-512", "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384",
-            "ViT-SO400M-14-SigLIP", "ViT-SO400M-14-SigLIP-384", "tiny-vit", "tiny-resnet", "tiny-siglip"]
+            "ViT-SO400M-14-SigLIP", "ViT-SO400M-14-SigLIP-384", "ViT-L-14-CLIPA", "ViT-bigG-14-CLIPA-336",
+            "ViT-SO400M-16-SigLIP-i18n-256", "tiny-vit", "tiny-resnet", "tiny-siglip"]
 
 
 def test_list_models_is_sorted_and_complete():
@@ -28,9 +29,10 @@ def test_every_preset_parses_and_builds_on_meta(name):
     config = get_architecture(name)
     assert from_dict(ClipConfig, to_dict(config)) == config
     with torch.device("meta"):
-        model = CLIP(config)
+        model = build_model(config)
     assert sum(p.numel() for p in model.parameters()) > 0
     assert (model.logit_bias is not None) == (config.init_logit_bias is not None)
+    assert anchors_match(model.state_dict(), config)  # fitting_presets' cheap pre-check never rejects a fit
 
 
 def test_lookup_is_case_insensitive():
@@ -69,6 +71,12 @@ def test_validation_rejects_bad_architectures():
         VisionConfig(class_token=False, pool="token")
     with pytest.raises(ConfigError, match="output_proj"):
         ClipConfig(embed_dim=512, vision=VisionConfig(output_proj=False), text=TextConfig())
+    with pytest.raises(ConfigError, match="text.output_proj"):
+        ClipConfig(embed_dim=512, vision=VisionConfig(), text=TextConfig(output_proj=False, width=768, num_heads=12))
+    with pytest.raises(ConfigError, match="norm_after_pool"):
+        VisionConfig(norm_after_pool=True)  # pool='token': the order of norm and pool does not matter
+    with pytest.raises(ConfigError, match="tokenizer_strip_sep"):
+        ClipConfig(embed_dim=512, vision=VisionConfig(), text=TextConfig(), tokenizer_strip_sep=True)
 
 
 def test_presets_match_open_clip_architectures():
@@ -94,6 +102,37 @@ def test_open_clip_config_rejects_unsupported_options():
         config_from_open_clip({"embed_dim": 512, "vision_cfg": {"qk_norm": True}, "text_cfg": {}})
     with pytest.raises(ConfigError, match="timm"):
         config_from_open_clip({"embed_dim": 512, "vision_cfg": {"timm_model_name": "convnext_base"}, "text_cfg": {}})
+
+
+def test_open_clip_clipa_and_projection_options():
+    vision = {"pool_type": "avg", "final_ln_after_pool": True, "no_ln_pre": True}
+    config = config_from_open_clip({"embed_dim": 512, "vision_cfg": vision, "text_cfg": {"proj_type": "none"}})
+    assert config.vision.norm_after_pool and not config.vision.pre_norm and not config.text.output_proj
+    assert config_from_open_clip(config_to_open_clip(config)) == config
+    # after class-token pooling open_clip's flag changes nothing: the same model, one spelling
+    token = config_from_open_clip({"embed_dim": 512, "vision_cfg": {"final_ln_after_pool": True}, "text_cfg": {}})
+    assert token == config_from_open_clip({"embed_dim": 512, "vision_cfg": {}, "text_cfg": {}})
+    with pytest.raises(ConfigError, match="proj_type 'mlp'"):
+        config_from_open_clip({"embed_dim": 512, "vision_cfg": {}, "text_cfg": {"proj_type": "mlp"}})
+
+
+def test_open_clip_tokenizer_options_are_recorded_or_refused():
+    def convert(**text_cfg):
+        return config_from_open_clip({"embed_dim": 512, "vision_cfg": {}, "text_cfg": text_cfg})
+
+    bert = {"hf_tokenizer_name": "bert-base-uncased"}
+    config = convert(**bert, tokenizer_kwargs={"strip_sep_token": True, "clean": "whitespace"})
+    assert (config.tokenizer, config.tokenizer_strip_sep, config.tokenizer_clean) == \
+        ("bert-base-uncased", True, "whitespace")
+    assert config_to_open_clip(config)["text_cfg"]["tokenizer_kwargs"] == {"clean": "whitespace",
+                                                                          "strip_sep_token": True}
+    assert convert(**bert, tokenizer_kwargs={"strip_sep_token": False}) == convert(**bert)
+    with pytest.raises(ConfigError, match="language='fr'"):
+        convert(**bert, tokenizer_kwargs={"language": "fr"})
+    with pytest.raises(ConfigError, match="tokenizer_mode='clips'"):
+        convert(**bert, tokenizer_mode="clips")
+    with pytest.raises(ConfigError, match="tokenizer_strip_sep"):
+        convert(tokenizer_kwargs={"strip_sep_token": True})  # CLIP's BPE has no separator
 
 
 def test_logit_scale_default_is_clip_temperature():

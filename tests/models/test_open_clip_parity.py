@@ -57,6 +57,10 @@ TINY_VARIANTS = {
     "tiny-vit quickgelu": {"vision.act": "quick_gelu", "text.act": "quick_gelu"},
     "tiny-vit avg-pool no-ln_pre layer-scale": {"vision.pool": "avg", "vision.pre_norm": False,
                                                  "vision.layer_scale_init": 0.5, "text.layer_scale_init": 0.5},
+    "tiny-vit CLIPA (norm after avg-pool, bidirectional text)": {
+        "vision.pool": "avg", "vision.norm_after_pool": True, "vision.pre_norm": False, "text.pool": "last",
+        "text.causal_mask": False},
+    "tiny-vit text without projection": {"text.output_proj": False},
     "tiny-resnet": {},
 }
 

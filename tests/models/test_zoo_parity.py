@@ -31,7 +31,16 @@ CASES = {
                            {"vision.depth": 1, "text.depth": 2, "text.vocab_size": 4000}),  # eos pooling, id 2
     "ViT-B-32-SigLIP2-256": ({"text_cfg.layers": 2, "text_cfg.vocab_size": 4000},  # tanh GELU in both towers
                              {"text.depth": 2, "text.vocab_size": 4000}),
+    # CLIPA: no ln_pre, LayerNorm after average pooling, bidirectional text pooled at the last position
+    "ViT-L-14-CLIPA": ({"vision_cfg.layers": 2, "text_cfg.layers": 2}, {"vision.depth": 2, "text.depth": 2}),
+    "ViT-H-14-CLIPA-336": ({"vision_cfg.layers": 1, "text_cfg.layers": 1},  # head width 80, 24x24 grid
+                           {"vision.depth": 1, "text.depth": 1}),
+    # text tower without a projection; the timm trunk is shrunk through TIMM_DEPTH
+    "ViT-SO400M-16-SigLIP-i18n-256": ({"text_cfg.layers": 2, "text_cfg.vocab_size": 4000},
+                                      {"vision.depth": 2, "text.depth": 2, "text.vocab_size": 4000}),
 }
+# name -> blocks of open_clip's timm trunk (its config names a timm model; timm takes the depth as a keyword)
+TIMM_DEPTH = {"ViT-SO400M-16-SigLIP-i18n-256": 2}
 
 
 def _open_clip_config(name: str, changes: dict) -> dict:
@@ -42,10 +51,15 @@ def _open_clip_config(name: str, changes: dict) -> dict:
     return cfg
 
 
-def _reference(cfg: dict) -> torch.nn.Module:
+def _reference(cfg: dict, timm_depth: int | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
     cls = open_clip.model.CustomTextCLIP if cfg.get("custom_text") else open_clip.model.CLIP
-    return cls(**{k: v for k, v in cfg.items() if k != "custom_text"}).eval()
+    with pytest.MonkeyPatch.context() as mp:
+        if timm_depth is not None:
+            timm = require("timm")
+            create = timm.create_model
+            mp.setattr(timm, "create_model", lambda *args, **kwargs: create(*args, depth=timm_depth, **kwargs))
+        return cls(**{k: v for k, v in cfg.items() if k != "custom_text"}).eval()
 
 
 def _inputs(config, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +78,10 @@ def test_same_features_as_open_clip(name):
     oc_changes, overrides = CASES[name]
     cfg = _open_clip_config(name, oc_changes)
     config = config_from_open_clip(cfg)
+    if name in TIMM_DEPTH:  # a timm trunk's depth comes with its name, not in open_clip's config
+        config = apply_overrides(config, {"vision.depth": TIMM_DEPTH[name]})
     assert config == apply_overrides(get_architecture(name), overrides)  # the preset is what runs here
-    reference = _reference(cfg)
+    reference = _reference(cfg, TIMM_DEPTH.get(name))
     # every tensor perturbed where that is cheap; above that, the 1-D ones, where inert inits (zeros, ones) live
     reference = randomize_(reference, vectors_only=sum(p.numel() for p in reference.parameters()) > 80_000_000)
     model = _clipforge_from(reference, config)

@@ -90,7 +90,7 @@ class CocaTextTransformer(TextTransformer):
         x = torch.cat([x, self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)], dim=1)  # (B, L+1, D)
         x = x + self.pos_embed[:x.shape[1]].to(x.dtype)
         x = self.transformer(x, attn_mask=legacy_pad_mask(tokens, self.config.pad_id, x.dtype))
-        return self.proj(self.norm(x[:, -1])), x[:, :-1]
+        return self.project(self.norm(x[:, -1])), x[:, :-1]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(tokens)[0]

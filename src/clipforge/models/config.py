@@ -43,6 +43,9 @@ class VisionConfig:
     pool: Literal["token", "avg", "map", "coca"] = "token"
     pool_queries: int = 256  # pool="coca" only
     pool_heads: int = 8  # pool="coca" only
+    # pool="avg" only: the final LayerNorm normalises the mean of the patch tokens instead of each token (CLIPA;
+    # open_clip's final_ln_after_pool)
+    norm_after_pool: bool = False
     patch_bias: bool = False
     output_proj: bool = True  # final linear map to ClipConfig.embed_dim
     norm_eps: float = 1e-5
@@ -70,6 +73,9 @@ class VisionConfig:
         _require(self.pool != "coca" or (self.pool_queries >= 2 and self.pool_heads > 0),
                  f"vision.pool='coca' needs vision.pool_queries >= 2 (one for the image feature, the rest for the "
                  f"caption decoder) and positive vision.pool_heads, got {self.pool_queries}, {self.pool_heads}")
+        _require(not self.norm_after_pool or self.pool == "avg",
+                 f"vision.norm_after_pool=true needs vision.pool='avg' (with one pooled token the order of norm and "
+                 f"pool does not matter), got pool='{self.pool}'")
 
     def _check_resnet(self):
         _require(len(self.stage_depths) == 4 and all(d > 0 for d in self.stage_depths),
@@ -99,6 +105,7 @@ class TextConfig:
     pool: Literal["argmax", "last", "first", "eos"] = "argmax"
     eos_id: int | None = None  # only for pool="eos"
     proj_bias: bool = False
+    output_proj: bool = True  # final linear map to ClipConfig.embed_dim (false: features are the pooled width)
     norm_eps: float = 1e-5
     layer_scale_init: float | None = None
     # CoCa: a learned token appended after the text; its output is the text feature (pool must be "last"), and
@@ -115,6 +122,7 @@ class TextConfig:
         _require(self.pool != "eos" or self.eos_id is not None, "text.pool='eos' needs text.eos_id")
         _require(not self.cls_token or (self.pool == "last" and self.causal_mask),
                  "text.cls_token=true (CoCa) needs text.pool='last' and text.causal_mask=true")
+        _require(self.output_proj or not self.proj_bias, "text.proj_bias=true needs text.output_proj=true")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +166,8 @@ class ClipConfig:
     open_clip_timm_model: str | None = None
     tokenizer: str = "clip"  # "clip" (byte-level BPE) or a Hugging Face tokenizer id
     tokenizer_clean: str | None = None  # text cleaning mode; None = the tokenizer's default
+    # Hugging Face tokenizers only: separator ids become 0 (open_clip's strip_sep_token; CLIPA's BERT tokenizer)
+    tokenizer_strip_sep: bool = False
     decoder: DecoderConfig | None = None  # CoCa's caption decoder; None for a two-tower CLIP
 
     def __post_init__(self):
@@ -167,6 +177,10 @@ class ClipConfig:
         _require(self.vision.kind == "resnet" or self.vision.output_proj or self.vision.width == self.embed_dim,
                  f"vision.output_proj=false needs vision.width == embed_dim ({self.vision.width} != "
                  f"{self.embed_dim})")
+        _require(self.text.output_proj or self.text.width == self.embed_dim,
+                 f"text.output_proj=false needs text.width == embed_dim ({self.text.width} != {self.embed_dim})")
+        _require(not self.tokenizer_strip_sep or self.tokenizer != "clip",
+                 "tokenizer_strip_sep=true applies to Hugging Face tokenizers only, not tokenizer='clip'")
         if self.decoder is not None:
             self._check_coca()
 

@@ -14,7 +14,9 @@ The architecture-level conversions (open_clip / HF configs -> ClipConfig) live i
 """
 from __future__ import annotations
 
+import functools
 import re
+import types
 from typing import Callable, Mapping
 
 import torch
@@ -248,18 +250,60 @@ def _hf_to_clipforge(state_dict: StateDict) -> StateDict:
 
 
 # ---------------------------------------------------------------- validation, entry points
-def expected_shapes(config: ClipConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a clipforge model for ``config``, built on the meta device (no memory, no init cost)."""
+@functools.lru_cache(maxsize=256)
+def _expected_shapes(config: ClipConfig) -> Mapping[str, tuple[int, ...]]:
     from clipforge.models.coca import build_model  # it does not import this module; imported here to keep it light
 
     with torch.device("meta"):
         model = build_model(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return types.MappingProxyType({k: tuple(v.shape) for k, v in model.state_dict().items()})
+
+
+def _cached_shapes(config: ClipConfig) -> Mapping[str, tuple[int, ...]]:
+    try:
+        return _expected_shapes(config)
+    except TypeError:  # a config built by hand with a list in it is no cache key
+        return _expected_shapes.__wrapped__(config)
+
+
+def expected_shapes(config: ClipConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a clipforge model for ``config``, built on the meta device (no memory), once per config.
+
+    A meta build still costs about 0.1 s (every init call is dispatched), so results are cached: configs are frozen.
+    """
+    return dict(_cached_shapes(config))
+
+
+def anchor_shapes(config: ClipConfig) -> dict[str, tuple[int, ...] | None]:
+    """A few keys whose shapes ``config`` states directly (None: the key must be absent): a necessary condition for
+    ``shapes_match`` that needs no model build, so a search over every preset builds only the plausible ones.
+    ``tests/models/test_model_registry.py`` checks it against ``expected_shapes``."""
+    v, t = config.vision, config.text
+    out = {"logit_bias": None if config.init_logit_bias is None else (),
+           "text.token_embedding.weight": (t.vocab_size, t.width),
+           "text.pos_embed": (t.context_length + int(t.cls_token), t.width),
+           f"text.transformer.blocks.{t.depth - 1}.norm1.weight": (t.width,),
+           f"text.transformer.blocks.{t.depth}.norm1.weight": None}
+    if v.kind == "resnet":
+        out["visual.attn_pool.pos_embed"] = (v.grid_size ** 2 + 1, v.width * 32)
+    else:
+        out.update({"visual.pos_embed": (v.grid_size ** 2 + int(v.class_token), v.width),
+                    f"visual.transformer.blocks.{v.depth - 1}.norm1.weight": (v.width,),
+                    f"visual.transformer.blocks.{v.depth}.norm1.weight": None})
+    return out
+
+
+def anchors_match(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> bool:
+    """False when ``state_dict`` (clipforge keys) surely does not fit ``config`` (see ``anchor_shapes``)."""
+    return all((tuple(state_dict[k].shape) if k in state_dict else None) == shape
+               for k, shape in anchor_shapes(config).items())
 
 
 def shapes_match(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> bool:
     """True when ``state_dict`` (clipforge keys) has exactly the keys and shapes of a model for ``config``."""
-    expected = expected_shapes(config)
+    if not anchors_match(state_dict, config):
+        return False
+    expected = _cached_shapes(config)
     return set(expected) == set(state_dict) and all(tuple(state_dict[k].shape) == expected[k] for k in expected)
 
 

@@ -27,15 +27,19 @@ _TIMM_SIGLIP_GELU_TANH = frozenset({
     "vit_giantopt_patch16_siglip_384"})
 
 # open_clip options whose non-default values change the architecture in ways clipforge does not implement
-_UNSUPPORTED_VISION = {"attentional_pool": False, "final_ln_after_pool": False, "block_type": None,
+_UNSUPPORTED_VISION = {"attentional_pool": False, "block_type": None,
                        "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
                        "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
                        "output_tokens": False, "timm_proj_bias": False}
-_UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "final_ln_after_pool": False, "proj_type": "linear",
-                     "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+_UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "final_ln_after_pool": False, "block_type": None,
+                     "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
                      "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
-                     "output_tokens": False, "use_pad_mask": False}
+                     "output_tokens": False, "use_pad_mask": False, "tokenizer_mode": None}
 _OC_POOLS = {"tok": "token", "avg": "avg"}
+_OC_TEXT_PROJ = {"linear": True, "none": False}
+# the open_clip text_cfg.tokenizer_kwargs clipforge records (ClipConfig.tokenizer_clean, tokenizer_strip_sep); any
+# other keyword is refused rather than dropped
+_OC_TOKENIZER_KWARGS = ("clean", "strip_sep_token")
 
 
 def _reject_unsupported(cfg: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> None:
@@ -71,9 +75,13 @@ def _vision_from_open_clip(cfg: Mapping[str, Any], act: str) -> tuple[VisionConf
     pool = cfg.get("pool_type", "tok")
     if pool not in _OC_POOLS:
         raise ConfigError(f"open_clip vision pool_type '{pool}' is not supported; use 'tok' or 'avg'")
+    # after 'tok' pooling the order of norm and pool does not matter: one spelling (open_clip ignores it for timm,
+    # ResNet and attention-pooled towers too)
+    norm_after_pool = bool(cfg.get("final_ln_after_pool", False)) and pool == "avg"
     return VisionConfig(kind="vit", image_size=image_size, width=width, num_heads=width // head_width, depth=layers,
                         patch_size=cfg.get("patch_size", 16), mlp_ratio=cfg.get("mlp_ratio", 4.0), act=act,
-                        pre_norm=not cfg.get("no_ln_pre", False), pool=_OC_POOLS[pool], norm_eps=eps,
+                        pre_norm=not cfg.get("no_ln_pre", False), pool=_OC_POOLS[pool],
+                        norm_after_pool=norm_after_pool, norm_eps=eps,
                         layer_scale_init=cfg.get("ls_init_value"),
                         patch_dropout=cfg.get("patch_dropout", 0.0)), None
 
@@ -101,12 +109,16 @@ def _vision_from_timm(cfg: Mapping[str, Any], image_size: int) -> VisionConfig:
 def _text_from_open_clip(cfg: Mapping[str, Any], act: str) -> TextConfig:
     _reject_unsupported(cfg, _UNSUPPORTED_TEXT, "text_cfg")
     act = _tower_act(cfg, act, "text_cfg")
+    proj = cfg.get("proj_type") or "linear"
+    if proj not in _OC_TEXT_PROJ:
+        raise ConfigError(f"open_clip text_cfg proj_type '{proj}' is not supported by clipforge; use 'linear' or "
+                          "'none'")
     return TextConfig(context_length=cfg.get("context_length", 77), vocab_size=cfg.get("vocab_size", 49408),
                       width=cfg.get("width", 512), num_heads=cfg.get("heads", 8), depth=cfg.get("layers", 12),
                       mlp_ratio=cfg.get("mlp_ratio", 4.0), act=act, causal_mask=not cfg.get("no_causal_mask", False),
                       pool=cfg.get("pool_type", "argmax"),
                       eos_id=cfg.get("eos_id", 2) if cfg.get("pool_type") == "eos" else None,
-                      proj_bias=cfg.get("proj_bias", False),
+                      proj_bias=cfg.get("proj_bias", False), output_proj=_OC_TEXT_PROJ[proj],
                       norm_eps=(cfg.get("norm_kwargs") or {}).get("eps", 1e-5),
                       layer_scale_init=cfg.get("ls_init_value"))
 
@@ -139,7 +151,8 @@ def _coca_from_open_clip(model_cfg: Mapping[str, Any], act: str) -> ClipConfig:
                             layer_scale_init=m.get("ls_init_value"))
     return ClipConfig(embed_dim=model_cfg["embed_dim"], vision=vision, text=text, decoder=decoder,
                       init_logit_scale=model_cfg.get("init_logit_scale", math.log(1 / 0.07)),
-                      init_logit_bias=model_cfg.get("init_logit_bias"), open_clip_class="CoCa")
+                      init_logit_bias=model_cfg.get("init_logit_bias"), open_clip_class="CoCa",
+                      tokenizer=text_cfg.get("hf_tokenizer_name") or "clip", **_tokenizer_options(text_cfg))
 
 
 def config_from_open_clip(model_cfg: Mapping[str, Any]) -> ClipConfig:
@@ -150,12 +163,27 @@ def config_from_open_clip(model_cfg: Mapping[str, Any]) -> ClipConfig:
     text_cfg = model_cfg.get("text_cfg", {})
     vision, timm_name = _vision_from_open_clip(model_cfg.get("vision_cfg", {}), act)
     custom_text = model_cfg.get("custom_text", False) or bool(text_cfg.get("hf_model_name"))
-    clean = (text_cfg.get("tokenizer_kwargs") or {}).get("clean")
     return ClipConfig(embed_dim=model_cfg["embed_dim"], vision=vision, text=_text_from_open_clip(text_cfg, act),
                       init_logit_scale=model_cfg.get("init_logit_scale", math.log(1 / 0.07)),
                       init_logit_bias=model_cfg.get("init_logit_bias"),
                       open_clip_class="CustomTextCLIP" if custom_text else "CLIP", open_clip_timm_model=timm_name,
-                      tokenizer=text_cfg.get("hf_tokenizer_name") or "clip", tokenizer_clean=clean)
+                      tokenizer=text_cfg.get("hf_tokenizer_name") or "clip", **_tokenizer_options(text_cfg))
+
+
+def _tokenizer_options(text_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """open_clip's ``tokenizer_kwargs`` as ClipConfig fields; a keyword clipforge cannot honour is an error."""
+    kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
+    unknown = sorted(set(kwargs) - set(_OC_TOKENIZER_KWARGS))
+    if unknown:
+        raise ConfigError(f"open_clip text_cfg tokenizer_kwargs not supported by clipforge: "
+                          f"{', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}; supported: "
+                          f"{', '.join(_OC_TOKENIZER_KWARGS)}")
+    out = {}
+    if kwargs.get("clean") is not None:
+        out["tokenizer_clean"] = kwargs["clean"]
+    if kwargs.get("strip_sep_token"):
+        out["tokenizer_strip_sep"] = True
+    return out
 
 
 def _vision_to_open_clip(config: ClipConfig) -> dict[str, Any]:
@@ -174,6 +202,8 @@ def _vision_to_open_clip(config: ClipConfig) -> dict[str, Any]:
         out.update(attentional_pool=True, attn_pooler_queries=v.pool_queries, attn_pooler_heads=v.pool_heads)
     elif v.pool != "token":
         out["pool_type"] = {"avg": "avg"}.get(v.pool) or _fail(f"vision.pool '{v.pool}' has no open_clip equivalent")
+    if v.norm_after_pool:
+        out["final_ln_after_pool"] = True
     if config.decoder is not None:
         out["output_tokens"] = True
     if v.norm_eps != 1e-5:
@@ -201,14 +231,21 @@ def _text_to_open_clip(config: ClipConfig) -> dict[str, Any]:
         out["eos_id"] = t.eos_id
     if t.proj_bias:
         out["proj_bias"] = True
+    if not t.output_proj:
+        out["proj_type"] = "none"
     if t.norm_eps != 1e-5:
         out["norm_kwargs"] = {"eps": t.norm_eps}
     if t.layer_scale_init is not None:
         out["ls_init_value"] = t.layer_scale_init
     if config.tokenizer != "clip":
         out["hf_tokenizer_name"] = config.tokenizer
+    tokenizer_kwargs = {}
     if config.tokenizer_clean:
-        out["tokenizer_kwargs"] = {"clean": config.tokenizer_clean}
+        tokenizer_kwargs["clean"] = config.tokenizer_clean
+    if config.tokenizer_strip_sep:
+        tokenizer_kwargs["strip_sep_token"] = True
+    if tokenizer_kwargs:
+        out["tokenizer_kwargs"] = tokenizer_kwargs
     if t.cls_token:
         out.update(embed_cls=True, output_tokens=True, pad_id=t.pad_id)
         out.pop("pool_type")  # the appended token overrides open_clip's pool_type

@@ -219,6 +219,8 @@ def tokenizer_for_config(config: ClipConfig, context_length: int | None = None, 
     from clipforge.tokenizer import create_tokenizer  # deferred: keeps `import clipforge.models` light
 
     max_len = config.text.context_length
+    if config.tokenizer_strip_sep:
+        kwargs.setdefault("strip_sep_token", True)
     return create_tokenizer(config.tokenizer, context_length=context_length or max_len, max_context_length=max_len,
                             clean=config.tokenizer_clean, **kwargs)
 

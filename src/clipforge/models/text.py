@@ -22,7 +22,7 @@ class TextTransformer(nn.Module):
         self.transformer = Transformer(width, config.depth, config.num_heads, config.mlp_ratio, config.act,
                                        config.norm_eps, config.layer_scale_init)
         self.norm = LayerNorm(width, eps=config.norm_eps)
-        self.proj = nn.Linear(width, embed_dim, bias=config.proj_bias)
+        self.proj = nn.Linear(width, embed_dim, bias=config.proj_bias) if config.output_proj else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -34,9 +34,10 @@ class TextTransformer(nn.Module):
             nn.init.normal_(block.attn.proj.weight, std=width ** -0.5 * (2 * depth) ** -0.5)
             nn.init.normal_(block.mlp.fc1.weight, std=(2 * width) ** -0.5)
             nn.init.normal_(block.mlp.fc2.weight, std=width ** -0.5 * (2 * depth) ** -0.5)
-        nn.init.normal_(self.proj.weight, std=width ** -0.5)
-        if self.proj.bias is not None:
-            nn.init.zeros_(self.proj.bias)
+        if self.proj is not None:
+            nn.init.normal_(self.proj.weight, std=width ** -0.5)
+            if self.proj.bias is not None:
+                nn.init.zeros_(self.proj.bias)
 
     def _check_input(self, tokens: torch.Tensor) -> None:
         if tokens.ndim != 2 or tokens.dtype.is_floating_point:
@@ -54,13 +55,17 @@ class TextTransformer(nn.Module):
         x = x + self.pos_embed[:length].to(x.dtype)
         index = text_pool_index(tokens, self.config.pool, self.config.eos_id)
         pooled = self.transformer(x, is_causal=self.config.causal_mask, output_index=index)  # (B, D)
-        return self.proj(self.norm(pooled))
+        return self.project(self.norm(pooled))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The output projection (B, width) -> (B, embed_dim); the identity without one (text.output_proj=false)."""
+        return self.proj(pooled) if self.proj is not None else pooled
 
     def param_groups(self) -> list[list[nn.Module | nn.Parameter]]:
         """Embeddings, each block but the last, last block + final norm, projection (from input to output)."""
         blocks = list(self.transformer.blocks)
-        return [[self.token_embedding, self.pos_embed], *[[b] for b in blocks[:-1]],
-                [blocks[-1], self.norm], [self.proj]]
+        head = [[self.proj]] if self.proj is not None else []
+        return [[self.token_embedding, self.pos_embed], *[[b] for b in blocks[:-1]], [blocks[-1], self.norm], *head]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable

@@ -56,6 +56,8 @@ class VisionTransformer(nn.Module):
         return self.norm_pre(self.patch_dropout(x))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.norm_after_pool:  # CLIPA: normalise the mean of the patch tokens
+            return self.norm(x[:, self.num_prefix_tokens:].mean(dim=1))
         x = self.norm(x)
         if self.attn_pool is not None:
             return self.attn_pool(x)
