@@ -1,12 +1,18 @@
 """Training throughput on CPU: one full step (forward, loss, backward, AdamW) of clipforge against open_clip's
 training step on the same architecture, weights and batch, in one run.
 
-    python benchmarks/bench_train.py                 # ViT-S-32 at batch 32, RN50 at 128 px batch 16
-    python benchmarks/bench_train.py --repeats 5
+    python benchmarks/bench_train.py                 # ViT-B-32 and ViT-S-32 at batch 32, RN50 at 128 px batch 16
+    python benchmarks/bench_train.py --repeats 5 --models ViT-B-32
 
 open_clip's side reproduces the inner loop of open_clip_train's train_one_epoch: model(images, texts) ->
 ClipLoss -> backward -> AdamW step -> clamp of logit_scale. clipforge's side is `clipforge.training.step.train_step`
 (the function the trainer calls). Steps of both are interleaved and the best of N is kept (shared machine).
+
+MFU: the step's floating-point operations, counted by torch's FlopCounterMode on open_clip's step (plain torch
+ops: matmuls, convolutions, attention; forward and backward), divided by the step time and by this machine's
+measured fp32 matmul peak (the best of a few 2048 x 2048 x 2048 matmuls in the same process and thread count,
+measured before and after the steps). clipforge computes the same products in fused kernels that the counter
+cannot see, so both sides are credited with the same count.
 """
 from __future__ import annotations
 
@@ -58,6 +64,30 @@ def open_clip_step(model, optimizer, loss_fn, images, tokens):
     return float(loss.detach())
 
 
+def matmul_peak(repeats: int = 5, n: int = 2048) -> float:
+    """Best fp32 matmul rate of this process, in FLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def step_flops(reference, images, tokens) -> int:
+    """FLOPs of one forward + backward of open_clip's model and loss (the optimizer's are negligible)."""
+    import open_clip
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        image_features, text_features, logit_scale = reference(images, tokens)[:3]
+        open_clip.ClipLoss()(image_features, text_features, logit_scale).backward()
+    reference.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
 def run_pair(name, image_size, batch, repeats):
     import open_clip
 
@@ -76,6 +106,7 @@ def run_pair(name, image_size, batch, repeats):
     ref_opt = adamw(reference)
     opt = create_optimizer(model, OptimConfig(lr=1e-4, weight_decay=0.2, beta1=0.9, beta2=0.98, eps=1e-6))
     ref_loss, loss_fn = open_clip.ClipLoss(), create_loss(LossConfig(kind="clip"))
+    flops = step_flops(reference, images, tokens)
     times = {"open_clip": [], "clipforge": []}
     losses = {}
     for _ in range(repeats + 1):  # the first round warms up both
@@ -86,23 +117,38 @@ def run_pair(name, image_size, batch, repeats):
         losses["clipforge"] = train_step(model, images, tokens, loss_fn, opt).loss
         times["clipforge"].append(time.perf_counter() - start)
     best = {k: min(v[1:]) for k, v in times.items()}
-    return {k: batch / v for k, v in best.items()}, losses
+    return {k: batch / v for k, v in best.items()}, losses, {k: flops / v for k, v in best.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-S-32", "RN50@128"],
+                        help="NAME or NAME@PIXELS, each at batch 32 (ResNets at 16)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':<22} {'batch':>5} {'open_clip/s':>12} {'clipforge/s':>12} {'ratio':>6}  first losses (oc / cf)")
-    for name, image_size, batch in (("ViT-S-32", None, 32), ("RN50", 128, 16)):
-        rates, losses = run_pair(name, image_size, batch, args.repeats)
-        label = f"{name}" + (f" @{image_size}px" if image_size else "")
-        print(f"{label:<22} {batch:>5} {rates['open_clip']:>12.1f} {rates['clipforge']:>12.1f} "
-              f"{rates['clipforge'] / rates['open_clip']:>5.2f}x  {losses['open_clip']:.4f} / {losses['clipforge']:.4f}")
+    import os
+
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; load average "
+          f"{os.getloadavg()[0]:.2f}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'model':<16} {'batch':>5} {'GFLOP/step':>10} {'open_clip/s':>12} {'clipforge/s':>12} {'ratio':>6} "
+          f"{'MFU oc':>7} {'MFU cf':>7}  first losses (oc / cf)")
+    for spec in args.models:
+        name, _, pixels = spec.partition("@")
+        image_size = int(pixels) if pixels else None
+        batch = 16 if name.startswith("RN") else 32
+        rates, losses, flop_rates = run_pair(name, image_size, batch, args.repeats)
+        peak = max(peak, matmul_peak(repeats=2))  # the best seen in the run: MFU is never flattered by a slow start
+        step_gflop = flop_rates["open_clip"] / rates["open_clip"] * batch / 1e9
+        print(f"{spec:<16} {batch:>5} {step_gflop:>10.1f} {rates['open_clip']:>12.1f} {rates['clipforge']:>12.1f} "
+              f"{rates['clipforge'] / rates['open_clip']:>5.2f}x {flop_rates['open_clip'] / peak:>6.0%} "
+              f"{flop_rates['clipforge'] / peak:>6.0%}  {losses['open_clip']:.4f} / {losses['clipforge']:.4f}")
+    print(f"peak used for MFU: {peak / 1e9:.1f} GFLOP/s; load average after {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

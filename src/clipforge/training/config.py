@@ -29,6 +29,7 @@ class ModelSection:
     image_size: Optional[int] = None
     grad_checkpointing: bool = False
     compile: bool = False                     # torch.compile the model
+    channels_last: bool = False               # NHWC weights and images: faster convolutions (ResNets) on GPUs
     lock_image: bool = False                  # LiT: freeze the image tower ...
     lock_image_unlocked_groups: int = 0       # ... except its last N groups
     lock_text: bool = False

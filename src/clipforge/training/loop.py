@@ -119,7 +119,8 @@ def build_model(cfg: TrainConfig, ctx: RunContext) -> torch.nn.Module:
         model.decoder.requires_grad_(False)
         logger.info("the caption decoder is frozen: loss.kind=%s trains the contrastive towers only", cfg.loss.kind)
     adapters.apply_lora(model, cfg.lora)
-    return model.to(device=ctx.device, dtype=get_precision(cfg.optim.precision).weights)
+    model = model.to(device=ctx.device, dtype=get_precision(cfg.optim.precision).weights)
+    return model.to(memory_format=torch.channels_last) if m.channels_last else model
 
 
 def _model_section(model: torch.nn.Module) -> dict[str, Any]:
@@ -276,6 +277,7 @@ class _Batches:
 
     def __init__(self, cfg: TrainConfig, ctx: RunContext, state: RunState, transform, tokenizer):
         self.cfg, self.ctx, self.state, self.transform, self.tokenizer = cfg, ctx, state, transform, tokenizer
+        self.channels_last = cfg.model.channels_last
         self.done = DataStats()
         self.loader = self._loader()
         self._it = None
@@ -292,7 +294,10 @@ class _Batches:
             batch = next(self._it, None)
             if batch is not None:
                 images, tokens = batch
-                return images.to(self.ctx.device, non_blocking=True), tokens.to(self.ctx.device, non_blocking=True)
+                images = images.to(self.ctx.device, non_blocking=True)
+                if self.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                return images, tokens.to(self.ctx.device, non_blocking=True)
             initial = self.loader.initial.as_dict()
             self.done.add({k: v - initial[k] for k, v in self.loader.stats.as_dict().items()})
             self.state.epoch += 1
