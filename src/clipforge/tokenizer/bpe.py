@@ -236,7 +236,7 @@ class ClipTokenizer:
         self._rust = _rust_stream_bpe(vocab, merges)
         # Ids that end a word: "</w>" tokens, and the special tokens (always whole words, without "</w>").
         self._ends_word = np.array([t.endswith(EOW) or t in (SOT_TOKEN, EOT_TOKEN) for t in vocab], dtype=bool)
-        self._ends_word_list = self._ends_word.tolist()
+        self._alphabet = [byte_alphabet()[b] for b in range(256)]  # byte value -> its character in the BPE alphabet
         self._id_to_token = list(vocab)
         self._byte_of = {c: b for b, c in byte_alphabet().items()}
         self.vocab_size = len(vocab)
@@ -278,19 +278,11 @@ class ClipTokenizer:
             self._words.extend(missing, *self._bpe_words(missing))
 
     def _learn_few_words(self, words: list[str]) -> None:
-        """``_learn_words`` for a handful of words, in plain Python: numpy's per-call cost would dominate."""
-        if not words:
-            return
-        ids = self._rust.encode_batch_fast([" ".join(words)], add_special_tokens=False)[0].ids
-        ends_word, start, done = self._ends_word_list, 0, 0
-        for end, token in enumerate(ids, 1):
-            if ends_word[token]:
-                if done == len(words):
-                    break
-                self._words.append(words[done], ids[start:end])
-                done, start = done + 1, end
-        if done != len(words) or start != len(ids):
-            raise RuntimeError("internal error: the Rust BPE did not return one end-of-word token per word")
+        """``_learn_words`` for a handful of words, in plain Python, each word through the Rust BPE model directly:
+        a pipeline call costs more than the BPE of a few words, and numpy's per-call cost would dominate too."""
+        tokenize, alphabet, append = self._rust.model.tokenize, self._alphabet, self._words.append
+        for word in words:
+            append(word, [token.id for token in tokenize("".join(map(alphabet.__getitem__, word.encode())))])
 
     def _bpe_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(number of ids of each chunk, all their ids one chunk after the other), through the word table: the
