@@ -85,6 +85,24 @@ def test_strip_sep_token_and_left_padding_match(tmp_path, reference_cls):
     assert (a[:, 0] == ours_left.pad_token_id).any()
 
 
+def test_bert_tokenizer_without_declared_specials_gets_transformers_class_defaults(tmp_path, reference_cls):
+    """bert-base-uncased (CLIPA's text tokenizer) names neither its pad nor its separator token: transformers takes
+    them from BertTokenizer's defaults, chosen through the model config's model_type; so does clipforge."""
+    source = _bert_like(tmp_path / "src")
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "tokenizer.json").write_bytes((tmp_path / "src" / "tokenizer.json").read_bytes())
+    (bert / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 300}))
+    texts = _texts(100, seed=4)
+    ours = HFTokenizer(str(bert), context_length=16, strip_sep_token=True, local_files_only=True)
+    assert (ours.pad_token, ours.sep_token) == ("[PAD]", "[SEP]") and source
+    assert torch.equal(ours(texts), reference_cls(str(bert), context_length=16, strip_sep_token=True)(texts))
+    (bert / "config.json").unlink()  # nothing names the family: the error says what to add
+    with pytest.raises(ValueError, match="no pad token"):
+        HFTokenizer(str(bert), local_files_only=True)
+
+
 def test_call_length_override_encode_and_decode(siglip_dir):
     tok = HFTokenizer(siglip_dir, context_length=8, clean="canonicalize", local_files_only=True)
     assert tok(["a cat"], context_length=12).shape == (1, 12)

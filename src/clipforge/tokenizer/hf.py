@@ -18,6 +18,19 @@ from clipforge.tokenizer.clean import get_clean_fn
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+MODEL_CONFIG_FILE = "config.json"  # the model's config: its model_type names the tokenizer class transformers picks
+
+# transformers fills the special tokens a tokenizer's files leave out from its tokenizer class's defaults
+# (bert-base-uncased, the CLIPA text tokenizer, declares neither its pad nor its separator token). The families
+# open_clip's text towers use, by tokenizer class (without "Fast") or by the model config's model_type:
+_FAMILY_DEFAULTS = {
+    "bert": {"pad_token": "[PAD]", "sep_token": "[SEP]"},
+    "roberta": {"pad_token": "<pad>", "sep_token": "</s>"},
+    "t5": {"pad_token": "<pad>"},
+}
+_FAMILY_OF = {"bert": "bert", "berttokenizer": "bert", "roberta": "roberta", "robertatokenizer": "roberta",
+              "xlm-roberta": "roberta", "xlmrobertatokenizer": "roberta", "nllbtokenizer": "roberta",
+              "m2m_100": "roberta", "t5": "t5", "t5tokenizer": "t5", "mt5": "t5", "mt5tokenizer": "t5"}
 HUB_PREFIX = "hf-hub:"
 
 
@@ -47,7 +60,7 @@ def _download(repo_id: str, filename: str, cache_dir, local_files_only: bool, re
 def resolve_files(name: str, cache_dir=None, local_files_only: bool = False) -> dict[str, str | None]:
     """Paths of ``tokenizer.json`` (required) and the optional config files, from a directory or a hub repo."""
     name = name[len(HUB_PREFIX):] if name.startswith(HUB_PREFIX) else name
-    names = (TOKENIZER_FILE, *CONFIG_FILES)
+    names = (TOKENIZER_FILE, *CONFIG_FILES, MODEL_CONFIG_FILE)
     if os.path.isdir(name):
         paths = {f: os.path.join(name, f) for f in names}
         if not os.path.isfile(paths[TOKENIZER_FILE]):
@@ -69,6 +82,13 @@ def _token_text(value) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
     return value
+
+
+def _family_defaults(configs: list[dict], model_config: dict) -> dict:
+    """The special tokens transformers' tokenizer class would supply where the files are silent (lowest precedence)."""
+    name = str(_setting("tokenizer_class", configs) or model_config.get("model_type") or "").lower()
+    name = name[:-len("fast")] if name.endswith("fast") else name
+    return dict(_FAMILY_DEFAULTS.get(_FAMILY_OF.get(name, ""), {}))
 
 
 def _setting(key: str, configs: list[dict]):
@@ -93,6 +113,7 @@ class HFTokenizer:
         files = resolve_files(name, cache_dir=cache_dir, local_files_only=local_files_only)
         self._tokenizer = Tokenizer.from_file(files[TOKENIZER_FILE])
         configs = [_read_json(files[f]) for f in CONFIG_FILES]
+        configs.append(_family_defaults(configs, _read_json(files.get(MODEL_CONFIG_FILE))))
         self._configure_specials(configs)
         self._length = None
 
