@@ -9,6 +9,7 @@ from clipforge.models.config import ClipConfig, TextConfig, VisionConfig
 from clipforge.models.coca import build_model
 from clipforge.models.convert import anchors_match, config_from_open_clip, config_to_open_clip
 from clipforge.models.registry import UnknownModelError, get_architecture, list_models
+from model_helpers import hf_stand_in
 
 REQUIRED = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-B-16-plus-240", "ViT-L-14",
             "ViT-L-14-336", "ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256",
@@ -28,6 +29,7 @@ def test_list_models_is_sorted_and_complete():
 def test_every_preset_parses_and_builds_on_meta(name):
     config = get_architecture(name)
     assert from_dict(ClipConfig, to_dict(config)) == config
+    config = hf_stand_in(config)  # a Hugging Face text tower: a small local config instead of the hub's config.json
     with torch.device("meta"):
         model = build_model(config)
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -100,8 +102,9 @@ def test_open_clip_config_round_trip(name):
 def test_open_clip_config_rejects_unsupported_options():
     with pytest.raises(ConfigError, match="qk_norm"):
         config_from_open_clip({"embed_dim": 512, "vision_cfg": {"qk_norm": True}, "text_cfg": {}})
-    with pytest.raises(ConfigError, match="timm"):
-        config_from_open_clip({"embed_dim": 512, "vision_cfg": {"timm_model_name": "convnext_base"}, "text_cfg": {}})
+    with pytest.raises(ConfigError, match="rot_attn"):  # open_clip's attention-pool heads on timm trunks
+        config_from_open_clip({"embed_dim": 512, "vision_cfg": {"timm_model_name": "resnet50", "timm_pool": "rot_attn"},
+                               "text_cfg": {}})
 
 
 def test_open_clip_clipa_and_projection_options():

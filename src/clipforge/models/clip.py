@@ -10,8 +10,10 @@ from torch.nn import functional as F
 
 from clipforge.layers.norm import freeze_batch_norm
 from clipforge.models.config import ClipConfig
+from clipforge.models.hf_text import HFTextTower
 from clipforge.models.resnet import ModifiedResNet
 from clipforge.models.text import TextTransformer
+from clipforge.models.timm_vision import TimmVisionTower
 from clipforge.models.vit import VisionTransformer
 from clipforge.transforms import PreprocessConfig
 
@@ -30,7 +32,15 @@ def _run_chunked(tower: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 def build_vision_tower(config: ClipConfig) -> nn.Module:
     if config.vision.kind == "resnet":
         return ModifiedResNet(config.vision, config.embed_dim)
+    if config.vision.kind == "timm":
+        return TimmVisionTower(config.vision, config.embed_dim)  # imports timm (the timm extra) only now
     return VisionTransformer(config.vision, config.embed_dim)
+
+
+def build_text_tower(config: ClipConfig) -> nn.Module:
+    if config.text.kind == "hf":
+        return HFTextTower(config.text, config.embed_dim)  # imports transformers (the hf extra) only now
+    return TextTransformer(config.text, config.embed_dim)
 
 
 def _set_trainable(items: Sequence, trainable: bool) -> None:
@@ -75,7 +85,7 @@ class CLIP(nn.Module):
 
     def build_towers(self, config: ClipConfig) -> tuple[nn.Module, nn.Module]:
         """(image tower, text tower); a model family with other towers (CoCa) overrides this."""
-        return build_vision_tower(config), TextTransformer(config.text, config.embed_dim)
+        return build_vision_tower(config), build_text_tower(config)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:

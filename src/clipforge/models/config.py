@@ -1,14 +1,15 @@
 """Architecture configs: ``VisionConfig``, ``TextConfig`` and ``ClipConfig``.
 
-Frozen dataclasses, validated on construction. The vision tower is chosen by ``kind`` only. A ``DecoderConfig``
+Frozen dataclasses, validated on construction. Each tower is chosen by its ``kind`` only. A ``DecoderConfig``
 in ``ClipConfig.decoder`` makes the model a CoCa (contrastive captioner, ``models/coca.py``).
 Presets in ``presets/*.json`` are these dataclasses written with ``clipforge.config.to_dict``.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from clipforge.config import ConfigError
 
@@ -21,13 +22,39 @@ def _require(condition: bool, message: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class TimmVisionConfig:
+    """A timm model as the image tower (``vision.kind="timm"``), as open_clip's TimmModel: the trunk built by
+    ``timm.create_model(model_name, pretrained=False)`` (the weights come from the CLIP checkpoint), then a head.
+
+    ``pool``: timm's ``global_pool`` ('' keeps the model's own); ``proj``: ``linear`` or ``mlp`` (open_clip's head on
+    the trunk's pooled features; the MLP's hidden width is 2 * embed_dim), ``head`` (the trunk's own classifier,
+    sized to embed_dim, is the projection: open_clip's ``timm_proj: null``) or ``none`` (the trunk's features as
+    they are). ``drop``: dropout before the head; ``drop_path``: the trunk's stochastic depth (None: timm's default).
+    """
+    model_name: str
+    pool: str = "avg"
+    proj: Literal["linear", "mlp", "head", "none"] = "linear"
+    proj_bias: bool = False
+    drop: float = 0.0
+    drop_path: float | None = None
+
+    def __post_init__(self):
+        _require(bool(self.model_name), "vision.timm.model_name must name a timm model (e.g. 'convnext_base')")
+        _require(self.pool not in ("abs_attn", "rot_attn"),
+                 f"vision.timm.pool='{self.pool}' (open_clip's attention-pool heads) is not supported")
+        _require(0.0 <= self.drop < 1.0, f"vision.timm.drop must be in [0, 1), got {self.drop}")
+
+
+@dataclasses.dataclass(frozen=True)
 class VisionConfig:
-    """Image tower. ``kind="vit"``: Vision Transformer; ``kind="resnet"``: CLIP's ModifiedResNet.
+    """Image tower. ``kind="vit"``: Vision Transformer; ``kind="resnet"``: CLIP's ModifiedResNet; ``kind="timm"``: a
+    timm model described by ``timm`` (a ``TimmVisionConfig``; of the other fields only ``image_size``, for the
+    preprocessing, and ``patch_dropout`` apply).
 
     For ResNets ``width`` is the stem width (64 for RN50), ``stage_depths`` the blocks per stage and
     ``num_heads`` the heads of the attention-pool head.
     """
-    kind: Literal["vit", "resnet"] = "vit"
+    kind: Literal["vit", "resnet", "timm"] = "vit"
     image_size: int = 224
     width: int = 768
     num_heads: int = 12
@@ -51,15 +78,25 @@ class VisionConfig:
     norm_eps: float = 1e-5
     layer_scale_init: float | None = None
     patch_dropout: float = 0.0
+    timm: TimmVisionConfig | None = None  # kind="timm" only
 
     def __post_init__(self):
         _require(self.image_size > 0, f"vision.image_size must be positive, got {self.image_size}")
         _require(self.width > 0 and self.num_heads > 0, "vision.width and vision.num_heads must be positive")
         _require(0.0 <= self.patch_dropout < 1.0, f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        _require((self.kind == "timm") == (self.timm is not None),
+                 f"vision.kind='timm' needs the vision.timm section and other kinds must not have one "
+                 f"(kind='{self.kind}')")
         if self.kind == "vit":
             self._check_vit()
-        else:
+        elif self.kind == "resnet":
             self._check_resnet()
+        else:
+            unused = [f.name for f in dataclasses.fields(self) if f.name not in ("kind", "image_size",
+                                                                                 "patch_dropout", "timm")
+                      and getattr(self, f.name) != f.default]
+            _require(not unused, f"vision.kind='timm' takes its architecture from vision.timm; remove "
+                                 f"vision.{', vision.'.join(unused)}")
 
     def _check_vit(self):
         _require(self.width % self.num_heads == 0,
@@ -92,8 +129,41 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HFTextConfig:
+    """A Hugging Face transformers encoder as the text tower (``text.kind="hf"``), as open_clip's HFTextEncoder.
+
+    ``model_name``: the hub id whose ``config.json`` gives the encoder's architecture (never its weights: those come
+    from the CLIP checkpoint). ``model_config``: that config as a dict (``model_type`` plus any fields that differ
+    from transformers' defaults); when set it replaces the hub lookup (configs written by hand, tests, offline use).
+    ``pool``: over the last hidden states, ignoring padding: ``mean``, ``max``; ``cls``: the model's pooler output
+    where it has a pooler (BERT / RoBERTa: dense + tanh on the first token), else the first token; ``first``: the
+    first token. ``proj``: to ``embed_dim``: ``linear``, ``mlp`` (linear, GELU, linear; hidden (width + embed_dim) // 2)
+    or ``none`` (the encoder width must equal embed_dim).
+    """
+    model_name: str
+    model_config: dict[str, Any] | None = None
+    pool: Literal["mean", "max", "cls", "first"] = "mean"
+    proj: Literal["linear", "mlp", "none"] = "mlp"
+    proj_bias: bool = False
+
+    def __post_init__(self):
+        _require(bool(self.model_name), "text.hf.model_name must name the Hugging Face model (e.g. 'roberta-base')")
+        _require(self.model_config is None or isinstance(self.model_config.get("model_type"), str),
+                 "text.hf.model_config must hold the transformers config as a dict with its 'model_type'")
+        _require(self.proj != "none" or not self.proj_bias, "text.hf.proj_bias=true needs text.hf.proj != 'none'")
+
+    def __hash__(self):  # the config dict is not hashable; configs are cache keys (convert.expected_shapes)
+        return hash((self.model_name, json.dumps(self.model_config, sort_keys=True, default=str), self.pool,
+                     self.proj, self.proj_bias))
+
+
+@dataclasses.dataclass(frozen=True)
 class TextConfig:
-    """Text transformer: token + positional embedding, pre-norm blocks, final norm, pooled projection."""
+    """Text tower. ``kind="transformer"``: CLIP's text transformer (token + positional embedding, pre-norm blocks,
+    final norm, pooled projection). ``kind="hf"``: a Hugging Face encoder described by ``hf`` (an ``HFTextConfig``);
+    of the other fields only ``context_length`` (the tokenizer's length) applies, the rest keep their defaults.
+    """
+    kind: Literal["transformer", "hf"] = "transformer"
     context_length: int = 77
     vocab_size: int = 49408
     width: int = 512
@@ -112,8 +182,16 @@ class TextConfig:
     # keys are masked where the *previous* token is ``pad_id`` (open_clip's mask for its published CoCa weights)
     cls_token: bool = False
     pad_id: int = 0
+    hf: HFTextConfig | None = None  # kind="hf" only
 
     def __post_init__(self):
+        _require((self.kind == "hf") == (self.hf is not None),
+                 f"text.kind='hf' needs the text.hf section and other kinds must not have one (kind='{self.kind}')")
+        if self.kind == "hf":
+            unused = [f.name for f in dataclasses.fields(self) if f.name not in ("kind", "context_length", "hf")
+                      and getattr(self, f.name) != f.default]
+            _require(not unused, f"text.kind='hf' takes its architecture from text.hf; remove "
+                                 f"text.{', text.'.join(unused)}")
         _require(self.context_length > 0 and self.vocab_size > 0,
                  "text.context_length and text.vocab_size must be positive")
         _require(self.width % self.num_heads == 0,
@@ -174,6 +252,8 @@ class ClipConfig:
         _require(self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}")
         _require(isinstance(self.vision, VisionConfig) and isinstance(self.text, TextConfig),
                  "vision and text must be VisionConfig and TextConfig (use clipforge.config.from_dict for dicts)")
+        _require(self.decoder is None or self.text.kind == "transformer",
+                 "a CoCa model (decoder set) needs text.kind='transformer'")
         _require(self.vision.kind == "resnet" or self.vision.output_proj or self.vision.width == self.embed_dim,
                  f"vision.output_proj=false needs vision.width == embed_dim ({self.vision.width} != "
                  f"{self.embed_dim})")

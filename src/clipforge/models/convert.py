@@ -3,8 +3,10 @@
 Pure functions, state_dict -> state_dict. Supported sources:
 
 - open_clip ``CLIP`` (flat text keys, also OpenAI's ``.pt`` archives) and ``CustomTextCLIP`` (``text.*``),
-  including its timm-based SigLIP vision tower (``visual.trunk.*``, ``visual.head.*``), and ``CoCa`` (its attentional
+  including its timm-based SigLIP vision tower (``visual.trunk.*``, ``visual.head.*``; other timm towers keep
+  these keys in clipforge), and ``CoCa`` (its attentional
   pooler ``visual.attn_pool.*``, the text tower's ``cls_emb``, the decoder ``text_decoder.*``);
+- open_clip's Hugging Face text towers (``text.transformer.*``, ``text.proj*``): the same keys in clipforge;
 - Hugging Face transformers ``CLIPModel``;
 - clipforge itself.
 
@@ -64,6 +66,8 @@ _HF_TOP = [("logit_scale", "logit_scale"), ("visual_projection.weight", "visual.
 # HF index buffers: recomputed by every model, they carry no weights.
 _HF_BUFFERS = ("vision_model.embeddings.position_ids", "text_model.embeddings.position_ids")
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+# an index buffer that transformers < 4.31 saved with RoBERTa / XLM-R weights (open_clip drops it too)
+_HF_TEXT_BUFFERS = ("text.transformer.embeddings.position_ids",)
 
 _BLOCK_RE = re.compile(r"^(.*?)(?:transformer\.resblocks|trunk\.blocks|encoder\.layers|transformer\.blocks)\.(\d+)\.(.*)$")
 
@@ -98,6 +102,8 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
         return "openai"
     if "positional_embedding" in keys or "text.positional_embedding" in keys:
         return "open_clip"
+    if any(k.startswith("text.transformer.") for k in keys):  # a Hugging Face text tower: same keys in both
+        return "clipforge" if keys & {"visual.pos_embed", "visual.attn_pool.pos_embed"} else "open_clip"
     sample = ", ".join(sorted(keys)[:5])
     raise ConversionError(f"unrecognised checkpoint layout (first keys: {sample}); expected an open_clip, OpenAI, "
                           f"Hugging Face CLIPModel or clipforge state dict")
@@ -137,9 +143,11 @@ def _fix_visual_tensor(name: str, tensor: torch.Tensor) -> torch.Tensor:
 def _open_clip_to_clipforge(state_dict: StateDict, config: ClipConfig) -> StateDict:
     text_prefix = "text." if "text.positional_embedding" in state_dict else ""
     out, unknown = {}, []
+    hf_text, timm_vision = config.text.kind == "hf", config.vision.kind == "timm"
     for key, tensor in state_dict.items():
-        if key in ("logit_scale", "logit_bias"):
-            out[key] = tensor
+        if key in ("logit_scale", "logit_bias") or (hf_text and key.startswith("text.")) or \
+                (timm_vision and key.startswith("visual.")):
+            out[key] = tensor  # open_clip's Hugging Face text and timm image towers have clipforge's keys
         elif key.startswith(_OC_POOL_ATTN) and not key.startswith(_OC_POOL_ATTN + "out_proj."):
             continue  # packed below
         elif key.startswith("text_decoder."):
@@ -279,13 +287,18 @@ def anchor_shapes(config: ClipConfig) -> dict[str, tuple[int, ...] | None]:
     ``shapes_match`` that needs no model build, so a search over every preset builds only the plausible ones.
     ``tests/models/test_model_registry.py`` checks it against ``expected_shapes``."""
     v, t = config.vision, config.text
-    out = {"logit_bias": None if config.init_logit_bias is None else (),
-           "text.token_embedding.weight": (t.vocab_size, t.width),
-           "text.pos_embed": (t.context_length + int(t.cls_token), t.width),
-           f"text.transformer.blocks.{t.depth - 1}.norm1.weight": (t.width,),
-           f"text.transformer.blocks.{t.depth}.norm1.weight": None}
+    out: dict[str, tuple[int, ...] | None] = {"logit_bias": None if config.init_logit_bias is None else ()}
+    if t.kind == "hf":  # the encoder's shapes need its transformers config: only the absence of CLIP's text keys
+        out["text.pos_embed"] = None
+    else:
+        out.update({"text.token_embedding.weight": (t.vocab_size, t.width),
+                    "text.pos_embed": (t.context_length + int(t.cls_token), t.width),
+                    f"text.transformer.blocks.{t.depth - 1}.norm1.weight": (t.width,),
+                    f"text.transformer.blocks.{t.depth}.norm1.weight": None})
     if v.kind == "resnet":
         out["visual.attn_pool.pos_embed"] = (v.grid_size ** 2 + 1, v.width * 32)
+    elif v.kind == "timm":  # the trunk's shapes need timm: only the absence of clipforge's own tower keys
+        out.update({"visual.pos_embed": None, "visual.attn_pool.pos_embed": None})
     else:
         out.update({"visual.pos_embed": (v.grid_size ** 2 + int(v.class_token), v.width),
                     f"visual.transformer.blocks.{v.depth - 1}.norm1.weight": (v.width,),
@@ -309,7 +322,7 @@ def shapes_match(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClipConfig) -> StateDict:
     """Any supported layout -> clipforge keys for ``config`` (a pure key map: the loader checks keys and shapes)."""
-    state_dict = strip_prefix(dict(state_dict))
+    state_dict = {k: v for k, v in strip_prefix(dict(state_dict)).items() if k not in _HF_TEXT_BUFFERS}
     converters: dict[str, Callable[[StateDict], StateDict]] = {
         "clipforge": dict,
         "openai": lambda sd: _open_clip_to_clipforge(
@@ -378,9 +391,13 @@ def to_open_clip_state_dict(state_dict: Mapping[str, torch.Tensor], config: Clip
             continue  # written by _to_open_clip_pool
         elif key.startswith("decoder."):
             out[_to_open_clip_decoder_key(key)] = tensor.t() if key == "decoder.proj.weight" else tensor
+        elif key.startswith("visual.") and config.vision.kind == "timm":
+            out[key] = tensor  # open_clip's TimmModel keys
         elif key.startswith("visual."):
             for name, value in _to_open_clip_visual(key[len("visual."):], tensor, config).items():
                 out["visual." + name] = value
+        elif key.startswith("text.") and config.text.kind == "hf":
+            out[key] = tensor  # open_clip's HFTextEncoder keys (always under text.: a CustomTextCLIP)
         elif key.startswith("text."):
             name = key[len("text."):]
             block = _BLOCK_RE.match(name)

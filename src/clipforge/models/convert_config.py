@@ -13,7 +13,8 @@ from typing import Any, Mapping
 import torch
 
 from clipforge.config import ConfigError
-from clipforge.models.config import ClipConfig, DecoderConfig, TextConfig, VisionConfig
+from clipforge.models.config import (ClipConfig, DecoderConfig, HFTextConfig, TextConfig, TimmVisionConfig,
+                                     VisionConfig)
 
 # timm SigLIP trunks open_clip names in its configs: size -> (width, depth, num_heads, mlp_ratio)
 _TIMM_SIGLIP_SIZES = {"base": (768, 12, 12, 4.0), "large": (1024, 24, 16, 4.0), "so400m": (1152, 27, 16, 3.7362),
@@ -37,6 +38,10 @@ _UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "final_ln_after_
                      "output_tokens": False, "use_pad_mask": False, "tokenizer_mode": None}
 _OC_POOLS = {"tok": "token", "avg": "avg"}
 _OC_TEXT_PROJ = {"linear": True, "none": False}
+# open_clip's HFTextEncoder poolers and projections (hf_pooler_type, hf_proj_type) -> HFTextConfig.pool, .proj
+_OC_HF_POOLS = {"mean_pooler": "mean", "max_pooler": "max", "cls_pooler": "cls",
+                "cls_last_hidden_state_pooler": "first"}
+_OC_HF_PROJ = {"linear": "linear", "mlp": "mlp", None: "none"}
 # the open_clip text_cfg.tokenizer_kwargs clipforge records (ClipConfig.tokenizer_clean, tokenizer_strip_sep); any
 # other keyword is refused rather than dropped
 _OC_TOKENIZER_KWARGS = ("clean", "strip_sep_token")
@@ -60,12 +65,15 @@ def _tower_act(cfg: Mapping[str, Any], act: str, where: str) -> str:
 
 
 def _vision_from_open_clip(cfg: Mapping[str, Any], act: str) -> tuple[VisionConfig, str | None]:
-    _reject_unsupported(cfg, _UNSUPPORTED_VISION, "vision_cfg")
     image_size = cfg.get("image_size", 224)
     if cfg.get("timm_model_name"):
         if cfg.get("act_kwargs"):
             raise ConfigError("open_clip vision_cfg act_kwargs with a timm tower is not supported by clipforge")
-        return _vision_from_timm(cfg, image_size), cfg["timm_model_name"]
+        if _TIMM_SIGLIP_RE.match(cfg["timm_model_name"]) and cfg.get("timm_pool", "avg") == "map":
+            _reject_unsupported(cfg, _UNSUPPORTED_VISION, "vision_cfg")
+            return _vision_from_timm(cfg, image_size), cfg["timm_model_name"]  # clipforge's own ViT
+        return _timm_tower_from_open_clip(cfg, image_size), None
+    _reject_unsupported(cfg, _UNSUPPORTED_VISION, "vision_cfg")
     act = _tower_act(cfg, act, "vision_cfg")
     eps = (cfg.get("norm_kwargs") or {}).get("eps", 1e-5)
     layers, width, head_width = cfg.get("layers", 12), cfg.get("width", 768), cfg.get("head_width", 64)
@@ -84,6 +92,24 @@ def _vision_from_open_clip(cfg: Mapping[str, Any], act: str) -> tuple[VisionConf
                         norm_after_pool=norm_after_pool, norm_eps=eps,
                         layer_scale_init=cfg.get("ls_init_value"),
                         patch_dropout=cfg.get("patch_dropout", 0.0)), None
+
+
+# open_clip's timm_proj -> TimmVisionConfig.proj (null and '' use the trunk's own classifier as the projection)
+_OC_TIMM_PROJ = {"linear": "linear", "mlp": "mlp", "none": "none", None: "head", "": "head"}
+
+
+def _timm_tower_from_open_clip(cfg: Mapping[str, Any], image_size: int) -> VisionConfig:
+    """Any other timm trunk: built by timm itself (vision.kind='timm'); open_clip's TimmModel reads only the timm_*
+    options, image_size and patch_dropout, so only those are converted."""
+    if cfg.get("output_tokens"):
+        raise ConfigError("open_clip vision_cfg output_tokens=True with a timm tower is not supported by clipforge")
+    proj = cfg.get("timm_proj", "linear")
+    if proj not in _OC_TIMM_PROJ:
+        raise ConfigError(f"open_clip timm_proj={proj!r} is not supported; use 'linear', 'mlp', 'none' or null")
+    timm = TimmVisionConfig(model_name=cfg["timm_model_name"], pool=cfg.get("timm_pool", "avg"),
+                            proj=_OC_TIMM_PROJ[proj], proj_bias=bool(cfg.get("timm_proj_bias", False)),
+                            drop=float(cfg.get("timm_drop", 0.0)), drop_path=cfg.get("timm_drop_path"))
+    return VisionConfig(kind="timm", image_size=image_size, patch_dropout=cfg.get("patch_dropout", 0.0), timm=timm)
 
 
 def _vision_from_timm(cfg: Mapping[str, Any], image_size: int) -> VisionConfig:
@@ -106,7 +132,25 @@ def _vision_from_timm(cfg: Mapping[str, Any], image_size: int) -> VisionConfig:
                         patch_dropout=cfg.get("patch_dropout", 0.0))
 
 
+def _hf_text_from_open_clip(cfg: Mapping[str, Any]) -> TextConfig:
+    """An open_clip ``text_cfg`` with ``hf_model_name``: HFTextEncoder reads only the hf_* options (3.3.0 ignores
+    ``proj_bias`` and the built-in tower's fields for it), so only those are converted."""
+    if cfg.get("output_tokens"):
+        raise ConfigError("open_clip text_cfg output_tokens=True with a Hugging Face text tower is not supported")
+    pool, proj = cfg.get("hf_pooler_type", "mean_pooler"), cfg.get("hf_proj_type", "mlp")
+    if pool not in _OC_HF_POOLS:
+        raise ConfigError(f"open_clip text_cfg hf_pooler_type={pool!r} is not supported by clipforge; use one of "
+                          f"{', '.join(_OC_HF_POOLS)}")
+    if proj not in _OC_HF_PROJ:
+        raise ConfigError(f"open_clip text_cfg hf_proj_type={proj!r} is not supported by clipforge; use 'linear', "
+                          "'mlp' or null")
+    hf = HFTextConfig(model_name=cfg["hf_model_name"], pool=_OC_HF_POOLS[pool], proj=_OC_HF_PROJ[proj])
+    return TextConfig(kind="hf", context_length=cfg.get("context_length", 77), hf=hf)
+
+
 def _text_from_open_clip(cfg: Mapping[str, Any], act: str) -> TextConfig:
+    if cfg.get("hf_model_name"):
+        return _hf_text_from_open_clip(cfg)
     _reject_unsupported(cfg, _UNSUPPORTED_TEXT, "text_cfg")
     act = _tower_act(cfg, act, "text_cfg")
     proj = cfg.get("proj_type") or "linear"
@@ -186,8 +230,23 @@ def _tokenizer_options(text_cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _timm_tower_to_open_clip(v: VisionConfig) -> dict[str, Any]:
+    t = v.timm
+    out = {"image_size": v.image_size, "timm_model_name": t.model_name, "timm_model_pretrained": False,
+           "timm_pool": t.pool, "timm_proj": None if t.proj == "head" else t.proj, "timm_drop": t.drop}
+    if t.proj_bias:
+        out["timm_proj_bias"] = True
+    if t.drop_path is not None:
+        out["timm_drop_path"] = t.drop_path
+    if v.patch_dropout:
+        out["patch_dropout"] = v.patch_dropout
+    return out
+
+
 def _vision_to_open_clip(config: ClipConfig) -> dict[str, Any]:
     v = config.vision
+    if v.kind == "timm":
+        return _timm_tower_to_open_clip(v)
     if config.open_clip_timm_model:
         return {"image_size": v.image_size, "timm_model_name": config.open_clip_timm_model,
                 "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "linear" if v.output_proj else "none"}
@@ -217,8 +276,35 @@ def _fail(message: str):
     raise ConfigError(message)
 
 
+def _hf_text_to_open_clip(config: ClipConfig) -> dict[str, Any]:
+    hf = config.text.hf
+    if hf.model_config is not None or hf.proj_bias:
+        raise ConfigError("open_clip builds a Hugging Face text tower from the hub config of hf_model_name, without "
+                          "a projection bias; text.hf.model_config and text.hf.proj_bias=true have no open_clip form")
+    out = {"context_length": config.text.context_length, "hf_model_name": hf.model_name,
+           "hf_proj_type": {v: k for k, v in _OC_HF_PROJ.items()}[hf.proj],
+           "hf_pooler_type": {v: k for k, v in _OC_HF_POOLS.items()}[hf.pool]}
+    return {**out, **_tokenizer_to_open_clip(config)}
+
+
+def _tokenizer_to_open_clip(config: ClipConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if config.tokenizer != "clip":
+        out["hf_tokenizer_name"] = config.tokenizer
+    tokenizer_kwargs = {}
+    if config.tokenizer_clean:
+        tokenizer_kwargs["clean"] = config.tokenizer_clean
+    if config.tokenizer_strip_sep:
+        tokenizer_kwargs["strip_sep_token"] = True
+    if tokenizer_kwargs:
+        out["tokenizer_kwargs"] = tokenizer_kwargs
+    return out
+
+
 def _text_to_open_clip(config: ClipConfig) -> dict[str, Any]:
     t = config.text
+    if t.kind == "hf":
+        return _hf_text_to_open_clip(config)
     out = {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "heads": t.num_heads,
            "layers": t.depth}
     if t.mlp_ratio != 4.0:
@@ -237,15 +323,7 @@ def _text_to_open_clip(config: ClipConfig) -> dict[str, Any]:
         out["norm_kwargs"] = {"eps": t.norm_eps}
     if t.layer_scale_init is not None:
         out["ls_init_value"] = t.layer_scale_init
-    if config.tokenizer != "clip":
-        out["hf_tokenizer_name"] = config.tokenizer
-    tokenizer_kwargs = {}
-    if config.tokenizer_clean:
-        tokenizer_kwargs["clean"] = config.tokenizer_clean
-    if config.tokenizer_strip_sep:
-        tokenizer_kwargs["strip_sep_token"] = True
-    if tokenizer_kwargs:
-        out["tokenizer_kwargs"] = tokenizer_kwargs
+    out.update(_tokenizer_to_open_clip(config))
     if t.cls_token:
         out.update(embed_cls=True, output_tokens=True, pad_id=t.pad_id)
         out.pop("pool_type")  # the appended token overrides open_clip's pool_type
@@ -265,8 +343,10 @@ def _decoder_to_open_clip(config: ClipConfig) -> dict[str, Any]:
 
 def config_to_open_clip(config: ClipConfig) -> dict[str, Any]:
     """ClipConfig -> open_clip ``model_cfg`` dict (for ``open_clip_config.json``)."""
-    towers = {"text_cfg": config.text.act}
-    if not config.open_clip_timm_model:  # a timm trunk brings its own activation
+    towers = {}  # a timm trunk or a Hugging Face encoder brings its own activation
+    if config.text.kind != "hf":
+        towers["text_cfg"] = config.text.act
+    if not config.open_clip_timm_model and config.vision.kind != "timm":
         towers["vision_cfg"] = config.vision.act
     acts = {"gelu" if act == "gelu_tanh" else act for act in towers.values()}  # tanh: a tower's act_kwargs
     if acts - {"gelu", "quick_gelu"} or len(acts) > 1:

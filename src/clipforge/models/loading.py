@@ -15,6 +15,7 @@ import torch
 from clipforge.config import dotted_differences, to_dict
 from clipforge.models import convert, registry
 from clipforge.models.config import ClipConfig
+from clipforge.models.hf_text import HFConfigUnavailable, hf_shape_problems
 
 
 class ModelLoadError(ValueError):
@@ -50,10 +51,10 @@ def fitting_presets(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
         config = registry.get_architecture(name)
         try:
             converted = convert.convert_state_dict(state_dict, config)
-        except convert.ConversionError:
-            continue
-        if convert.shapes_match(converted, config):
-            found.append(name)
+            if convert.shapes_match(converted, config):
+                found.append(name)
+        except (convert.ConversionError, HFConfigUnavailable, ImportError):
+            continue  # ImportError, HFConfigUnavailable: a Hugging Face text tower that cannot be built here
     return found
 
 
@@ -61,7 +62,7 @@ def _describe_mismatch(problems: dict[str, list[str]], state_dict, config: ClipC
     total = sum(len(v) for v in problems.values())
     family = "ResNet" if any(".layer1." in k or k.startswith("visual.layer1") for k in state_dict) else \
         "ViT" if any("pos_embed" in k or "positional_embedding" in k for k in state_dict) else "unknown"
-    wanted = "ResNet" if config.vision.kind == "resnet" else "ViT"
+    wanted = {"resnet": "ResNet", "vit": "ViT"}.get(config.vision.kind, "timm")
     if total > 12 or family != wanted:
         fits = fitting_presets(state_dict)
         what = f"fit {', '.join(fits)}" if fits else f"look like a {family} model that matches no preset"
@@ -94,10 +95,24 @@ def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
                 f"image_size={config.vision.image_size} explicitly to interpolate the position embedding.")
         converted = convert.resize_state_dict_pos_embed(converted, config)
     own = model.state_dict()
+    _check_hf_text(converted, own, config, source)
     problems = _differences(converted, own)
     if any(problems.values()):
         raise ModelLoadError(_describe_mismatch(problems, state_dict, config, source))
     model.load_state_dict(converted, strict=True)
+
+
+def _check_hf_text(converted: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], config: ClipConfig,
+                   source: str) -> None:
+    """A Hugging Face text tower whose transformers config is not the checkpoint's: one line, before the key list."""
+    wrong = hf_shape_problems(converted, own) if config.text.kind == "hf" else []
+    if wrong:
+        hf = config.text.hf
+        given = "text.hf.model_config" if hf.model_config is not None else f"the hub config of '{hf.model_name}'"
+        raise ModelLoadError(
+            f"the weights from {source} do not fit the text tower built from {given} ({len(wrong)} encoder tensors "
+            f"differ, e.g. {wrong[0]} in checkpoint vs model): build it from the transformers config the checkpoint "
+            f"was trained with (text.hf.model_name or text.hf.model_config)")
 
 
 def dotted_diff(base: ClipConfig, other: ClipConfig) -> dict:

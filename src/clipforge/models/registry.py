@@ -110,6 +110,7 @@ def get_architecture(name: str) -> ClipConfig:
     quick_gelu = name.lower().endswith(QUICKGELU_SUFFIX) and name.lower() not in {n.lower() for n in _preset_files()}
     base = name[:-len(QUICKGELU_SUFFIX)] if quick_gelu else name
     config = _load(_resolve_name(base))
-    if quick_gelu:
-        config = apply_overrides(config, QUICK_GELU_OVERRIDES)
+    if quick_gelu:  # a Hugging Face text tower has its own activation: open_clip's quick_gelu does not reach it
+        overrides = {k: v for k, v in QUICK_GELU_OVERRIDES.items() if k != "text.act" or config.text.kind != "hf"}
+        config = apply_overrides(config, overrides)
     return config
