@@ -132,3 +132,23 @@ def test_fused_towers_match_plain(name):
     plain, fused = _plain_and_fused(lambda: model.encode_image(images))
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
     assert plain.abs().max() > 1e-3
+
+
+def test_auto_uses_linear_fusion_only_where_it_measures_faster(monkeypatch):
+    x, weight = torch.randn(2, 3), torch.randn(4, 3)
+    monkeypatch.setattr(fused_module, "_enabled", None)
+    for pays in (False, True):
+        monkeypatch.setattr(fused_module, "linear_fusion_pays", lambda pays=pays: pays)
+        with torch.no_grad():
+            assert fusion_applies(x, weight) is pays
+            assert fusion_applies(torch.randn(1, 3, 4, 4), conv=True)  # convolutions always pay
+            torch.testing.assert_close(fused_module.linear(x, weight), x @ weight.T)
+    with fused_inference(True), torch.no_grad():
+        assert fusion_applies(x, weight)  # on: unconditional
+
+
+def test_the_measurement_answers_once_per_process():
+    fused_module.linear_fusion_pays.cache_clear()
+    first = fused_module.linear_fusion_pays()
+    assert isinstance(first, bool) and fused_module.linear_fusion_pays() is first
+    assert fused_module.linear_fusion_pays.cache_info().misses == 1
