@@ -5,7 +5,8 @@ preset, the weights' own config, the user's overrides) -> build -> load strictly
 function so that a failure names the step and the fix.
 
 Names: ``ARCH``, ``ARCH::TAG``, ``ARCH::path/to/weights``, ``hf-hub:org/repo[@rev]``, ``local-dir:PATH``, or a bare
-path to a self-describing file or folder (a clipforge checkpoint, an exported model folder).
+path to a self-describing file or folder (a clipforge checkpoint, an exported model folder). The M-CLIP repos of
+``models.mclip`` (``M-CLIP/...``, with or without ``hf-hub:``) are built from their two sources by ``_create_mclip``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any, Mapping
 import torch
 
 from clipforge.config import ConfigError, apply_overrides, to_dict
-from clipforge.models import convert, convert_config, registry
+from clipforge.models import convert, convert_config, mclip, registry
 from clipforge.models.clip import CLIP, ModelInfo
 from clipforge.models.coca import build_model
 from clipforge.models.config import ClipConfig
@@ -152,6 +153,11 @@ def create_model(model_name: str, pretrained: str | None = None, *, precision: s
     never interpolated unless asked). ``precision`` is a name of ``clipforge.precision`` (``fp32``, ``bf16``, ...).
     Where the model came from and its preprocessing are in ``model.info``.
     """
+    mclip_name = mclip.parse_name(model_name)
+    if mclip_name is not None:
+        return _create_mclip(mclip_name, pretrained, precision=precision, device=device, image_size=image_size,
+                             overrides=overrides, preprocess_overrides=preprocess_overrides, cache_dir=cache_dir,
+                             local_files_only=local_files_only)
     spec = parse_model_spec(model_name, pretrained)
     cast = get_precision(precision)  # an unknown name fails before any download
     local: LocalWeights | None = None
@@ -170,6 +176,26 @@ def create_model(model_name: str, pretrained: str | None = None, *, precision: s
     model = build_model(config, info)  # a CoCa when the architecture has a caption decoder
     if local is not None:
         load_weights(model, local.state_dict(), local.source, resize_pos_embed=image_size is not None)
+    return model.to(device=device, dtype=cast.weights).eval()
+
+
+def _create_mclip(name: mclip.MClipName, pretrained: str | None, *, precision: str, device, image_size: int | None,
+                  overrides, preprocess_overrides, cache_dir, local_files_only: bool) -> CLIP:
+    """An M-CLIP model: its text tower from the M-CLIP repo, its image tower from the tag its model card names."""
+    if pretrained:
+        raise ModelLoadError(f"'{name.source}' already names its weights; do not also pass pretrained={pretrained!r}")
+    cast = get_precision(precision)
+    found = mclip.resolve(name, cache_dir=cache_dir, local_files_only=local_files_only)
+    try:
+        config = resolve_config(ModelSpec(None, None), DeclaredModel(config=found.config), found.source, overrides,
+                                image_size)
+    except ConfigError as e:
+        raise ModelLoadError(str(e)) from None
+    info = ModelInfo(preprocess=_preprocess_for(config, DeclaredModel(preprocess=found.preprocess),
+                                                preprocess_overrides),
+                     source=found.source, weights_path=str(found.text_weights))
+    model = build_model(config, info)
+    mclip.load(model, found, resize_pos_embed=image_size is not None)
     return model.to(device=device, dtype=cast.weights).eval()
 
 
@@ -192,6 +218,9 @@ def describe_model(model_name: str, cache_dir=None, local_files_only: bool = Fal
     """The architecture a name stands for, without building the model or reading tag weights: a preset (with a
     tag's declared changes) or a self-describing source's own config; and the local weights when they were
     resolved (files, folders, ``hf-hub:``)."""
+    mclip_name = mclip.parse_name(model_name)
+    if mclip_name is not None:
+        return mclip.describe(mclip_name, cache_dir, local_files_only).config, None
     spec = parse_model_spec(model_name)
     if spec.arch is not None and spec.pretrained is None:
         return registry.get_architecture(spec.arch), None

@@ -104,6 +104,9 @@ def open_clip_facts(config: Mapping[str, Any], source: str) -> DeclaredModel:
 def hf_facts(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, source: str) -> DeclaredModel:
     """transformers ``config.json`` (+ ``preprocessor_config.json``) -> DeclaredModel."""
     vision, text = config.get("vision_config"), config.get("text_config")
+    if config.get("model_type") == "M-CLIP":  # a text encoder whose image tower only its model card names
+        raise ValueError(f"{source} is an M-CLIP text encoder without a known image tower; clipforge builds the "
+                         f"M-CLIP models listed in clipforge.models.mclip.MCLIP_IMAGE_TOWERS by name")
     if not isinstance(vision, dict) or not isinstance(text, dict):
         raise ValueError(f"{HF_CONFIG} of {source} is not a CLIP config: it needs 'vision_config' and "
                          f"'text_config' sections")
