@@ -19,6 +19,7 @@ from torch import nn
 from clipforge._optional import require
 from clipforge.models import _download
 from clipforge.models.config import HFTextConfig, TextConfig
+from clipforge.models.text import check_tokens
 
 HF_HINT = "Hugging Face text towers need transformers: pip install 'clipforge[hf]'"
 # config.json fields that describe the file or the weights' storage, not the architecture; a stored dtype (NLLB's
@@ -102,17 +103,8 @@ class HFTextTower(nn.Module):
         self.width = int(model_config.hidden_size)  # d_model for NLLB / mT5 (transformers maps the name)
         self.proj = _projection(config.hf, self.width, embed_dim)
 
-    def _check_input(self, tokens: torch.Tensor) -> None:
-        if tokens.ndim != 2 or tokens.dtype.is_floating_point:
-            raise ValueError(f"expected integer tokens of shape (B, L), got {tuple(tokens.shape)} {tokens.dtype}; "
-                             f"tokenize text with the model's tokenizer")
-        if tokens.shape[1] > self.config.context_length:
-            raise ValueError(f"token sequences have length {tokens.shape[1]} but this model's context_length is "
-                             f"{self.config.context_length}; tokenize with context_length="
-                             f"{self.config.context_length}")
-
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        self._check_input(tokens)
+        check_tokens(tokens, self.config.context_length)
         mask = (tokens != self.pad_id).long()  # (B, L)
         output = self.transformer(input_ids=tokens, attention_mask=mask)
         return self.proj(pool_hidden(output, mask, self.config.hf.pool))

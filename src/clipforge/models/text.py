@@ -10,6 +10,17 @@ from clipforge.layers.transformer import Transformer
 from clipforge.models.config import TextConfig
 
 
+def check_tokens(tokens: torch.Tensor, context_length: int) -> None:
+    """Integer ``(B, L)`` tokens with ``L <= context_length``, else a one-line error naming the fix."""
+    if tokens.ndim != 2 or tokens.dtype.is_floating_point:
+        raise ValueError(f"expected integer tokens of shape (B, L), got {tuple(tokens.shape)} {tokens.dtype}; "
+                         f"tokenize text with the model's tokenizer")
+    if tokens.shape[1] > context_length:
+        raise ValueError(f"token sequences have length {tokens.shape[1]} but this model's context_length is "
+                         f"{context_length}; tokenize with context_length={context_length} (longer text is "
+                         f"truncated by the tokenizer)")
+
+
 class TextTransformer(nn.Module):
     """tokens (B, L) with L <= context_length -> features (B, embed_dim)."""
 
@@ -40,13 +51,7 @@ class TextTransformer(nn.Module):
                 nn.init.zeros_(self.proj.bias)
 
     def _check_input(self, tokens: torch.Tensor) -> None:
-        if tokens.ndim != 2 or tokens.dtype.is_floating_point:
-            raise ValueError(f"expected integer tokens of shape (B, L), got {tuple(tokens.shape)} {tokens.dtype}; "
-                             f"tokenize text with the model's tokenizer")
-        if tokens.shape[1] > self.config.context_length:
-            raise ValueError(f"token sequences have length {tokens.shape[1]} but this model's context_length is "
-                             f"{self.config.context_length}; tokenize with context_length="
-                             f"{self.config.context_length} (longer text is truncated by the tokenizer)")
+        check_tokens(tokens, self.config.context_length)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         self._check_input(tokens)
