@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.machinery
+import os
 import resource
 import sys
 import tempfile
@@ -85,7 +86,6 @@ def _clipforge_loader(spec, samples, batch_size, workers, transform, tokenizer, 
 def write_photo_shards(folder: str, samples: int, shards: int = 8, seed: int = 0) -> str:
     """Photo-like JPEGs of 512-1024 px per side with captions, as WebDataset shards; returns the brace spec."""
     import io
-    import os
     import tarfile
 
     import numpy as np
@@ -126,11 +126,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     opts = parser.parse_args(argv)
 
-    import os
-
     import open_clip
     import torch
 
+    from clipforge.cpu import cpu_model
     from clipforge.models.factory import get_tokenizer
     from clipforge.training.shapes import generate_shapes_dataset
     from clipforge.transforms import PreprocessConfig, create_train_transform
@@ -139,9 +138,7 @@ def main(argv=None) -> None:
     oc_data = _import_open_clip_train()
     sides = {"open_clip_train": (open_clip.image_transform(224, is_train=True), open_clip.get_tokenizer("ViT-B-32")),
              "clipforge": (create_train_transform(PreprocessConfig(image_size=224)), get_tokenizer("ViT-B-32"))}
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    print(f"CPU: {cpu}, {os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="bench_data_") as folder:
         kinds = ["large", "small"] if opts.sources == "both" else [opts.sources]
         for kind in kinds:
@@ -161,8 +158,6 @@ def main(argv=None) -> None:
 
 
 def _mkdir(folder: str, name: str) -> str:
-    import os
-
     os.makedirs(os.path.join(folder, name), exist_ok=True)
     return name
 

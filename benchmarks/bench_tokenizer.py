@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
+from clipforge.cpu import cpu_model  # noqa: E402
 from clipforge.tokenizer import ClipTokenizer  # noqa: E402
 from clipforge.tokenizer.bpe import default_vocab_path  # noqa: E402
 
@@ -194,23 +195,13 @@ def main() -> None:
     parser.add_argument("--harsh", action="store_true", help="web corpus: out-of-vocabulary words among the "
                                                                "frequent ones too")
     args = parser.parse_args()
-    print(f"CPU: {_cpu_name()}; load average before: {os.getloadavg()[0]:.2f}")
+    print(f"CPU: {cpu_model()}; load average before: {os.getloadavg()[0]:.2f}")
     if args.corpus in ("web", "both"):
         run_corpus("web" + (" (harsh)" if args.harsh else ""), make_captions(args.captions, harsh=args.harsh),
                    args.repeats)
     if args.corpus in ("mixed", "both"):
         run_corpus("mixed", make_mixed_captions(args.captions), args.repeats)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

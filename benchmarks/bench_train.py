@@ -131,8 +131,9 @@ def main():
         torch.set_num_threads(args.threads)
     import os
 
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    from clipforge.cpu import cpu_model
+
+    cpu = cpu_model()
     peak = matmul_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; load average "
           f"{os.getloadavg()[0]:.2f}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")

@@ -26,6 +26,17 @@ def _cpu_times() -> tuple[int, int] | None:
     return sum(fields[i] for i in _BUSY_FIELDS if i < len(fields)), sum(fields)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere), for benchmark headers."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "unknown"
+
+
 def busy_cores(interval: float = 0.1) -> float | None:
     """How many cores other processes keep busy right now (None when it cannot be told)."""
     before = _cpu_times()

@@ -48,7 +48,12 @@ def _hub_config(model_name: str) -> str:
 def model_config_dict(hf: HFTextConfig) -> dict[str, Any]:
     """The encoder's transformers config as a dict: ``hf.model_config``, else the hub's ``config.json``."""
     data = dict(hf.model_config) if hf.model_config is not None else json.loads(_hub_config(hf.model_name))
-    return {k: v for k, v in data.items() if k not in _NOT_ARCHITECTURE}
+    return architecture_fields(data)
+
+
+def architecture_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A transformers config dict without the fields that describe the file or the weights' storage."""
+    return {k: v for k, v in config.items() if k not in _NOT_ARCHITECTURE}
 
 
 def build_encoder(hf: HFTextConfig) -> tuple[nn.Module, Any]:

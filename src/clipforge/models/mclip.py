@@ -34,7 +34,7 @@ from clipforge.models import convert, hub_layout, registry, weights
 from clipforge.models._checkpoint_file import detect_file_format, read_checkpoint
 from clipforge.models._download import hub_file
 from clipforge.models.config import ClipConfig, HFTextConfig, TextConfig
-from clipforge.models.hf_text import _NOT_ARCHITECTURE
+from clipforge.models.hf_text import architecture_fields
 from clipforge.models.loading import ModelLoadError, load_weights
 from clipforge.models.resolve import HF_HUB_PREFIX, LocalWeights, resolve_weights
 from clipforge.transforms import PreprocessConfig
@@ -122,7 +122,7 @@ def _encoder_config(base: str, name: MClipName, cache_dir, local_files_only: boo
     data = hub_layout.read_json(path)
     if not isinstance(data.get("model_type"), str):
         raise ModelLoadError(f"config.json of '{base}' (the encoder of {name.source}) has no model_type")
-    return {k: v for k, v in data.items() if k not in _NOT_ARCHITECTURE}
+    return architecture_fields(data)
 
 
 def _image_tower(image: str) -> tuple[ClipConfig, PreprocessConfig | None]:

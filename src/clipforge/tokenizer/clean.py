@@ -60,21 +60,28 @@ def _class_body(pattern: re.Pattern) -> str:
 
 _ASCII_TRIGGERS = {ord("&"), ord("\r")} | {c for c in chardata.CONTROL_CHARS if c < 0x80}  # \r: line breaks
 _ASCII_TRIGGER_RE = re.compile("[" + _char_class(_ASCII_TRIGGERS) + "]")
-_UNICODE_TRIGGER_RE = re.compile(
-    "["
-    + _char_class(
-        _ASCII_TRIGGERS
-        | set(chardata.CONTROL_CHARS)
-        | set(chardata.LIGATURES)
-        | set(chardata.WIDTH_MAP)
-        | set(range(0x80, 0xA0))  # C1 controls, NEXT LINE (0x85) among them
-        | {ord("\r"), 0x2028, 0x2029, 0x1B}
-    )
-    + _class_body(chardata.SINGLE_QUOTE_RE)
-    + _class_body(chardata.DOUBLE_QUOTE_RE)
-    + "\ud800-\udfff"
-    + "]"
-)
+
+
+def _class_of(table) -> str:
+    """A regex class body matching the characters a ``str.translate`` table changes (it maps code points)."""
+    return _char_class(c for c, to in table.items() if to != c and to != chr(c))
+
+
+# ftfy's character-level fixers, in the order of its fixing loop, each with a search that finds something whenever
+# the fixer can change the text: its own regex, or the characters of its translation table.
+_FIXER_GATES = {
+    "fix_c1_controls": _class_body(chardata.C1_CONTROL_RE),
+    "fix_latin_ligatures": _class_of(chardata.LIGATURES),
+    "fix_character_width": _class_of(chardata.WIDTH_MAP),
+    "uncurl_quotes": _class_body(chardata.SINGLE_QUOTE_RE) + _class_body(chardata.DOUBLE_QUOTE_RE),
+    "fix_line_breaks": "\r\u2028\u2029\x85",
+    "fix_surrogates": "\ud800-\udfff",
+    "remove_terminal_escapes": "\x1b",  # ANSI_RE needs ESC
+    "remove_control_chars": _class_of(chardata.CONTROL_CHARS),
+}
+# Everything that can make ftfy change a text outside mojibake and normalisation: HTML entities, line breaks, and
+# every character one of the character-level fixers acts on.
+_UNICODE_TRIGGER_RE = re.compile("[" + _char_class(_ASCII_TRIGGERS) + "".join(_FIXER_GATES.values()) + "]")
 
 
 def _mojibake_chars() -> str:
@@ -157,25 +164,6 @@ _LINE_RE = re.compile("[^\n]*\n|[^\n]+")  # ftfy's segments: each line with its 
 
 
 _FIXER_CONFIG = ftfy.TextFixerConfig()
-
-
-def _class_of(table) -> str:
-    """A regex class body matching the characters a ``str.translate`` table changes (it maps code points)."""
-    return _char_class(c for c, to in table.items() if to != c and to != chr(c))
-
-
-# ftfy's character-level fixers, in the order of its fixing loop, each with a search that finds something whenever
-# the fixer can change the text: its own regex, or the characters of its translation table.
-_FIXER_GATES = {
-    "fix_c1_controls": _class_body(chardata.C1_CONTROL_RE),
-    "fix_latin_ligatures": _class_of(chardata.LIGATURES),
-    "fix_character_width": _class_of(chardata.WIDTH_MAP),
-    "uncurl_quotes": _class_body(chardata.SINGLE_QUOTE_RE) + _class_body(chardata.DOUBLE_QUOTE_RE),
-    "fix_line_breaks": "\r\u2028\u2029\x85",
-    "fix_surrogates": "\ud800-\udfff",
-    "remove_terminal_escapes": "\x1b",  # ANSI_RE needs ESC
-    "remove_control_chars": _class_of(chardata.CONTROL_CHARS),
-}
 _LOCAL_FIXERS = [(getattr(ftfy_fixes, name), re.compile("[" + gate + "]").search)
                  for name, gate in _FIXER_GATES.items() if getattr(_FIXER_CONFIG, name)]
 _any_local_fix = re.compile("[" + "".join(

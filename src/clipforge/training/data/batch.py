@@ -112,15 +112,15 @@ def prepare_sample(raw: RawSample, transform: ImageTransform, seed: int, counts:
             return None
     # A transform with ``decode`` + ``finish`` (transforms.TrainTransform) crops while decoding: the crop is drawn
     # from the file's header, so a large JPEG can be decoded at reduced size. Both draw from the sample's seed.
-    decode, finish = getattr(transform, "decode", None), getattr(transform, "finish", None)
+    crops_while_decoding = hasattr(transform, "decode") and hasattr(transform, "finish")
     with seeded(seed):
         try:
-            image = read_image(raw.image, decode=decode if finish is not None else None)
+            image = read_image(raw.image, decode=transform.decode if crops_while_decoding else None)
         except ImageReadError as exc:
             counts[_SKIP_COUNTER[exc.kind]] += 1
             logger.debug("skipping image: %s", exc)
             return None
-        return (finish(image) if decode is not None and finish is not None else transform(image)), caption
+        return (transform.finish(image) if crops_while_decoding else transform(image)), caption
 
 
 @dataclass(frozen=True)
