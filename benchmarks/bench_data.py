@@ -12,7 +12,10 @@ printed with the results: a stand-in for ``pandas`` (imported by data.py for CSV
 dropping the end-of-shard marker ``{}`` that webdataset 1.x's ``tar_file_expander`` yields and open_clip's
 ``group_by_keys_nothrow`` cannot handle (it raises ``KeyError: 'fname'`` without the shim).
 
-Run: python benchmarks/bench_data.py [--sources large|small|both] [--samples 512] [--batch-size 64]
+Run: python benchmarks/bench_data.py [--sources large|small|both] [--samples 512] [--batch-size 64] [--uint8]
+
+``--uint8`` adds clipforge with ``data.uint8_images=true``: uint8 batches, normalised in the loop's process
+(inside the timing), as the training loop does on the device.
 """
 from __future__ import annotations
 
@@ -53,12 +56,15 @@ def _cpu_seconds() -> float:
     return self_usage.ru_utime + self_usage.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _time_epoch(make_loader) -> tuple[int, float, float, float]:
-    """(samples, wall s, CPU s of this process and its finished workers, wall s to the first batch)."""
+def _time_epoch(make_loader, finish=None) -> tuple[int, float, float, float]:
+    """(samples, wall s, CPU s of this process and its finished workers, wall s to the first batch).
+    ``finish(images)`` runs on each batch inside the timing (the uint8 side's normalisation)."""
     cpu0, start = _cpu_seconds(), time.perf_counter()
     loader = make_loader()
     first, count = None, 0
     for images, tokens in loader:
+        if finish is not None:
+            images = finish(images)
         count += images.shape[0]
         if first is None:
             first = time.perf_counter() - start
@@ -124,6 +130,8 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--uint8", action="store_true",
+                        help="also time data.uint8_images=true: uint8 batches, normalised in this process (counted)")
     opts = parser.parse_args(argv)
 
     import open_clip
@@ -138,6 +146,9 @@ def main(argv=None) -> None:
     oc_data = _import_open_clip_train()
     sides = {"open_clip_train": (open_clip.image_transform(224, is_train=True), open_clip.get_tokenizer("ViT-B-32")),
              "clipforge": (create_train_transform(PreprocessConfig(image_size=224)), get_tokenizer("ViT-B-32"))}
+    if opts.uint8:
+        sides["clipforge uint8"] = (create_train_transform(PreprocessConfig(image_size=224), uint8=True),
+                                    get_tokenizer("ViT-B-32"))
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="bench_data_") as folder:
         kinds = ["large", "small"] if opts.sources == "both" else [opts.sources]
@@ -169,11 +180,11 @@ def _measure(oc_data, spec, opts, sides) -> dict:
             makers = {
                 "open_clip_train": lambda: _open_clip_loader(oc_data, spec, opts.samples, opts.batch_size, workers,
                                                              *sides["open_clip_train"]),
-                "clipforge": lambda: _clipforge_loader(spec, opts.samples, opts.batch_size, workers,
-                                                      *sides["clipforge"]),
+                **{name: (lambda side=side: _clipforge_loader(spec, opts.samples, opts.batch_size, workers, *side))
+                   for name, side in sides.items() if name.startswith("clipforge")},
             }
             for name, make in makers.items():
-                result = _time_epoch(make)
+                result = _time_epoch(make, finish=sides[name][0].batch_normalizer if name.endswith("uint8") else None)
                 best = rows.get((name, workers))
                 rows[(name, workers)] = result if best is None or result[1] < best[1] else best
     return rows
@@ -182,12 +193,12 @@ def _measure(oc_data, spec, opts, sides) -> dict:
 def _print_table(rows: dict) -> None:
     print(f"\n{'pipeline':<16} {'workers':>7} {'samples':>8} {'wall s':>7} {'samples/s':>10} {'CPU s':>6} "
           f"{'CPU ms/sample':>14} {'first batch s':>14}  ratio (wall, CPU) vs open_clip")
-    order = sorted(rows, key=lambda key: (key[1], key[0] != "open_clip_train"))  # reference first per workers
+    order = sorted(rows, key=lambda key: (key[1], key[0] != "open_clip_train", key[0]))  # reference first
     for name, workers in order:
         count, wall, cpu, first = rows[(name, workers)]
         ref = rows[("open_clip_train", workers)]
         ratio = f"  x{(count / wall) / (ref[0] / ref[1]):.2f}, x{(ref[2] / ref[0]) / (cpu / count):.2f}" \
-            if name == "clipforge" else ""
+            if name.startswith("clipforge") else ""
         print(f"{name:<16} {workers:>7} {count:>8} {wall:>7.2f} {count / wall:>10.1f} {cpu:>6.2f} "
               f"{1000 * cpu / count:>14.2f} {first:>14.2f}{ratio}")
     print("ratios > 1 mean clipforge is faster (throughput) / cheaper (CPU per sample); best wall time of the repeats")

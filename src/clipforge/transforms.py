@@ -466,6 +466,65 @@ class ToNormalizedTensor(ToNormalizedArray):
         return torch.gather(torch.from_numpy(self.table), 1, index).view(3, height, width)
 
 
+class ToUint8Tensor:
+    """RGB PIL image -> uint8 (3, H, W) torch tensor, the pixels as they are. The training pipeline ships these
+    (a quarter of float32's bytes through worker queues, pinned memory and the host-to-device copy) and
+    ``BatchNormalizer`` turns a whole batch into ``ToNormalizedTensor``'s numbers on the device."""
+
+    def __call__(self, img: Image.Image):
+        import torch
+
+        if img.mode != "RGB":
+            raise ValueError(f"{type(self).__name__} expects an RGB image, got mode {img.mode!r}")
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class BatchNormalizer:
+    """uint8 (B, 3, H, W) batch -> float32 ``(pixel / 255 - mean) / std`` on the batch's device.
+
+    Each channel is a lookup in ``ToNormalizedArray``'s 256-entry table, so the numbers are the ones the
+    per-image transform gives, bit for bit, on any device (arithmetic on a GPU may divide by a scalar as a
+    multiplication by its reciprocal, which rounds differently).
+    """
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]):
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._tables: dict = {}
+
+    def _table(self, device):
+        import torch
+
+        key = str(device)
+        if key not in self._tables:
+            self._tables[key] = torch.from_numpy(ToNormalizedArray(self.mean, self.std).table).to(device)
+        return self._tables[key]
+
+    def __call__(self, images, one_kernel: bool | None = None):
+        """``one_kernel``: look the whole batch up at once (default on accelerators); on a CPU one image at a
+        time stays in cache, about 2.5x faster."""
+        import torch
+
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"{type(self).__name__} expects a uint8 (B, 3, H, W) batch, got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        table = self._table(images.device)
+        batch, _, height, width = images.shape
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+        flat_in, flat_out = images.reshape(batch, 3, height * width), out.view(batch, 3, height * width)
+        if one_kernel if one_kernel is not None else images.device.type != "cpu":
+            torch.gather(table.expand(batch, 3, 256), 2, flat_in.long(), out=flat_out)
+        else:
+            for i in range(batch):
+                torch.gather(table, 1, flat_in[i].long(), out=flat_out[i])
+        return out
+
+    def __repr__(self):
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+
+
 class RandomErasing:
     """With probability ``prob``, replace ``count`` random rectangles by standard-normal noise.
 
@@ -567,8 +626,11 @@ class TrainTransform:
     (the tests compare crop statistics), and decoding a 1024 px JPEG costs about a quarter as much.
     """
 
-    def __init__(self, crop: RandomResizedCrop, after: list[Callable], reduced_decode: bool = True):
+    def __init__(self, crop: RandomResizedCrop, after: list[Callable], reduced_decode: bool = True,
+                 batch_normalizer: "BatchNormalizer | None" = None):
         self.crop, self.after, self.reduced_decode = crop, list(after), reduced_decode
+        # Set when the transform ends in uint8 pixels: the batch is normalised by it after collation
+        self.batch_normalizer = batch_normalizer
         self.transforms = [PrepareMode(), crop, ToRGB(), *self.after]  # torchvision's Compose attribute name
 
     def __call__(self, img):
@@ -611,17 +673,27 @@ class TrainTransform:
         return f"TrainTransform({', '.join(map(repr, self.transforms))}, reduced_decode={self.reduced_decode})"
 
 
-def create_train_transform(cfg: PreprocessConfig, aug: AugmentConfig | None = None) -> TrainTransform:
+def create_train_transform(cfg: PreprocessConfig, aug: AugmentConfig | None = None, *,
+                           uint8: bool = False) -> TrainTransform:
     """Training preprocessing: random resized crop, RGB, augmentations, normalize, random erasing.
 
     With the default ``AugmentConfig`` the output of ``transform(img)`` equals open_clip's training transform
     under the same torch seed (when ``cfg.interpolation`` is bicubic, the only one open_clip uses for training).
+    ``uint8=True`` stops before normalisation: ``transform(img)`` gives the uint8 pixels and
+    ``transform.batch_normalizer(batch)`` the same float numbers for a whole collated batch, on its device.
+    Random erasing works on normalised values, so with ``aug.re_prob > 0`` the images are normalised per image
+    (``batch_normalizer`` is None) whatever ``uint8`` says.
     """
     _check_type(cfg, PreprocessConfig, "cfg")
     aug = AugmentConfig() if aug is None else _check_type(aug, AugmentConfig, "aug")
     after: list[Callable] = _augment_steps(aug)
-    after.append(ToNormalizedTensor(cfg.mean, cfg.std))
+    normalizer = None
+    if uint8 and aug.re_prob == 0:
+        after.append(ToUint8Tensor())
+        normalizer = BatchNormalizer(cfg.mean, cfg.std)
+    else:
+        after.append(ToNormalizedTensor(cfg.mean, cfg.std))
     if aug.re_prob > 0:
         after.append(RandomErasing(aug.re_prob, aug.re_count))
     crop = RandomResizedCrop(cfg.size_hw, aug.scale, aug.ratio, cfg.interpolation)
-    return TrainTransform(crop, after, reduced_decode=aug.reduced_decode)
+    return TrainTransform(crop, after, reduced_decode=aug.reduced_decode, batch_normalizer=normalizer)

@@ -120,12 +120,21 @@ def test_synthetic_source_is_deterministic_and_sized(tmp_path):
 
 
 def test_loading_does_not_disturb_the_callers_random_state(tmp_path):
+    import random
+
+    import numpy as np
+
     table = make_table(tmp_path, 8)
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    list(csv_loader(table, AUGMENT))
-    assert torch.equal(torch.rand(3), expected)
+
+    def draw():
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    for seed in (123, 7):
+        torch.manual_seed(seed), random.seed(seed), np.random.seed(seed)
+        expected = draw()
+        torch.manual_seed(seed), random.seed(seed), np.random.seed(seed)
+        list(csv_loader(table, AUGMENT))  # batch by batch: the generators are saved once per batch, then restored
+        assert draw() == expected
 
 
 def test_position_is_reported_for_checkpoints(tmp_path):

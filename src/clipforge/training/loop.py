@@ -295,6 +295,8 @@ class _Batches:
             if batch is not None:
                 images, tokens = batch
                 images = images.to(self.ctx.device, non_blocking=True)
+                if images.dtype == torch.uint8:  # data.uint8_images: normalised here, on the device
+                    images = self.transform.batch_normalizer(images)
                 if self.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 return images, tokens.to(self.ctx.device, non_blocking=True)
@@ -354,7 +356,7 @@ def _set_up(cfg: TrainConfig, evaluate) -> _Run:
     if evaluate is None:
         evaluate = create_evaluator(cfg.eval, tokenizer_for_config(model.config), model.preprocess_config,
                                     str(ctx.device))
-    transform = create_train_transform(model.preprocess_config, cfg.augment)
+    transform = create_train_transform(model.preprocess_config, cfg.augment, uint8=cfg.data.uint8_images)
     loss_fn = create_loss(cfg.loss, rank=ctx.rank, world_size=ctx.world_size)
     wrapped = distribute_model(model, ctx, cfg.dist)
     if cfg.model.compile:

@@ -41,6 +41,10 @@ class DataConfig:
     wds_image_key: str = "jpg;png;jpeg;webp"
     wds_caption_key: str = "txt"
     text_mask_prob: float = 0.0
+    # Images leave the workers as uint8 and the training loop normalises each batch on its device: the same
+    # numbers, a quarter of the bytes through worker queues, pinned memory and the host-to-device copy (with
+    # augment.re_prob > 0 images are normalised per image, since random erasing works on normalised values)
+    uint8_images: bool = True
     balance_from: str | None = None       # a `clipforge curate` folder: MetaCLIP balancing per epoch (webdataset)
     balance_t: float = 20000.0            # its threshold t
     balance_per_language: bool = False    # MetaCLIP 2: per-language lists get the t keeping English's share (en)
@@ -67,6 +71,8 @@ class DataConfig:
             (self.balance_from is None or self.kind == "webdataset",
              "data.balance_from applies to data.kind='webdataset' (the pool's shards, matched by clipforge curate)"),
             (self.balance_t > 0, f"data.balance_t must be positive, got {self.balance_t}"),
+            (isinstance(self.uint8_images, bool),
+             f"data.uint8_images must be true or false, got {self.uint8_images!r}"),
             (0.0 <= self.synonym_prob <= 1.0, f"data.synonym_prob must be in [0, 1], got {self.synonym_prob}"),
             (self.synonym_prob == 0 or self.synonyms, "data.synonym_prob > 0 needs data.synonyms: 'wordnet' (nltk) "
                                                       "or a word-list file"),

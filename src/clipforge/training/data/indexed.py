@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 from clipforge.config import ConfigError
 from clipforge.data.tables import read_table
 
-from .batch import EpochPlan, ImageTransform, RawSample, Tokenize, collate, derive_seed, first_good, new_counts, \
-    prepare_sample
+from .batch import (EpochPlan, ImageTransform, RawSample, Tokenize, collate, derive_seed, first_good,
+                    generators_kept, new_counts, prepare_sample)
 
 logger = logging.getLogger("clipforge.data")
 
@@ -135,11 +135,12 @@ class IndexedBatches(Dataset):
             raise IndexError(f"batch {batch} out of range [0, {plan.num_batches})")
         start = (batch * plan.world_size + plan.rank) * plan.batch_size
         counts = new_counts()
-        items = [self._prepare(start + k, counts) for k in range(plan.batch_size)]
-        if not any(item is not None for item in items):
-            items[0] = self._rescue(start, counts)
-        images, tokens = collate(items, plan.batch_size, self.tokenize, self.text_mask_prob,
-                                 plan.batch_seed(batch), counts)
+        with generators_kept():
+            items = [self._prepare(start + k, counts) for k in range(plan.batch_size)]
+            if not any(item is not None for item in items):
+                items[0] = self._rescue(start, counts)
+            images, tokens = collate(items, plan.batch_size, self.tokenize, self.text_mask_prob,
+                                     plan.batch_seed(batch), counts)
         return images, tokens, counts
 
     def _rescue(self, start: int, counts: dict):

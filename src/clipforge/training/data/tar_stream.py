@@ -23,8 +23,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from clipforge.data.shards import ShardList, open_url
 from clipforge.data.tar import samples_of
 
-from .batch import (EpochPlan, ImageTransform, RawSample, Tokenize, collate, derive_seed, first_good, new_counts,
-                    prepare_sample)
+from .batch import (EpochPlan, ImageTransform, RawSample, Tokenize, collate, derive_seed, first_good,
+                    generators_kept, new_counts, prepare_sample)
 from .shards import resampled_shards, shard_cycles, worker_shards
 
 logger = logging.getLogger("clipforge.data")
@@ -102,13 +102,14 @@ class TarBatches(IterableDataset):
         position = consumed * plan.batch_size
         for batch in range(plan.start_batch + (worker - plan.start_batch) % num_workers, plan.num_batches,
                            num_workers):
-            chunk = list(itertools.islice(raw, plan.batch_size))
-            items = [self._prepare(sample, worker, position + k, counts) for k, sample in enumerate(chunk)]
-            position += len(chunk)
-            if not any(item is not None for item in items):
-                items[0] = self._rescue(raw, worker, position, counts)
-            images, tokens = collate(items, plan.batch_size, self.tokenize, self.text_mask_prob,
-                                     plan.batch_seed(batch), counts)
+            with generators_kept():
+                chunk = list(itertools.islice(raw, plan.batch_size))
+                items = [self._prepare(sample, worker, position + k, counts) for k, sample in enumerate(chunk)]
+                position += len(chunk)
+                if not any(item is not None for item in items):
+                    items[0] = self._rescue(raw, worker, position, counts)
+                images, tokens = collate(items, plan.batch_size, self.tokenize, self.text_mask_prob,
+                                         plan.batch_seed(batch), counts)
             yield images, tokens, dict(counts)
             counts.update(new_counts())  # reset in place: the shard reader holds this same dict
 
