@@ -1,5 +1,5 @@
-"""``clipforge benchmark``: zero-shot classification/retrieval, linear probe, SugarCrepe image-caption selection
-and resource tables for models.
+"""``clipforge benchmark``: zero-shot classification/retrieval, linear probe, image-caption selection (SugarCrepe,
+Winoground) and resource tables for models.
 
 Example::
 
@@ -8,6 +8,7 @@ Example::
         --datasets retrieval vtab imagenetv2 --data-root ~/datasets --cache-dir ~/.cache/clipforge/features \\
         --output results/
     clipforge benchmark --model ViT-B-32::openai --datasets sugar_crepe --data-root ~/datasets  # sugar_crepe/
+    clipforge benchmark --model ViT-B-32::openai --datasets compositionality  # winoground + sugar_crepe
 """
 from __future__ import annotations
 
@@ -45,10 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=["zeroshot_classification", "zeroshot_retrieval",
                                                        "image_caption_selection"],
                         help="zeroshot_classification, zeroshot_retrieval, linear_probe, image_caption_selection "
-                             "(SugarCrepe), statistics; each dataset runs those it supports (default: the first "
-                             "two and image_caption_selection)")
+                             "(SugarCrepe, Winoground), statistics; each dataset runs those it supports (default: "
+                             "the first two and image_caption_selection)")
     parser.add_argument("--datasets", nargs="+", default=["classification", "retrieval"],
-                        help="dataset names, suites (vtab, retrieval, classification, sugar_crepe) or "
+                        help="dataset names, suites (vtab, retrieval, classification, sugar_crepe, compositionality, "
+                             "imagenet_robustness, vtab+, multilingual_retrieval; --list-datasets shows all) or "
                              "folder:/wds:/captions:PATH")
     parser.add_argument("--data-root", default=os.environ.get("CLIPFORGE_DATA", _DEFAULT_DATA),
                         help="folder holding one sub-folder per dataset (vtab/cifar10 -> vtab_cifar10; every "

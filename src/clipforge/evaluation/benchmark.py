@@ -6,8 +6,8 @@ config)`` adds model loading (any name ``create_model`` takes: ``ARCH``, ``ARCH:
 ``hf-hub:org/repo``, ``local-dir:PATH``), resource statistics and the feature cache.
 
 Each dataset runs the tasks it supports among those asked for: classification sets ``zeroshot_classification`` and
-``linear_probe``, caption sets ``zeroshot_retrieval``, SugarCrepe (``sugar_crepe/<task>``) clip_benchmark's
-``image_caption_selection`` (``evaluation.caption_selection``).
+``linear_probe``, caption sets ``zeroshot_retrieval``, SugarCrepe (``sugar_crepe/<task>``) and Winoground
+clip_benchmark's ``image_caption_selection`` (``evaluation.caption_selection``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import torch
 
 from clipforge.evaluation import datasets as ds
 from clipforge.evaluation import suites
-from clipforge.evaluation.caption_selection import SelectionSet, load_sugar_crepe, missing_folder, score_selection
+from clipforge.evaluation.caption_selection import (SelectionSet, load_sugar_crepe, load_winoground, missing_folder,
+                                                    score_selection)
 from clipforge.evaluation.features import EncodedImages, Encoders, cache_key, cached, encode_images
 from clipforge.evaluation.linear_probe import probe_features
 from clipforge.evaluation.metrics import check_tie_rule
@@ -167,6 +168,9 @@ def load_datasets(names: Sequence[str], config: BenchmarkConfig, transform: Call
             root = request.path or dataset_root(config.data_root, name)
             if request.spec.task == "caption_selection":
                 if not _wanted(("caption_selection",), config):
+                    continue
+                if name == "winoground":
+                    loaded.append((load_winoground(root, transform, config.split), None))
                     continue
                 if not os.path.isdir(root):
                     missing_selection.setdefault(root, []).append(name)

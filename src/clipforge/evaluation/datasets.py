@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from clipforge.data.images import ImageReadError
-from clipforge.evaluation import layouts, multilingual, published_layouts, suites
+from clipforge.evaluation import layouts, multilingual, published_layouts, suites, watermark
 
 logger = logging.getLogger("clipforge.evaluation")
 CUSTOM_KINDS = {"folder": ("cifar", "imagefolder"), "wds": ("wds",), "captions": ("captions",)}
@@ -245,6 +245,9 @@ def load_dataset(name: str, root: str | None = None, split: str = "test", transf
     """Find dataset ``name`` (a shipped name, under ``root``, or ``[LABEL=]folder:/wds:/captions:PATH``)."""
     request = parse_dataset(name)
     spec = request.spec
+    if spec.task == "caption_selection":
+        raise ValueError(f"'{spec.name}' is an image-caption selection set: read it with "
+                         "evaluation.caption_selection (load_sugar_crepe, load_winoground), as the benchmark does")
     root = request.path if request.custom else root
     if root is None:
         raise ValueError(f"dataset '{name}' is found under a data root: pass root= (or --data-root)")
@@ -254,6 +257,8 @@ def load_dataset(name: str, root: str | None = None, split: str = "test", transf
     if found.shard_errors:
         logger.warning("dataset '%s': %d damaged shard(s) were cut short; their remaining samples are missing",
                        spec.name, found.shard_errors)
+    if spec.watermark:  # ImageNet-W: the mark drawn after the crop, before normalisation
+        transform = watermark.watermarked(transform)
     dataset = ImageDataset(found.samples, found.read, transform)
     loaded = LoadedDataset(spec.name, dataset, source=os.path.abspath(root), shard_errors=found.shard_errors,
                            multilabel=spec.multilabel)

@@ -11,7 +11,12 @@ is English. Every language of a set is read from the set's one folder (``xtd10``
 
 SugarCrepe is ``sugar_crepe/<task>`` (``SUGAR_CREPE_TASKS``, clip_benchmark's names; the ``sugar_crepe`` suite is
 all seven), scored with clip_benchmark's ``image_caption_selection`` task (``evaluation.caption_selection``). All
-tasks are read from one folder, ``sugar_crepe``: ``<task>.json`` files + ``val2017/``.
+tasks are read from one folder, ``sugar_crepe``: ``<task>.json`` files + ``val2017/``. Winoground is scored by the
+same task, read from the Hugging Face ``datasets`` cache clip_benchmark leaves in its folder (``evaluation.hf_cache``);
+clipforge's own ``compositionality`` suite is Winoground and SugarCrepe's seven tasks.
+
+``imagenet-w`` is ImageNet-1k's folder read again with ImageNet-W's watermark drawn on every image after the crop,
+before normalisation (``evaluation.watermark``, the ``imagenet_w`` package).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ class DatasetSpec:
     folder: str = ""  # sub-folder of the data root; defaults to the name with '/' as '_'
     languages: tuple[str, ...] = ()  # a multilingual set's language codes (clip_benchmark's)
     language: str = ""  # the language this spec reads, for a multilingual set
+    watermark: bool = False  # ImageNet-W: imagenet_w's watermark drawn between the crop and the normalisation
 
     @property
     def directory(self) -> str:
@@ -109,6 +115,8 @@ _VTAB = ["caltech101", "cifar10", "cifar100", "dtd", "flowers", "pets", "svhn", 
 
 DATASETS: dict[str, DatasetSpec] = _Catalogue({spec.name: spec for spec in [
     _cls("imagenet1k", layouts=("wds", "imagenet", "imagefolder")),
+    _cls("imagenet-w", key="imagenet1k", layouts=("wds", "imagenet", "imagefolder"), folder="imagenet1k",
+         hub="clip-benchmark/wds_imagenet1k", watermark=True),  # ImageNet's own folder, watermarked when read
     _cls("imagenetv2", key="imagenet1k", layouts=("wds", "imagenetv2", "imagefolder")),
     _cls("imagenet_sketch", key="imagenet1k", layouts=_VARIANTS),
     _cls("imagenet-a", layouts=_VARIANTS),
@@ -142,6 +150,7 @@ DATASETS: dict[str, DatasetSpec] = _Catalogue({spec.name: spec for spec in [
     _multilingual("xtd200", "XTD200", langs.FLORES200, "eng_Latn"),
     _multilingual("flickr30k-200", "Flickr30k-200", langs.FLORES200, "eng_Latn"),
     *[_selection(task) for task in SUGAR_CREPE_TASKS],
+    DatasetSpec(name="winoground", task="caption_selection", title="Winoground", layouts=("hf_cache",)),
 ]})
 
 SUITES: dict[str, list[str]] = {
@@ -157,6 +166,8 @@ SUITES: dict[str, list[str]] = {
     "multilingual_retrieval": ["crossmodal3600", "xtd10", "multilingual_mscoco_captions", "xtd200",
                                "flickr30k-200"],
     "sugar_crepe": [f"sugar_crepe/{task}" for task in SUGAR_CREPE_TASKS],
+    # clipforge's own: the image-caption selection sets clip_benchmark reads (it has no collection of them)
+    "compositionality": ["winoground"] + [f"sugar_crepe/{task}" for task in SUGAR_CREPE_TASKS],
 }
 
 

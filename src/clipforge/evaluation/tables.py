@@ -1,5 +1,5 @@
 """The published CLIP benchmark's three tables, rendered from flat per-model results, and the linear-probe and
-image-caption selection (SugarCrepe) tables.
+image-caption selection (SugarCrepe, Winoground) tables.
 
 Results are ``{model_id: {metric_key: value}}`` with keys such as ``disk_usage_mb``,
 ``mscoco_captions/image_retrieval_recall@5``, ``vtab/cifar10/acc1`` or ``sugar_crepe/swap_att/acc``. Each table
@@ -117,9 +117,12 @@ def linear_probe_table(results: Results, datasets: Sequence[str], bold: bool = F
 
 def caption_selection_table(results: Results, datasets: Sequence[str], bold: bool = False) -> Table:
     """Image-caption selection accuracy (clip_benchmark's ``acc``: the image's best caption is its own, not the
-    negative) per dataset, SugarCrepe's tasks in clip_benchmark's order."""
+    negative; Winoground's group score: both images and both captions matched) per dataset, Winoground first, then
+    SugarCrepe's tasks in clip_benchmark's order."""
+    measures = (["SugarCrepe accuracy"] if any(d.startswith("sugar_crepe/") for d in datasets) else []) + \
+        (["Winoground group score"] if "winoground" in datasets else [])
     return _per_dataset_table(results, datasets, ("acc",), "caption_selection",
-                              "Image-caption selection (SugarCrepe accuracy)", bold)
+                              f"Image-caption selection ({', '.join(measures) or 'accuracy'})", bold)
 
 
 def _title(name: str) -> str:
@@ -243,7 +246,7 @@ def build_tables(results: Results, bold: bool = True) -> list[Table]:
 def _datasets(keys: set[str]) -> list[str]:
     """Dataset names found in metric keys, in the suites' column order, then the rest alphabetically."""
     found = {k.rsplit("/", 1)[0] for k in keys if "/" in k}
-    order = suites.SUITES["retrieval"] + suites.SUITES["classification"] + suites.SUITES["sugar_crepe"]
+    order = suites.SUITES["retrieval"] + suites.SUITES["classification"] + suites.SUITES["compositionality"]
     return [d for d in order if d in found] + sorted(found - set(order))
 
 
