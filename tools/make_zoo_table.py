@@ -7,8 +7,9 @@ same state-dict keys and shapes (open_clip's state dict through ``convert.conver
 parameter count. For a pair it also checks that the tag's source, preprocessing and architecture changes equal
 open_clip's entry. Both sides are built on the meta device (no memory, no download, no weight init). A Hugging Face
 text tower is built (by open_clip and by clipforge) from its encoder's config.json on the hub, which this tool never
-fetches: those rows are checked as configs only and say so; their parity is tested with local stand-in configs
-(tests/models/test_hf_text.py).
+fetches: while the table is built, both sides read it from ``tools/hf_stand_in_configs.json`` instead (reviewed
+copies of the published values, with where each comes from), and those rows say so. clipforge itself never reads
+that file. An encoder without a stand-in there is checked as a config only, and its row says that.
 
 With ``--write-presets`` it first writes ``presets/<name>.json`` for every open_clip architecture that
 ``config_from_open_clip`` converts exactly and clipforge lacks (``-quickgelu`` twins resolve by suffix, no file).
@@ -44,6 +45,7 @@ from clipforge.models import convert, registry, weights  # noqa: E402
 from make_pretrained_table import sha256_from_url, split_hub  # noqa: E402
 
 DOC_PATH = ROOT / "docs" / "zoo.md"
+STAND_IN_PATH = ROOT / "tools" / "hf_stand_in_configs.json"
 QUICKGELU = registry.QUICKGELU_SUFFIX
 
 # (name pattern, family), first match wins: groups the rows and the "not yet covered" summary
@@ -58,15 +60,56 @@ FAMILIES = [
 ]
 # What clipforge's model code would need for each family it does not cover yet (reviewed by hand).
 NEEDS = {
-    "Hugging Face text towers": "nothing in the model code (text.kind='hf'); not built here: both sides need the "
-                                "encoder's config.json from the hub (parity with local configs in "
-                                "tests/models/test_hf_text.py)",
-    "CoCa with a Hugging Face text tower": "a Hugging Face text tower inside CoCa (its token states for the decoder)",
+    "Hugging Face text towers": "nothing in the model code (text.kind='hf'); not built here: the encoder's published "
+                                "config.json is not among the stand-ins in tools/hf_stand_in_configs.json",
 }
 
 
 def family_of(name: str) -> str:
     return next(fam for pattern, fam in FAMILIES + [(r"", "other")] if re.search(pattern, name))
+
+
+# ---------------------------------------------------------------- Hugging Face text towers: local stand-in configs
+def load_stand_ins(path: Path = STAND_IN_PATH) -> dict[str, dict]:
+    """hub model name -> its stand-in transformers config dict (``configs.<name>.config`` of the file)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {name: dict(entry["config"]) for name, entry in data["configs"].items()}
+
+
+def published_profile(path: Path = STAND_IN_PATH) -> dict[str, tuple[float, float]]:
+    """open_clip model name -> (M parameters, M text-tower parameters) from open_clip's docs/model_profile.csv."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {name: tuple(v) for name, v in data["open_clip_model_profile"]["mparams"].items()}
+
+
+HF_STAND_INS = load_stand_ins()
+PROFILE = published_profile()
+
+
+@contextlib.contextmanager
+def hub_configs_from_stand_ins(configs: dict[str, dict]) -> Iterator[None]:
+    """While the table is built, both sides read the config of a Hugging Face encoder named in ``configs`` from
+    there instead of the hub: open_clip through ``AutoConfig.from_pretrained``, clipforge through
+    ``hf_text._hub_config``. Other names go to the real lookups (offline, they fail and the row says why)."""
+    import transformers
+    from clipforge.models import hf_text
+
+    auto = transformers.AutoConfig
+    saved_auto, saved_hub = auto.__dict__["from_pretrained"], hf_text._hub_config
+
+    def from_pretrained(name, *args, **kwargs):
+        if name in configs:
+            return auto.for_model(**configs[name])
+        return saved_auto.__get__(None, auto)(name, *args, **kwargs)
+
+    def hub_config(name: str) -> str:
+        return json.dumps(configs[name]) if name in configs else saved_hub(name)
+
+    auto.from_pretrained, hf_text._hub_config = from_pretrained, hub_config
+    try:
+        yield
+    finally:
+        auto.from_pretrained, hf_text._hub_config = saved_auto, saved_hub
 
 
 @dataclasses.dataclass
@@ -90,6 +133,7 @@ class ArchRow:
     params: tuple[int | None, int | None] = (None, None)  # (open_clip, clipforge)
     note: str = ""
     unchecked: str = ""  # why this table cannot build either side (a Hugging Face text tower's hub config)
+    stand_in: str = ""  # the Hugging Face encoder whose stand-in config both sides were built from
 
     @property
     def matches(self) -> bool:
@@ -146,8 +190,10 @@ def open_clip_class(cfg: dict):
 
 def build_reference(cfg: dict) -> Reference:
     hf_name = cfg.get("text_cfg", {}).get("hf_model_name")
-    if hf_name:
+    if hf_name and hf_name not in HF_STAND_INS:
         return Reference(reason=f"reference needs the transformers config of '{hf_name}' (hub; not fetched)")
+    if hf_name:  # the encoder from its config alone, as open_clip's create_model builds it when CLIP weights follow
+        cfg = {**cfg, "text_cfg": {**cfg["text_cfg"], "hf_model_pretrained": False}}
     kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}
     try:
         with _meta_without_init():
@@ -232,7 +278,7 @@ def arch_row(name: str, cfg: dict, reference: Reference) -> tuple[ArchRow, Any]:
         row.note = why_not.split("; ")[0] or "converts exactly but has no preset (run --write-presets)"
         return row, None
     row.resolves = True
-    if ours.text.kind == "hf":
+    if ours.text.kind == "hf" and ours.text.hf.model_name not in HF_STAND_INS:
         return _hf_row(row, ours, theirs, why_not), ours
     try:
         model = clipforge_model(ours)
@@ -255,8 +301,26 @@ def arch_row(name: str, cfg: dict, reference: Reference) -> tuple[ArchRow, Any]:
                                                f"clipforge {_sorted(acts)}"]
         if row.params[0] != row.params[1]:
             problems.append("parameter counts differ")
+    if ours.text.kind == "hf":
+        row.stand_in = ours.text.hf.model_name
+        problems.insert(0, stand_in_note(name, row.stand_in, row.params[1]))
     row.note = "; ".join(p for p in problems if p)
     return row, ours
+
+
+def stand_in_note(name: str, hf_name: str, params: int) -> str:
+    """What a row built from a stand-in config says: which config, and how its count compares with open_clip's
+    published profile (millions, rounded to 2 decimals there)."""
+    note = f"text tower built from the local stand-in config of '{hf_name}'"
+    if name not in PROFILE:
+        return note
+    verdict = "equals" if matches_profile(name, params) else "**differs from**"
+    return (f"{note}; {params / 1e6:,.2f} M parameters {verdict} open_clip's published profile "
+            f"({PROFILE[name][0]:,.2f} M)")
+
+
+def matches_profile(name: str, params: int | None) -> bool:
+    return params is not None and round(params / 1e6, 2) == PROFILE[name][0]
 
 
 def _hf_row(row: ArchRow, ours, theirs, why_not: str) -> ArchRow:
@@ -350,9 +414,10 @@ def build_rows() -> tuple[list[ArchRow], list[PairRow], str]:
     from open_clip.pretrained import _PRETRAINED  # the tag table; list_pretrained() gives the names only
 
     arch_rows, pair_rows = {}, []
-    for name in open_clip.list_models():
-        cfg = open_clip.get_model_config(name)
-        arch_rows[name], _ = arch_row(name, cfg, build_reference(cfg))
+    with hub_configs_from_stand_ins(HF_STAND_INS):
+        for name in open_clip.list_models():
+            cfg = open_clip.get_model_config(name)
+            arch_rows[name], _ = arch_row(name, cfg, build_reference(cfg))
     for arch, tag in open_clip.list_pretrained():
         pair_rows.append(pair_row(arch, tag, _PRETRAINED[arch][tag], open_clip.get_model_config(arch),
                                   arch_rows[arch]))
@@ -389,6 +454,7 @@ def render(archs: list[ArchRow], pairs: list[PairRow], version: str) -> str:
         f"| (architecture, tag) pairs | {len(pairs)} | {tally(pairs, 'resolves')} | {tally(pairs, 'builds')} | "
         f"{tally(pairs, 'matches')} |", "",
     ]
+    lines += render_stand_ins(archs)
     unchecked = [r.name for r in archs if r.unchecked]
     if unchecked:
         lines += [f"{len(unchecked)} architectures ({sum(bool(p.unchecked) for p in pairs)} pairs) have a Hugging "
@@ -409,6 +475,26 @@ def render(archs: list[ArchRow], pairs: list[PairRow], version: str) -> str:
     lines += [f"| {p.arch} | {p.tag} | {_yes(p.resolves)} | {_yes(p.builds)} | {_yes(p.matches)} | "
               f"{_cell(p.source)} | {p.sha256} | {_cell(p.note)} |" for p in pairs]
     return "\n".join(lines) + "\n"
+
+
+def render_stand_ins(archs: list[ArchRow]) -> list[str]:
+    """The paragraph on the rows built from stand-in configs: what they are, where the values come from."""
+    built = [r for r in archs if r.stand_in]
+    if not built:
+        return []
+    profiled = [r for r in built if r.name in PROFILE]
+    agree = [r for r in profiled if matches_profile(r.name, r.params[1])]
+    check = (f"The {len(profiled)} of them that open_clip profiles in its docs/model_profile.csv have exactly the "
+             "parameter counts published there (to its 0.01 M)." if len(agree) == len(profiled) else
+             f"Only {len(agree)} of the {len(profiled)} that open_clip profiles in its docs/model_profile.csv have the "
+             "parameter counts published there (see the notes).")
+    return [f"{len(built)} architectures have a Hugging Face text tower. open_clip and clipforge both build such an "
+            "encoder from its config.json on the hub, which this table never fetches, so **these rows are built from "
+            "local stand-in configs of the published values**: `tools/hf_stand_in_configs.json` "
+            f"({', '.join(sorted({r.stand_in for r in built}))}), read by both sides while the table is built and "
+            "never by clipforge itself. The values come from copies of the published config.json files, transformers "
+            "dumps of those models and, where no copy was at hand, the architecture definitions in t5x, fairseq2 and "
+            "keras-hub; the file names the sources of each value. " + check, ""]
 
 
 def render_missing(archs: list[ArchRow], pairs: list[PairRow]) -> list[str]:

@@ -54,5 +54,8 @@ def hf_stand_in(config):
 
     if config.text.kind != "hf":
         return config
-    hf = dataclasses.replace(config.text.hf, model_config=dict(HF_STAND_INS[hf_family(config.text.hf.model_name)]))
+    stand_in = dict(HF_STAND_INS[hf_family(config.text.hf.model_name)])
+    if config.decoder is not None:  # CoCa: the decoder reads the encoder's states, so the widths must agree
+        stand_in["hidden_size"] = config.decoder.width
+    hf = dataclasses.replace(config.text.hf, model_config=stand_in)
     return dataclasses.replace(config, text=dataclasses.replace(config.text, hf=hf))

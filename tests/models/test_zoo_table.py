@@ -2,7 +2,8 @@
 
 The tool is run once per module (about 20 s on one core): the committed table must be what it writes now, every
 name clipforge resolves must match open_clip (architecture, state-dict keys and shapes, activations, parameter
-count; for weight tags also the source, sha256 and preprocessing), and coverage must not shrink.
+count; for weight tags also the source, sha256 and preprocessing), and coverage must not shrink. Rows with a Hugging
+Face text tower are built from the stand-in configs in tools/hf_stand_in_configs.json, only while the table is built.
 """
 import importlib.util
 import shutil
@@ -13,15 +14,14 @@ import pytest
 from references import require
 import torch
 
-from clipforge.models import convert_config, registry
+from clipforge.models import convert_config, hf_text, registry
 from clipforge.models.clip import CLIP
 from clipforge.models.registry import UnknownModelError, get_architecture
 
 ROOT = Path(__file__).resolve().parents[2]
-# what the committed table shows (open_clip 3.3.0: 144 architectures, 196 pairs); raise these as coverage grows
-MIN_ARCHS, MIN_PAIRS = 134, 187
-# names that resolve, including the Hugging Face text towers checked as configs only (not built offline)
-MIN_RESOLVING_ARCHS, MIN_RESOLVING_PAIRS = 143, 196
+# what the committed table shows (open_clip 3.3.0: 144 architectures, 196 pairs): the whole zoo
+MIN_ARCHS, MIN_PAIRS = 144, 196
+MIN_RESOLVING_ARCHS, MIN_RESOLVING_PAIRS = 144, 196
 
 
 def _load_tool():
@@ -57,8 +57,8 @@ def test_every_name_clipforge_resolves_matches_open_clip(rows):
     wrong = [f"{r.name}: {r.note}" for r in archs if r.resolves and not r.matches and not r.unchecked]
     wrong += [f"{p.arch}::{p.tag}: {p.note}" for p in pairs if p.resolves and not p.matches and not p.unchecked]
     assert not wrong
-    # the rows this table cannot build are Hugging Face text towers whose configs convert exactly (their parity is
-    # tests/models/test_hf_text.py's), never a way to hide a mismatch
+    # rows this table cannot build would be Hugging Face text towers without a stand-in config whose configs convert
+    # exactly, never a way to hide a mismatch (today there are none)
     unchecked = [r for r in archs if r.unchecked]
     assert all(r.config_exact and r.family == "Hugging Face text towers" and not r.matches for r in unchecked)
     assert {p.arch for p in pairs if p.unchecked} <= {r.name for r in unchecked}
@@ -67,6 +67,36 @@ def test_every_name_clipforge_resolves_matches_open_clip(rows):
     # every open_clip architecture that converts exactly has its preset (or is a -quickgelu twin of one)
     assert not [r.name for r in archs if "no preset" in r.note]
     assert sum(r.matches for r in archs) >= MIN_ARCHS and sum(p.matches for p in pairs) >= MIN_PAIRS
+
+
+def test_hf_text_rows_are_built_from_the_stand_ins_with_open_clips_published_counts(tool, rows):
+    archs, _, _ = rows
+    hf_rows = [r for r in archs if r.stand_in]
+    assert len(hf_rows) == 10 and all(r.matches for r in hf_rows)  # 9 CLIPs and coca_roberta-ViT-B-32
+    profiled = [r for r in hf_rows if r.name in tool.PROFILE]
+    assert len(profiled) == 8  # open_clip's docs/model_profile.csv has no nllb-clip-*-siglip rows
+    for row in profiled:  # published in millions, 2 decimals
+        assert round(row.params[1] / 1e6, 2) == tool.PROFILE[row.name][0], row.name
+        assert "equals open_clip's published profile" in row.note
+
+
+def test_stand_ins_cover_every_encoder_and_stay_inside_the_tool(tool, rows, monkeypatch, tmp_path):
+    open_clip = require("open_clip")
+    transformers = require("transformers")
+    named = {open_clip.get_model_config(n)["text_cfg"].get("hf_model_name") for n in open_clip.list_models()}
+    assert named - {None} == set(tool.HF_STAND_INS)
+    for config in tool.HF_STAND_INS.values():
+        transformers.AutoConfig.for_model(**config)  # every field is one transformers knows how to take
+    # after the table: the real lookups are back, so clipforge without the hub still fails in one line
+    assert isinstance(transformers.AutoConfig.__dict__["from_pretrained"], classmethod)
+    assert hasattr(hf_text._hub_config, "cache_clear")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hf_text._download, "_cached_hub_file", lambda *a, **k: None)
+    hf_text._hub_config.cache_clear()
+    with pytest.raises(hf_text.HFConfigUnavailable, match="'roberta-base'"):
+        with torch.device("meta"):
+            CLIP(get_architecture("roberta-ViT-B-32"))
 
 
 def test_check_exit_codes(tool, rows, tmp_path, monkeypatch):

@@ -46,6 +46,8 @@ def _pixels(model, images) -> torch.Tensor:
 
 
 def _special_ids(model, tokenizer) -> tuple[int, tuple[int, ...]]:
+    if hasattr(model.text, "caption_ids"):  # a Hugging Face text tower: its encoder's ids; the tokenizer only decodes
+        return model.text.caption_ids()
     start, end = getattr(tokenizer, "sot_token_id", None), getattr(tokenizer, "eot_token_id", None)
     if start is None or end is None:
         raise ValueError("captioning needs a tokenizer with start and end tokens (sot_token_id, eot_token_id)")

@@ -5,7 +5,9 @@ A CLIP whose towers also return token states, plus a caption decoder:
 - image tower: a ViT whose ``QueryPool`` (vision.pool='coca') turns all tokens into ``pool_queries`` vectors after
   a LayerNorm; the first, projected, is the image feature, the others are the image tokens the decoder reads;
 - text tower: the CLIP text transformer with a learned token appended after the text; its output is the text
-  feature, the states of the text positions (no final norm) feed the decoder;
+  feature, the states of the text positions (no final norm) feed the decoder. Or a Hugging Face encoder
+  (text.kind='hf', ``HFTextTower``: open_clip's coca_roberta-ViT-B-32): pooled and projected for the feature, its
+  last hidden states at every position for the decoder;
 - decoder: per layer a causal self-attention block and a cross-attention block over the image tokens, a final norm
   and a linear map to the vocabulary: the logits of the next token at every text position.
 
@@ -19,12 +21,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from clipforge.config import ConfigError
 from clipforge.layers.attention import causal_mask
 from clipforge.layers.cross_attention import CrossAttentionBlock
 from clipforge.layers.norm import LayerNorm
 from clipforge.layers.query_pool import QueryPool
 from clipforge.layers.transformer import Block
-from clipforge.models.clip import CLIP, ModelInfo
+from clipforge.models.clip import CLIP, ModelInfo, build_text_tower
 from clipforge.models.config import ClipConfig, DecoderConfig, TextConfig, VisionConfig
 from clipforge.models.text import TextTransformer
 from clipforge.models.vit import VisionTransformer
@@ -146,11 +149,16 @@ class CoCa(CLIP):
         if config.decoder is None:
             raise ValueError("CoCa needs config.decoder; build a two-tower model with clipforge.models.clip.CLIP")
         super().__init__(config, info)
+        if config.text.kind == "hf" and self.text.width != config.decoder.width:
+            raise ConfigError(f"decoder.width {config.decoder.width} must equal the width of the text tower's token "
+                              f"states: {self.text.width}, the hidden size in the transformers config of "
+                              f"'{config.text.hf.model_name}'")
         self.decoder = CaptionDecoder(config.decoder)
 
     def build_towers(self, config: ClipConfig) -> tuple[nn.Module, nn.Module]:
-        return CocaVisionTransformer(config.vision, config.embed_dim), CocaTextTransformer(config.text,
-                                                                                           config.embed_dim)
+        text = (build_text_tower(config) if config.text.kind == "hf"  # HFTextTower: forward_tokens as below
+                else CocaTextTransformer(config.text, config.embed_dim))
+        return CocaVisionTransformer(config.vision, config.embed_dim), text
 
     def encode_image_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(image features (B, embed_dim), not normalised; image tokens (B, N, decoder width))."""
@@ -162,7 +170,8 @@ class CoCa(CLIP):
         return self.decoder(image_tokens, states)[:, -1]
 
     def caption_logits(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, L, vocab_size): position t predicts token t+1 of ``tokens`` (B, L)."""
+        """Teacher-forced logits (B, L, vocab_size): position t predicts token t+1 of ``tokens`` (B, L). A Hugging Face
+        text tower is bidirectional: as in open_clip, each position's state has read all of ``tokens``."""
         _, image_tokens = self.visual.forward_tokens(images)
         _, states = self.text.forward_tokens(tokens)
         return self.decoder(image_tokens, states)

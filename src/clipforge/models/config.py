@@ -208,7 +208,10 @@ class DecoderConfig:
     """CoCa's multimodal text decoder: per layer a causal self-attention block over the text tower's token states,
     then a cross-attention block over the image tokens; a final norm and a projection to the vocabulary.
 
-    ``width`` must equal the width of the image tokens it reads (``embed_dim`` for vision.pool='coca').
+    ``width`` must equal the width of the image tokens it reads (``embed_dim`` for vision.pool='coca') and of the
+    text tower's token states (a Hugging Face encoder's hidden size). ``vocab_size``: the built-in text tower's; with
+    a Hugging Face text tower it is whatever open_clip's ``text_cfg.vocab_size`` says (49408 unless set), not the
+    encoder's vocabulary.
     """
     width: int = 512
     num_heads: int = 8
@@ -252,8 +255,6 @@ class ClipConfig:
         _require(self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}")
         _require(isinstance(self.vision, VisionConfig) and isinstance(self.text, TextConfig),
                  "vision and text must be VisionConfig and TextConfig (use clipforge.config.from_dict for dicts)")
-        _require(self.decoder is None or self.text.kind == "transformer",
-                 "a CoCa model (decoder set) needs text.kind='transformer'")
         _require(self.vision.kind == "resnet" or self.vision.output_proj or self.vision.width == self.embed_dim,
                  f"vision.output_proj=false needs vision.width == embed_dim ({self.vision.width} != "
                  f"{self.embed_dim})")
@@ -270,6 +271,13 @@ class ClipConfig:
         tokens = self.embed_dim if self.vision.pool == "coca" else self.vision.width
         _require(self.decoder.width == tokens,
                  f"decoder.width {self.decoder.width} must equal the width of the image tokens it reads ({tokens})")
+        if self.text.kind == "hf":
+            # the encoder's width is in its transformers config: CoCa checks it against decoder.width when built
+            _require(self.text.hf.pool != "cls",
+                     "a CoCa model with a Hugging Face text tower needs text.hf.pool 'mean', 'max' or 'first': with "
+                     "'cls' open_clip drops the first token's state, which leaves the decoder one state short of the "
+                     "caption labels")
+            return
         _require(self.text.cls_token and self.text.width == self.decoder.width,
                  "a CoCa model needs text.cls_token=true and text.width == decoder.width")
         _require(self.decoder.vocab_size == self.text.vocab_size,

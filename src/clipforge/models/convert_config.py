@@ -175,9 +175,10 @@ _COCA_TEXT = ("embed_cls", "output_tokens", "pad_id")
 def _coca_from_open_clip(model_cfg: Mapping[str, Any], act: str) -> ClipConfig:
     """An open_clip CoCa ``model_cfg`` (one with ``multimodal_cfg``) -> ClipConfig with a decoder."""
     vision_cfg, text_cfg = dict(model_cfg.get("vision_cfg", {})), dict(model_cfg.get("text_cfg", {}))
-    if text_cfg.get("hf_model_name") or vision_cfg.get("timm_model_name"):
-        raise ConfigError("CoCa with a Hugging Face text tower or a timm image tower is not supported by clipforge")
-    if not text_cfg.get("embed_cls", False):
+    hf_text = bool(text_cfg.get("hf_model_name"))
+    if vision_cfg.get("timm_model_name"):
+        raise ConfigError("CoCa with a timm image tower is not supported by clipforge")
+    if not hf_text and not text_cfg.get("embed_cls", False):
         raise ConfigError("open_clip CoCa configs without text_cfg.embed_cls are not supported by clipforge")
     vision, _ = _vision_from_open_clip({k: v for k, v in vision_cfg.items() if k not in _COCA_VISION}, act)
     if vision_cfg.get("attentional_pool"):
@@ -187,10 +188,14 @@ def _coca_from_open_clip(model_cfg: Mapping[str, Any], act: str) -> ClipConfig:
         vision = dataclasses.replace(vision, pool="coca", pool_queries=vision_cfg.get("attn_pooler_queries", 256),
                                      pool_heads=vision_cfg.get("attn_pooler_heads", 8))
     text = _text_from_open_clip({k: v for k, v in text_cfg.items() if k not in _COCA_TEXT}, act)
-    text = dataclasses.replace(text, cls_token=True, pool="last", pad_id=text_cfg.get("pad_id", 0))
+    if not hf_text:  # a Hugging Face encoder gives the decoder its last hidden states as they are
+        text = dataclasses.replace(text, cls_token=True, pool="last", pad_id=text_cfg.get("pad_id", 0))
     m = model_cfg["multimodal_cfg"]
+    # open_clip sizes the decoder's vocabulary by text_cfg.vocab_size, also for a Hugging Face encoder (whose own
+    # vocabulary it ignores there)
     decoder = DecoderConfig(width=m.get("width", 512), num_heads=m.get("heads", 8), depth=m.get("layers", 12),
-                            context_length=m.get("context_length", 77), vocab_size=text.vocab_size,
+                            context_length=m.get("context_length", 77),
+                            vocab_size=text_cfg.get("vocab_size", 49408) if hf_text else text.vocab_size,
                             mlp_ratio=float(m.get("mlp_ratio", 4.0)), act=act,
                             layer_scale_init=m.get("ls_init_value"))
     return ClipConfig(embed_dim=model_cfg["embed_dim"], vision=vision, text=text, decoder=decoder,
@@ -284,6 +289,8 @@ def _hf_text_to_open_clip(config: ClipConfig) -> dict[str, Any]:
     out = {"context_length": config.text.context_length, "hf_model_name": hf.model_name,
            "hf_proj_type": {v: k for k, v in _OC_HF_PROJ.items()}[hf.proj],
            "hf_pooler_type": {v: k for k, v in _OC_HF_POOLS.items()}[hf.pool]}
+    if config.decoder is not None:  # CoCa: the token states feed the decoder, which open_clip sizes by vocab_size
+        out.update(output_tokens=True, vocab_size=config.decoder.vocab_size)
     return {**out, **_tokenizer_to_open_clip(config)}
 
 
@@ -336,7 +343,8 @@ def _decoder_to_open_clip(config: ClipConfig) -> dict[str, Any]:
            "vocab_size": d.vocab_size, "mlp_ratio": d.mlp_ratio}
     if d.layer_scale_init is not None:
         out["ls_init_value"] = d.layer_scale_init
-    if d.norm_eps != 1e-5 or d.act != config.text.act:
+    towers_act = config.vision.act if config.text.kind == "hf" else config.text.act  # an encoder has its own
+    if d.norm_eps != 1e-5 or d.act != towers_act:
         raise ConfigError("open_clip's CoCa decoder uses the towers' activation and LayerNorm eps 1e-5")
     return out
 

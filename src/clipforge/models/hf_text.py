@@ -5,7 +5,8 @@ encoder-decoder models such as NLLB and mT5, its encoder; ``proj``: ``nn.Linear`
 checkpoints load under their own key names. transformers is an optional extra (``clipforge[hf]``), imported only when
 such a tower is built. The encoder is built from its config alone: its weights come from the CLIP checkpoint, never
 from the encoder's own hub repo. The config is ``text.hf.model_config`` when given, else the ``config.json`` of
-``text.hf.model_name`` from the Hugging Face hub (its cache when offline).
+``text.hf.model_name`` from the Hugging Face hub (its cache when offline). In a CoCa (``models/coca.py``) the same
+tower also hands its last hidden states to the caption decoder (``forward_tokens``).
 """
 from __future__ import annotations
 
@@ -105,14 +106,29 @@ class HFTextTower(nn.Module):
             raise ValueError(f"the transformers config of '{config.hf.model_name}' has no pad_token_id; a CLIP text "
                              f"tower needs one to mask padding")
         self.pad_id = int(model_config.pad_token_id)
+        self.bos_id, self.eos_id = model_config.bos_token_id, model_config.eos_token_id  # for captioning (CoCa)
         self.width = int(model_config.hidden_size)  # d_model for NLLB / mT5 (transformers maps the name)
         self.proj = _projection(config.hf, self.width, embed_dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(tokens)[0]
+
+    def forward_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (B, embed_dim), token states (B, L, width)): the states are the encoder's last hidden states at
+        every position, padding included, as open_clip's HFTextEncoder gives them to CoCa's decoder (whose causal
+        mask keeps each position from reading later ones; the encoder itself is bidirectional)."""
         check_tokens(tokens, self.config.context_length)
         mask = (tokens != self.pad_id).long()  # (B, L)
         output = self.transformer(input_ids=tokens, attention_mask=mask)
-        return self.proj(pool_hidden(output, mask, self.config.hf.pool))
+        return self.proj(pool_hidden(output, mask, self.config.hf.pool)), output.last_hidden_state
+
+    def caption_ids(self) -> tuple[int, tuple[int, int]]:
+        """(start id, (end id, padding id)) for decoding captions: the encoder config's bos / eos / pad ids, the
+        tokens its tokenizer puts around a text (RoBERTa: <s> 0, </s> 2, <pad> 1)."""
+        if self.bos_id is None or self.eos_id is None:
+            raise ValueError(f"captioning needs start and end token ids, and the transformers config of "
+                             f"'{self.config.hf.model_name}' lacks bos_token_id or eos_token_id")
+        return int(self.bos_id), (int(self.eos_id), self.pad_id)
 
     def _layers(self) -> nn.ModuleList:
         """The encoder's list of layers: its longest ``nn.ModuleList`` (``encoder.layer``, ``layers``, ``block``)."""
