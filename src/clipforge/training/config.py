@@ -122,14 +122,15 @@ class EvalConfig:
     datasets: tuple[str, ...] = ()
     data_root: str = "data"
     every_steps: int = 0                      # 0: only at the end
-    tasks: tuple[str, ...] = ("zeroshot_classification", "zeroshot_retrieval")
+    # image_caption_selection: SugarCrepe / Winoground datasets (sugar_crepe/<task>, winoground)
+    tasks: tuple[str, ...] = ("zeroshot_classification", "zeroshot_retrieval", "image_caption_selection")
     templates: str = ""                       # a shipped template set for every dataset (else each dataset's own)
     ties: Literal["reference", "pessimistic"] = "reference"
     batch_size: int = 64
     workers: int = 0
 
     def __post_init__(self):
-        allowed = ("zeroshot_classification", "zeroshot_retrieval")
+        allowed = ("zeroshot_classification", "zeroshot_retrieval", "image_caption_selection")
         _check([(self.every_steps >= 0, f"eval.every_steps must be >= 0, got {self.every_steps}"),
                 (self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}"),
                 (self.workers >= 0, f"eval.workers must be >= 0, got {self.workers}"),
