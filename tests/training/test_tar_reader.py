@@ -10,10 +10,10 @@ import pytest
 from clipforge.data import tar as tars
 
 
-def _archive(members, fmt, compress=False) -> bytes:
+def _archive(members, fmt, compress=False, global_headers=None) -> bytes:
     """members: (name, bytes | "dir" | ("symlink", target) | ("hardlink", target))"""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt, pax_headers=global_headers) as tar:
         for name, payload in members:
             try:  # ustar cannot hold long names and links: those members are left out (nothing is written)
                 tarfile.TarInfo(name).tobuf(fmt, "utf-8", "surrogateescape")
@@ -89,6 +89,14 @@ def test_the_same_members_as_tarfile(fmt, seed):
         samples, errors = _ours(data, chunk)
         assert errors == 0
         assert samples == expected and len(samples) > 20
+
+
+def test_a_global_pax_header_is_skipped():
+    members = _members(4)
+    data = _archive(members, tarfile.PAX_FORMAT, global_headers={"comment": "written by a shard writer"})
+    assert data[156:157] == b"g"
+    samples, errors = _ours(data)
+    assert errors == 0 and samples == list(tars._group(iter(_tarfile_members(data)), "shard.tar", {}))
 
 
 def test_compressed_shards_still_read():

@@ -64,6 +64,7 @@ _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, b
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _REGULAR = (b"0", b"\0", b"7")  # tarfile's regular types but the old GNU sparse format, which is refused
+_META_KINDS = (b"L", b"K", b"x", b"g")  # headers describing the next member (or all of them), not members
 _NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, folders, FIFOs: tarfile reads no data for them
 
 
@@ -148,7 +149,7 @@ def _plain_members(stream: IO[bytes], first: bytes) -> Iterator[tuple[str, bytes
         if not _checksum_ok(header):
             raise tarfile.ReadError("bad checksum in a member header")
         kind = header[156:157]
-        size = int(pax["size"]) if "size" in pax else _number(header[124:136])
+        size = int(pax["size"]) if "size" in pax and kind not in _META_KINDS else _number(header[124:136])
         if kind in _NO_DATA:
             data = b""
         else:
@@ -162,6 +163,8 @@ def _plain_members(stream: IO[bytes], first: bytes) -> Iterator[tuple[str, bytes
             long_name = _field(data).decode("utf-8", "surrogateescape")
         elif kind == b"x":  # pax extended header of the next member
             pax = _pax_records(data)
+        elif kind in _META_KINDS:  # a GNU long link name, a global pax header: nothing a sample uses
+            pass
         elif kind == b"S":
             raise tarfile.ReadError("GNU sparse members are not supported in shards")
         else:
