@@ -123,6 +123,16 @@ def test_resource_usage_sees_allocations_and_file_size(tmp_path, encoders):
     assert disk_usage_mb(str(tmp_path)) == pytest.approx(3.0) and disk_usage_mb(None) is None
 
 
+def test_disk_usage_of_a_sharded_checkpoint_counts_its_shards(tmp_path):
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        (tmp_path / name).write_bytes(b"\0" * (1024 * 1024))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
+                                                "b": "model-00002-of-00002.safetensors",
+                                                "c": "model-00002-of-00002.safetensors"}}))
+    assert disk_usage_mb(str(index)) == pytest.approx(2.0 + index.stat().st_size / 2**20)
+
+
 def test_linear_probe_on_separable_features_picks_weight_decay():
     torch.manual_seed(0)
     centers = F.normalize(torch.randn(4, 16), dim=-1)

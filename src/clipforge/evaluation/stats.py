@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Callable
@@ -21,15 +22,29 @@ GIB = 1024 ** 3
 
 
 def disk_usage_mb(path: str | os.PathLike | None) -> float | None:
-    """Size in MiB of a weights file, or of every file under a folder; None when there is no local file."""
+    """Size in MiB of a weights file (a shard index: with every shard it names), or of every file under a folder;
+    None when there is no local file."""
     if not path or not os.path.exists(path):
         return None
     if os.path.isfile(path):
-        return os.path.getsize(path) / MIB
+        return (os.path.getsize(path) + sum(map(os.path.getsize, _shards(path)))) / MIB
     total = 0
     for folder, _, files in os.walk(path):
         total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
     return total / MIB
+
+
+def _shards(path: str | os.PathLike) -> list[str]:
+    """The existing files a ``*.index.json`` shard index names (transformers' sharded checkpoints)."""
+    if not str(path).endswith(".index.json"):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = set(json.load(f).get("weight_map", {}).values())
+    except (OSError, ValueError, AttributeError):
+        return []
+    folder = os.path.dirname(os.fspath(path))
+    return [p for p in (os.path.join(folder, n) for n in sorted(names)) if os.path.isfile(p)]
 
 
 class PeakRSS:

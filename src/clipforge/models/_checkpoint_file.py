@@ -7,12 +7,16 @@ Formats read by ``read_state_dict``:
 - TorchScript archives (OpenAI's original ``.pt`` files), read by ``_SafeArchiveReader``: the pickle in the zip is
   replayed with a ``find_class`` that only hands out inert stand-ins, and tensors are rebuilt from the raw storages.
   The same reader is the fallback for torch zip checkpoints that ``weights_only`` refuses because they carry other
-  objects (e.g. a saved argparse Namespace): those objects become inert too, and only tensors are kept.
+  objects (e.g. a saved argparse Namespace): those objects become inert too, and only tensors are kept;
+- shard indexes (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``: what transformers'
+  ``save_pretrained(max_shard_size=...)`` writes): every shard the index's ``weight_map`` names is read from the
+  index's folder, and each must hold exactly the tensors the index places in it.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import os
 import pickle
@@ -23,7 +27,8 @@ from typing import Any, Iterator
 
 import torch
 
-FORMATS = ("safetensors", "torch", "torchscript")
+FORMATS = ("safetensors", "torch", "torchscript", "sharded")
+SHARD_INDEX_SUFFIX = ".index.json"  # transformers' shard index: {"metadata": ..., "weight_map": {tensor: shard file}}
 # What torch.load raises for truncated or corrupt files (a zip cut short: RuntimeError from its stream reader).
 DAMAGED_FILE_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
                        zipfile.BadZipFile, pickle.UnpicklingError)
@@ -50,7 +55,10 @@ def _corrupt(path: Path, why: str) -> CheckpointFileError:
 
 
 def detect_file_format(path: Path) -> str:
-    """'safetensors', 'torch' or 'torchscript', from the file's first bytes and (for zips) its members."""
+    """'safetensors', 'torch' or 'torchscript', from the file's first bytes and (for zips) its members; 'sharded'
+    for a shard index (known by its name: ``*.index.json``)."""
+    if Path(path).name.endswith(SHARD_INDEX_SUFFIX):
+        return "sharded"
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) < 9:
@@ -96,6 +104,8 @@ def read_checkpoint(path: str | os.PathLike, format_hint: str | None = None) -> 
     section, ignored = None, ()
     if kind == "safetensors":
         tensors = _read_safetensors(path)
+    elif kind == "sharded":
+        tensors = _read_sharded(path)
     elif kind == "torchscript":
         tensors = _SafeArchiveReader(path).module_tensors()
     else:
@@ -133,6 +143,53 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise _corrupt(path, f"invalid safetensors data ({e})") from None
+
+
+def shard_files(index_path: str | os.PathLike) -> dict[str, list[str]]:
+    """Shard file name -> the tensor names a shard index places in it (in the index's order).
+
+    The index must be a JSON object with a non-empty ``weight_map`` of tensor name -> file name; a file name must be
+    a plain name in the index's folder (no directories, so an index cannot reach outside its folder).
+    """
+    index_path = Path(index_path)
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointFileError(f"cannot read shard index {index_path}: {e}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointFileError(f"shard index {index_path} has no 'weight_map' (tensor name -> shard file)")
+    shards: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
+            raise CheckpointFileError(f"shard index {index_path} places '{name}' in {shard!r}, which is not a file "
+                                      f"name in the index's folder")
+        shards.setdefault(shard, []).append(name)
+    return shards
+
+
+def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
+    """Every shard of a transformers shard index, each holding exactly the tensors the index places in it."""
+    tensors: dict[str, torch.Tensor] = {}
+    for shard, names in shard_files(index_path).items():
+        path = index_path.parent / shard
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {shard} named by {index_path.name} is missing from {index_path.parent}; "
+                                    f"download the whole folder again")
+        kind = detect_file_format(path)
+        if kind not in ("safetensors", "torch"):
+            raise CheckpointFileError(f"shard {path} of {index_path.name} is a {kind} file, not safetensors or torch")
+        part = _read_safetensors(path) if kind == "safetensors" else _unwrap(_read_torch(path), path)
+        missing, unlisted = sorted(set(names) - set(part)), sorted(set(part) - set(names))
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} tensors the index places there are absent ({', '.join(missing[:3])})")
+        if unlisted:
+            problems.append(f"{len(unlisted)} tensors are not listed there ({', '.join(unlisted[:3])})")
+        if problems:
+            raise CheckpointFileError(f"shard {path} does not match {index_path.name}: {'; '.join(problems)}")
+        tensors.update(part)
+    return tensors
 
 
 def _read_torch(path: Path) -> Any:

@@ -7,11 +7,14 @@ Pure functions, state_dict -> state_dict. Supported sources:
   these keys in clipforge), and ``CoCa`` (its attentional
   pooler ``visual.attn_pool.*``, the text tower's ``cls_emb``, the decoder ``text_decoder.*``);
 - open_clip's Hugging Face text towers (``text.transformer.*``, ``text.proj*``): the same keys in clipforge;
-- Hugging Face transformers ``CLIPModel``;
+- Hugging Face transformers ``CLIPModel``, ``SiglipModel`` and ``Siglip2Model`` (NaFlex: its patch embedding
+  becomes a convolution kernel, its position embedding is resized once to the model's grid as transformers resizes
+  it for that grid);
 - clipforge itself.
 
-The maps only rename and reshape; ``models.loading`` then checks keys and shapes once against the model, so a
-checkpoint for another architecture fails there, loudly, instead of loading partially.
+The maps only rename and reshape (and resize NaFlex position embeddings); ``models.loading`` then checks keys and
+shapes once against the model, so a checkpoint for another architecture fails there, loudly, instead of loading
+partially.
 The architecture-level conversions (open_clip / HF configs -> ClipConfig) live in ``convert_config.py``.
 """
 from __future__ import annotations
@@ -63,6 +66,16 @@ _HF_TOP = [("logit_scale", "logit_scale"), ("visual_projection.weight", "visual.
            ("text_model.embeddings.token_embedding.", "text.token_embedding."),
            ("text_model.embeddings.position_embedding.weight", "text.pos_embed"),
            ("text_model.final_layer_norm.", "text.norm.")]
+# transformers SiglipModel / Siglip2Model: the text head is clipforge's text projection (with bias), the vision head
+# its MAP pool (nn.MultiheadAttention's packed q/k/v are split into q and kv by _hf_to_clipforge)
+_HF_SIGLIP = [("logit_bias", "logit_bias"), ("text_model.head.", "text.proj."),
+              ("vision_model.head.probe", "visual.attn_pool.latent"),
+              ("vision_model.head.attention.out_proj.", "visual.attn_pool.proj."),
+              ("vision_model.head.layernorm.", "visual.attn_pool.norm."),
+              ("vision_model.head.mlp.", "visual.attn_pool.mlp.")]
+_HF_POOL_QKV = "vision_model.head.attention.in_proj_"
+_HF_PATCH = "vision_model.embeddings.patch_embedding.weight"
+_HF_POS = "vision_model.embeddings.position_embedding.weight"
 # HF index buffers: recomputed by every model, they carry no weights.
 _HF_BUFFERS = ("vision_model.embeddings.position_ids", "text_model.embeddings.position_ids")
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
@@ -106,7 +119,7 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
         return "clipforge" if keys & {"visual.pos_embed", "visual.attn_pool.pos_embed"} else "open_clip"
     sample = ", ".join(sorted(keys)[:5])
     raise ConversionError(f"unrecognised checkpoint layout (first keys: {sample}); expected an open_clip, OpenAI, "
-                          f"Hugging Face CLIPModel or clipforge state dict")
+                          f"Hugging Face CLIPModel / SiglipModel or clipforge state dict")
 
 
 # ---------------------------------------------------------------- open_clip / OpenAI -> clipforge
@@ -226,11 +239,16 @@ def _pack_resnet_kv(state_dict: StateDict, out: StateDict) -> None:
             out[f"visual.attn_pool.kv.{part}"] = torch.cat([k, v], dim=0)  # (2C, ...)
 
 
-# ---------------------------------------------------------------- HF transformers CLIPModel -> clipforge
-def _hf_to_clipforge(state_dict: StateDict) -> StateDict:
+# ---------------------------------------------------------------- HF transformers CLIP / SigLIP -> clipforge
+def _hf_to_clipforge(state_dict: StateDict, config: ClipConfig) -> StateDict:
     out, unknown, qkv = {}, [], {}
+    naflex = getattr(state_dict.get(_HF_PATCH), "ndim", 4) == 2  # Siglip2Model: a Linear over flattened patches
     for key, tensor in state_dict.items():
         if key in _HF_BUFFERS:
+            continue
+        if key.startswith(_HF_POOL_QKV):  # (3D, ...): packed q, k, v of the MAP head
+            part, width = key[len(_HF_POOL_QKV):], tensor.shape[0] // 3
+            out[f"visual.attn_pool.q.{part}"], out[f"visual.attn_pool.kv.{part}"] = tensor[:width], tensor[width:]
             continue
         block = _BLOCK_RE.match(key)
         if block:
@@ -242,11 +260,11 @@ def _hf_to_clipforge(state_dict: StateDict) -> StateDict:
                 continue
             new = _block_key(tower, index, rest, _HF_BLOCK)
         else:
-            new = _rename(key, _HF_TOP)
+            new = _rename(key, _HF_TOP) or _rename(key, _HF_SIGLIP)
         if new is None:
             unknown.append(key)
         else:
-            out[new] = tensor
+            out[new] = _fix_hf_tensor(key, tensor, config, naflex)
     for (tower, index, part), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise ConversionError(f"layer {tower}{index}: q/k/v projections incomplete ({sorted(parts)})")
@@ -255,6 +273,29 @@ def _hf_to_clipforge(state_dict: StateDict) -> StateDict:
         raise ConversionError(f"{len(unknown)} Hugging Face keys have no place in a clipforge model: "
                               f"{', '.join(unknown[:8])}")
     return out
+
+
+def _fix_hf_tensor(key: str, tensor: torch.Tensor, config: ClipConfig, naflex: bool) -> torch.Tensor:
+    if key in ("logit_scale", "logit_bias") and tensor.shape == (1,):
+        return tensor.reshape(())  # SigLIP keeps (1,), CLIP and clipforge a scalar
+    if key == "vision_model.head.probe":
+        return tensor.reshape(-1, tensor.shape[-1])  # (1, 1, D) -> (1, D)
+    if naflex and key == _HF_PATCH:
+        return _naflex_patch_kernel(tensor, config.vision.patch_size)
+    if naflex and key == _HF_POS:
+        grid = config.vision.grid_size  # transformers resizes the stored grid to each image's patch grid
+        return resize_pos_embed(tensor, (grid, grid), 0, mode="bilinear", antialias=True)
+    return tensor
+
+
+def _naflex_patch_kernel(weight: torch.Tensor, patch: int) -> torch.Tensor:
+    """Siglip2's Linear over flattened patches (D, p * p * C), pixels in (row, column, channel) order as its image
+    processor flattens them -> the equivalent convolution kernel (D, C, p, p)."""
+    channels = weight.shape[1] // (patch * patch)
+    if channels * patch * patch != weight.shape[1]:
+        raise ConversionError(f"{_HF_PATCH} has {weight.shape[1]} inputs, not patch_size {patch} squared times the "
+                              f"channels")
+    return weight.reshape(weight.shape[0], patch, patch, channels).permute(0, 3, 1, 2).contiguous()
 
 
 # ---------------------------------------------------------------- validation, entry points
@@ -328,7 +369,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: ClipConfi
         "openai": lambda sd: _open_clip_to_clipforge(
             {k: v for k, v in sd.items() if k not in _OPENAI_EXTRAS}, config),
         "open_clip": lambda sd: _open_clip_to_clipforge(sd, config),
-        "hf": _hf_to_clipforge,
+        "hf": lambda sd: _hf_to_clipforge(sd, config),
     }
     return converters[detect_layout(state_dict)](state_dict)
 

@@ -1,4 +1,5 @@
-"""Architecture conversions: open_clip ``model_cfg`` dicts, HF ``CLIPConfig`` dicts and OpenAI state dicts -> ClipConfig.
+"""Architecture conversions: open_clip ``model_cfg`` dicts, transformers ``CLIPConfig`` / ``SiglipConfig`` /
+``Siglip2Config`` dicts and OpenAI state dicts -> ClipConfig.
 
 Imported through ``clipforge.models.convert``. Options that clipforge does not implement raise
 ``ConfigError`` naming the option instead of building a different model.
@@ -388,11 +389,19 @@ def _hf_act(name: str) -> str:
     return _HF_ACTS[name]
 
 
-def config_from_hf(config_json: Mapping[str, Any]) -> ClipConfig:
-    """A transformers ``CLIPModel`` ``config.json`` dict -> ClipConfig (HF's own defaults fill missing fields)."""
+def config_from_hf(config_json: Mapping[str, Any], tokenizer: str | None = None) -> ClipConfig:
+    """A transformers ``config.json`` dict -> ClipConfig (transformers' own defaults fill missing fields).
+
+    ``model_type`` ``clip`` (CLIPModel), ``siglip`` (SiglipModel) or ``siglip2`` (Siglip2Model, see
+    ``_siglip_from_hf``). ``tokenizer``: a SigLIP model's tokenizer (a hub id or a folder with ``tokenizer.json``);
+    by default open_clip's tokenizer of the same vocabulary (``SIGLIP_TOKENIZERS``). CLIP uses CLIP's BPE.
+    """
     model_type = config_json.get("model_type", "clip")
+    if model_type in ("siglip", "siglip2"):
+        return _siglip_from_hf(config_json, tokenizer)
     if model_type != "clip":
-        raise ConfigError(f"Hugging Face model_type '{model_type}' is not supported; only 'clip' (CLIPModel)")
+        raise ConfigError(f"Hugging Face model_type '{model_type}' is not supported; clipforge reads 'clip' "
+                          f"(CLIPModel), 'siglip' (SiglipModel) and 'siglip2' (Siglip2Model)")
     t, v = config_json.get("text_config") or {}, config_json.get("vision_config") or {}
     t_width, v_width = t.get("hidden_size", 512), v.get("hidden_size", 768)
     eos = t.get("eos_token_id", 49407)
@@ -408,6 +417,80 @@ def config_from_hf(config_json: Mapping[str, Any]) -> ClipConfig:
                           act=_hf_act(v.get("hidden_act", "quick_gelu")), norm_eps=v.get("layer_norm_eps", 1e-5))
     return ClipConfig(embed_dim=config_json.get("projection_dim", 512), vision=vision, text=text,
                       init_logit_scale=config_json.get("logit_scale_init_value", 2.6592))
+
+
+# The SigLIP vocabularies open_clip publishes tokenizers for (the same SentencePiece models transformers' SigLIP
+# checkpoints were converted with): English c4 (SigLIP), multilingual (SigLIP i18n), Gemma's (SigLIP 2).
+SIGLIP_TOKENIZERS = {32000: "timm/ViT-B-16-SigLIP", 250000: "timm/ViT-B-16-SigLIP-i18n-256",
+                     256000: "timm/ViT-B-16-SigLIP2"}
+
+
+def siglip_tokenizer_known(vocab_size: int) -> bool:
+    return vocab_size in SIGLIP_TOKENIZERS
+
+
+def _one_int(value: Any, where: str) -> int:
+    """transformers allows (height, width) sizes; clipforge's towers are square."""
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ConfigError(f"Hugging Face {where}={list(value)} is not square; clipforge builds square towers")
+        value = value[0]
+    return int(value)
+
+
+def _siglip_tower_sizes(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The encoder fields shared by SigLIP's text and vision configs (transformers' defaults)."""
+    width = cfg.get("hidden_size", 768)
+    return dict(width=width, num_heads=cfg.get("num_attention_heads", 12), depth=cfg.get("num_hidden_layers", 12),
+                mlp_ratio=cfg.get("intermediate_size", 3072) / width,
+                act=_hf_act(cfg.get("hidden_act", "gelu_pytorch_tanh")), norm_eps=cfg.get("layer_norm_eps", 1e-6))
+
+
+def _siglip_image_size(v: Mapping[str, Any], naflex: bool, patch: int) -> int:
+    """SigLIP: the config's image size. SigLIP 2 NaFlex has none (any patch grid up to a patch budget): clipforge
+    runs it at the size whose patch grid is the position-embedding grid (sqrt(num_patches) patches a side, 16 x 16
+    = 256 px for the patch-16 checkpoints), where transformers uses the embedding as stored; another size
+    (``image_size=``) gets the embedding resized as transformers resizes it for that grid."""
+    if not naflex:
+        return _one_int(v.get("image_size", 224), "vision_config.image_size")
+    num_patches = v.get("num_patches", 256)
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ConfigError(f"Hugging Face Siglip2 vision_config.num_patches={num_patches} is not a square grid")
+    return side * patch
+
+
+def _siglip_from_hf(config_json: Mapping[str, Any], tokenizer: str | None) -> ClipConfig:
+    """transformers ``SiglipConfig`` / ``Siglip2Config`` -> ClipConfig: a ViT without class token or pre-norm,
+    pooled by its attention-pool (MAP) head, no image projection; a bidirectional text transformer pooled at the
+    last position through a linear head with bias; a learned logit scale and bias."""
+    t, v = config_json.get("text_config") or {}, config_json.get("vision_config") or {}
+    if not v.get("vision_use_head", True):
+        raise ConfigError("Hugging Face SigLIP vision_config.vision_use_head=false is not supported: the image "
+                          "features of SiglipModel come from that attention-pool head")
+    if v.get("num_channels", 3) != 3:
+        raise ConfigError(f"Hugging Face SigLIP vision_config.num_channels={v['num_channels']} is not supported; "
+                          f"clipforge's image towers take RGB (3 channels)")
+    vision_sizes, text_sizes = _siglip_tower_sizes(v), _siglip_tower_sizes(t)
+    embed_dim = vision_sizes["width"]
+    if (t.get("projection_size") or text_sizes["width"]) != embed_dim:
+        raise ConfigError(f"Hugging Face SigLIP text_config.projection_size {t.get('projection_size')} differs from "
+                          f"vision_config.hidden_size {embed_dim}: image and text features must have one size")
+    patch = _one_int(v.get("patch_size", 16), "vision_config.patch_size")
+    image_size = _siglip_image_size(v, config_json.get("model_type") == "siglip2", patch)
+    vision = VisionConfig(kind="vit", image_size=image_size, patch_size=patch, class_token=False, pre_norm=False,
+                          pool="map", patch_bias=True, output_proj=False, **vision_sizes)
+    vocab = t.get("vocab_size", 32000)
+    text = TextConfig(context_length=t.get("max_position_embeddings", 64), vocab_size=vocab, causal_mask=False,
+                      pool="last", proj_bias=True, **text_sizes)
+    tokenizer = tokenizer or SIGLIP_TOKENIZERS.get(vocab)
+    if tokenizer is None:
+        raise ConfigError(f"no SigLIP tokenizer is known for a vocabulary of {vocab} tokens; pass the folder or hub "
+                          f"repo holding its tokenizer.json")
+    # the logit scale and bias are SigLIP's initial values; a checkpoint brings its own
+    return ClipConfig(embed_dim=embed_dim, vision=vision, text=text, init_logit_scale=math.log(10.0),
+                      init_logit_bias=-10.0, open_clip_class="CustomTextCLIP", tokenizer=tokenizer,
+                      tokenizer_clean="canonicalize")
 
 
 # ---------------------------------------------------------------- OpenAI .pt archives

@@ -4,8 +4,10 @@
   ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``. clipforge adds a ``clipforge`` section (the
   architecture name, its overrides and the exact architecture config) that open_clip ignores, so a folder written here
   loads in both and clipforge rebuilds the model exactly, even where open_clip's vocabulary cannot express it.
-- transformers: ``config.json`` (a ``CLIPModel`` config) next to ``model.safetensors`` or ``pytorch_model.bin``,
-  optionally ``preprocessor_config.json``.
+- transformers: ``config.json`` (a ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model`` config) next to
+  ``model.safetensors`` or ``pytorch_model.bin``, or next to a shard index (``model.safetensors.index.json`` /
+  ``pytorch_model.bin.index.json``) and the shards it names; optionally ``preprocessor_config.json`` and, for SigLIP,
+  the tokenizer's ``tokenizer.json``.
 
 ``read_folder_facts`` turns the config files into ``DeclaredModel`` (what the folder says about its model);
 ``save_hub_layout`` writes the open_clip layout, each file through a temporary name.
@@ -32,7 +34,12 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # best first: no unpickling
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# what a transformers folder may hold, in transformers' order of preference: shard indexes list their shard files
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
 HF_PREPROCESSOR = "preprocessor_config.json"
+HF_TOKENIZER = "tokenizer.json"
+_SIGLIP_TYPES = ("siglip", "siglip2")
 CLIPFORGE_SECTION = "clipforge"
 _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # transformers stores PIL resample codes
 
@@ -101,8 +108,14 @@ def open_clip_facts(config: Mapping[str, Any], source: str) -> DeclaredModel:
     return DeclaredModel(config=model, overrides=overrides, preprocess=preprocess)
 
 
-def hf_facts(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, source: str) -> DeclaredModel:
-    """transformers ``config.json`` (+ ``preprocessor_config.json``) -> DeclaredModel."""
+def hf_facts(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, source: str,
+             tokenizer: str | None = None) -> DeclaredModel:
+    """transformers ``config.json`` (+ ``preprocessor_config.json``) -> DeclaredModel.
+
+    ``tokenizer``: where the folder's own tokenizer is (the folder or hub repo, when it holds ``tokenizer.json``); a
+    SigLIP model without one gets open_clip's tokenizer of the same vocabulary (``config_from_hf``), else this folder
+    (so that ``get_tokenizer`` says the file is missing).
+    """
     vision, text = config.get("vision_config"), config.get("text_config")
     if config.get("model_type") == "M-CLIP":  # a text encoder whose image tower only its model card names
         raise ValueError(f"{source} is an M-CLIP text encoder without a known image tower; clipforge builds the "
@@ -110,19 +123,36 @@ def hf_facts(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, 
     if not isinstance(vision, dict) or not isinstance(text, dict):
         raise ValueError(f"{HF_CONFIG} of {source} is not a CLIP config: it needs 'vision_config' and "
                          f"'text_config' sections")
-    pp = preprocessor or {}
-    given = {"image_size": vision.get("image_size"), "mean": pp.get("image_mean"), "std": pp.get("image_std"),
-             "interpolation": _PIL_RESAMPLE.get(pp.get("resample"))}
-    preprocess = PreprocessConfig(**{k: v for k, v in given.items() if v is not None})
-    model = convert_config.config_from_hf(config)
-    overrides = {f"{tower}.act": "quick_gelu" for tower, cfg in (("vision", vision), ("text", text))
-                 if cfg.get("hidden_act", "quick_gelu") == "quick_gelu"}  # transformers' CLIP default is quick_gelu
+    try:
+        model = convert_config.config_from_hf(config, tokenizer=tokenizer)
+    except ConfigError as e:
+        raise ValueError(f"{HF_CONFIG} of {source}: {e}") from None
+    siglip = is_siglip(config)
+    preprocess = _hf_preprocess(preprocessor or {}, model.vision.image_size, siglip,
+                                naflex=config.get("model_type") == "siglip2")
+    overrides = {} if siglip else {  # transformers' CLIP default is quick_gelu
+        f"{tower}.act": "quick_gelu" for tower, cfg in (("vision", vision), ("text", text))
+        if cfg.get("hidden_act", "quick_gelu") == "quick_gelu"}
     return DeclaredModel(config=model, overrides=overrides, preprocess=preprocess)
 
 
+def _hf_preprocess(pp: Mapping[str, Any], image_size: int, siglip: bool, naflex: bool) -> PreprocessConfig:
+    """transformers' image processor settings; where they are absent, its defaults for the model's processor class
+    (CLIP: OpenAI mean/std, bicubic, shortest side + centre crop; SigLIP: 0.5 mean/std, a square resize, bicubic,
+    bilinear for SigLIP 2's NaFlex processor, which clipforge runs at one fixed square size)."""
+    given = {"image_size": image_size, "mean": pp.get("image_mean"), "std": pp.get("image_std"),
+             "interpolation": _PIL_RESAMPLE.get(pp.get("resample"))}
+    if siglip:
+        defaults = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear" if naflex else "bicubic"}
+        given = {k: defaults[k] if v is None and k in defaults else v for k, v in given.items()}
+        given["resize_mode"] = "squash"
+    return PreprocessConfig(**{k: v for k, v in given.items() if v is not None})
+
+
 def find_weights(folder: Path) -> tuple[str, Path] | None:
-    """``(config file name, weights path)`` of the first layout ``folder`` holds, or None if it holds none."""
-    for config_name, weight_names in ((OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS), (HF_CONFIG, HF_WEIGHTS)):
+    """``(config file name, weights path)`` of the first layout ``folder`` holds, or None if it holds none. For a
+    sharded transformers folder the weights path is its shard index (``_checkpoint_file`` reads the shards)."""
+    for config_name, weight_names in ((OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS), (HF_CONFIG, HF_WEIGHT_FILES)):
         if not (folder / config_name).is_file():
             continue
         found = [folder / name for name in weight_names if (folder / name).is_file()]
@@ -133,16 +163,31 @@ def find_weights(folder: Path) -> tuple[str, Path] | None:
     return None
 
 
+def is_siglip(config: Mapping[str, Any]) -> bool:
+    """Whether a transformers ``config.json`` is a SigLIP model's (which brings its own tokenizer)."""
+    return config.get("model_type") in _SIGLIP_TYPES
+
+
+def folder_tokenizer(config: Mapping[str, Any], where: str, has_tokenizer_file: bool) -> str | None:
+    """The tokenizer a transformers folder's model gets from the folder itself: ``where`` (a directory or a hub
+    repo id) for a SigLIP model, when the folder holds ``tokenizer.json`` or no other tokenizer is known for its
+    vocabulary; None otherwise (CLIP's tokenizer, or open_clip's tokenizer of that vocabulary)."""
+    if not is_siglip(config):
+        return None
+    vocab = (config.get("text_config") or {}).get("vocab_size", 32000)
+    return where if has_tokenizer_file or not convert_config.siglip_tokenizer_known(vocab) else None
+
+
 def layout_hint() -> str:
     return (f"{OPEN_CLIP_CONFIG} with {' or '.join(OPEN_CLIP_WEIGHTS)} (open_clip / clipforge layout), or "
-            f"{HF_CONFIG} with {' or '.join(HF_WEIGHTS)} (transformers layout)")
+            f"{HF_CONFIG} with {' or '.join(HF_WEIGHT_FILES)} (transformers layout)")
 
 
 def read_folder_facts(config_name: str, config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None,
-                      source: str) -> DeclaredModel:
+                      source: str, tokenizer: str | None = None) -> DeclaredModel:
     if config_name == OPEN_CLIP_CONFIG:
         return open_clip_facts(config, source)
-    return hf_facts(config, preprocessor, source)
+    return hf_facts(config, preprocessor, source, tokenizer)
 
 
 # -------------------------------------------------------------------------------------------------- writing

@@ -1,7 +1,8 @@
 """Resolving ``pretrained=`` to weights on the local disk, with what the source says about its model.
 
 ``pretrained`` may be a tag of the architecture (``"laion2b_s34b_b79k"``; ``-`` and ``_`` are interchangeable), a
-weights file, ``hf-hub:org/repo[@revision]``, or a local directory in a hub layout (``models.hub_layout``).
+weights file, ``hf-hub:org/repo[@revision]``, or a local directory in a hub layout (``models.hub_layout``). A sharded
+transformers folder resolves to its shard index (every shard it names is fetched too).
 ``resolve_weights`` finds the file (downloading it if allowed) and reads the facts that come with it
 (``DeclaredModel``); building the model, converting key layouts and strict loading are the factory's job.
 Weight files are read here only when they may describe themselves (clipforge training checkpoints carry their
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from clipforge.models import hub_layout, weights
-from clipforge.models._checkpoint_file import SECTION_KEY, detect_file_format, read_checkpoint
+from clipforge.models._checkpoint_file import SECTION_KEY, detect_file_format, read_checkpoint, shard_files
 from clipforge.models._download import (
     HubRepoNotFoundError, HubUnreachableError, WeightsNotCachedError, hub_file, is_offline, url_file,
 )
@@ -128,7 +129,8 @@ def _resolve_hub_repo(repo_id: str, revision, cache_dir, local_files_only: bool)
     where = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
     fetch = functools.partial(hub_file, repo_id, revision=revision, cache_dir=cache_dir,
                               local_files_only=local_files_only)
-    layouts = ((hub_layout.OPEN_CLIP_CONFIG, hub_layout.OPEN_CLIP_WEIGHTS), (hub_layout.HF_CONFIG, hub_layout.HF_WEIGHTS))
+    layouts = ((hub_layout.OPEN_CLIP_CONFIG, hub_layout.OPEN_CLIP_WEIGHTS),
+               (hub_layout.HF_CONFIG, hub_layout.HF_WEIGHT_FILES))
     for config_name, weight_names in layouts:
         try:
             config_path = fetch([config_name])
@@ -136,14 +138,16 @@ def _resolve_hub_repo(repo_id: str, revision, cache_dir, local_files_only: bool)
             raise  # trying the other layout cannot help
         except FileNotFoundError:
             continue
-        weights_path = fetch(list(weight_names))
-        extra = None
+        config = hub_layout.read_json(config_path)
+        extra = tokenizer = None
         if config_name == hub_layout.HF_CONFIG:
-            try:
-                extra = hub_layout.read_json(fetch([hub_layout.HF_PREPROCESSOR]))
-            except FileNotFoundError:
-                extra = None  # optional: without it, transformers' CLIP defaults apply
-        declared = hub_layout.read_folder_facts(config_name, hub_layout.read_json(config_path), extra, where)
+            extra = _optional_json(fetch, hub_layout.HF_PREPROCESSOR)  # without it, transformers' defaults apply
+            tokenizer = hub_layout.folder_tokenizer(config, repo_id, _hub_has_tokenizer(fetch, config))
+        declared = hub_layout.read_folder_facts(config_name, config, extra, where, tokenizer)  # before any weights
+        weights_path = fetch(list(weight_names))
+        if detect_file_format(weights_path) == "sharded":
+            for shard in shard_files(weights_path):  # into the same snapshot folder as the index
+                fetch([shard])
         return LocalWeights(weights_path, detect_file_format(weights_path), declared=declared, source=where)
     offline = is_offline(local_files_only)
     raise (WeightsNotCachedError if offline else FileNotFoundError)(
@@ -152,16 +156,41 @@ def _resolve_hub_repo(repo_id: str, revision, cache_dir, local_files_only: bool)
            f"network access to download it)" if offline else ""))
 
 
+def _optional_json(fetch, name: str) -> dict | None:
+    try:
+        return hub_layout.read_json(fetch([name]))
+    except FileNotFoundError:
+        return None
+
+
+def _hub_has_tokenizer(fetch, config: dict) -> bool:
+    """Whether a SigLIP repo holds its ``tokenizer.json`` (fetched now: the tokenizer needs it; offline, whether the
+    cache holds it). Other models never ask."""
+    if not hub_layout.is_siglip(config):
+        return False
+    try:
+        fetch([hub_layout.HF_TOKENIZER])
+        return True
+    except (HubUnreachableError, HubRepoNotFoundError):
+        raise
+    except FileNotFoundError:
+        return False
+
+
 def _resolve_directory(path: Path) -> LocalWeights:
     found = hub_layout.find_weights(path)
     if found is None:
         raise FileNotFoundError(f"directory {path} is not a weights folder: expected {hub_layout.layout_hint()}")
     config_name, weights_path = found
-    extra = None
-    if config_name == hub_layout.HF_CONFIG and (path / hub_layout.HF_PREPROCESSOR).is_file():
-        extra = hub_layout.read_json(path / hub_layout.HF_PREPROCESSOR)
+    config = hub_layout.read_json(path / config_name)
+    extra = tokenizer = None
+    if config_name == hub_layout.HF_CONFIG:
+        if (path / hub_layout.HF_PREPROCESSOR).is_file():
+            extra = hub_layout.read_json(path / hub_layout.HF_PREPROCESSOR)
+        tokenizer = hub_layout.folder_tokenizer(config, str(path.resolve()),
+                                                (path / hub_layout.HF_TOKENIZER).is_file())
     source = f"directory {path}"
-    declared = hub_layout.read_folder_facts(config_name, hub_layout.read_json(path / config_name), extra, source)
+    declared = hub_layout.read_folder_facts(config_name, config, extra, source, tokenizer)
     return LocalWeights(weights_path, detect_file_format(weights_path), declared=declared, source=source)
 
 
