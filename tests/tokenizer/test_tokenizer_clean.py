@@ -104,8 +104,8 @@ def test_fix_text_keeps_ftfys_line_rules():
 
 def test_only_mojibake_reaches_ftfys_encoding_repair(monkeypatch):
     calls = []
-    real = clean.ftfy.fix_encoding
-    monkeypatch.setattr(clean.ftfy, "fix_encoding", lambda text: calls.append(text) or real(text))
+    real = clean._fix_encoding
+    monkeypatch.setattr(clean, "_fix_encoding", lambda text: calls.append(text) or real(text))
     monkeypatch.setattr(clean.ftfy, "fix_text", lambda text, *a, **k: pytest.fail(f"ftfy.fix_text on {text!r}"))
     assert clean.clean_text("\u201cQuoted\u201d ＦＵＬＬ ﬁne &amp; more\nÜber") == '"quoted" full fine & more über'
     assert calls == []
@@ -147,3 +147,24 @@ def test_fix_text_equals_ftfy_across_the_bmp(wrap):
              for i in range(0, len(codepoints), 24)]
     diffs = [text for text in texts if clean.fix_text(text) != ftfy.fix_text(text)]
     assert not diffs, f"{len(diffs)} texts differ, e.g. {diffs[:2]!r}"
+
+
+def test_fix_encoding_equals_ftfys_loop():
+    """clipforge's encoding repair stops once the text is ASCII or not bad, where ftfy's next step would return it
+    unchanged; it must equal ``ftfy.fix_encoding`` however many steps the repair takes (mojibake of mojibake)."""
+    import random
+
+    rng = random.Random(23)
+    encodings = ["latin-1", "cp1252", "cp1251", "mac_roman", "cp437", "cp1250", "iso-8859-2"]
+    words = ["café", "Zürich", "it’s", "“quoted”", "señor", "Ærø", "東京", "😀", "naïve", "x", "über",
+             " ", "plain words", "Привет"]
+    texts = []
+    for _ in range(4000):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+        for _ in range(rng.choice([1, 1, 2, 3])):  # layers of mojibake
+            text = text.encode("utf-8").decode(rng.choice(encodings), errors="replace")
+        texts.append(text)
+    steps = sum(ftfy.fix_encoding(t) != t for t in texts)
+    diffs = [t for t in texts if clean._looks_bad(t) and clean._fix_encoding(t) != ftfy.fix_encoding(t)]
+    assert not diffs, f"{len(diffs)} texts differ, e.g. {diffs[:3]!r}"
+    assert steps > 1000

@@ -12,9 +12,11 @@ A caption goes through four stages:
 Cleaned text is single-spaced and no pre-token spans a space, so each space-separated chunk ("dog,") can be
 encoded once and cached: a chunk cache skips stages 2 and 3 for chunks seen before. Captions that need no repair
 (nearly all) are cleaned, split and looked up as one stream for the whole batch, through flat id tables
-(``_idtable.py``) and numpy, with no Python loop per caption, chunk or new word; the others go through the same
-steps one caption at a time, with a dict as chunk cache. The seeded tables are built once per process and copied
-into each tokenizer.
+(``_idtable.py``) and numpy, with no Python loop per caption, chunk or new word; the others (ftfy repairs, HTML
+entities) are cleaned one caption at a time, remembered per caption, and join the same stream as cleaned text.
+Small batches and other clean modes go through the same steps one caption at a time, with a dict as chunk cache,
+and one caption per call takes a lean version of that path. The seeded tables are built once per process and
+copied into each tokenizer.
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ _WORDS_PER_PIECE = 2048
 # a time is how a training pipeline's dataset calls the tokenizer.
 _STREAM_MIN_TEXTS = 16
 _FEW = 64  # fewer new words or chunks than this are learnt in plain Python
+_CLEANED_CHARS_LIMIT = 1 << 22  # characters (texts and cleaned texts) the cache of repaired texts may hold (~10 MB)
+_clean_whitespace_chunks = get_chunk_fn("whitespace")
 
 
 def default_vocab_path() -> str:
@@ -249,6 +253,9 @@ class ClipTokenizer:
         self._chunk_ids: dict[str, tuple[int, ...]] = dict(self._seed_chunks)
         self._seed_word_table, self._seed_chunk_table = _seed_tables(path, verify)
         self._words, self._table = self._seed_word_table.copy(), self._seed_chunk_table.copy()
+        # (text, chunks kept) -> its cleaned stand-in in the batched stream, for the texts that need repair.
+        self._cleaned: dict[tuple[str, int], str] = {}
+        self._cleaned_chars = 0
 
     def __repr__(self) -> str:
         return (f"ClipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
@@ -360,30 +367,92 @@ class ClipTokenizer:
 
     def numpy(self, texts, context_length: int | None = None) -> np.ndarray:
         """The same ids as ``__call__``, as an int64 numpy array."""
-        texts = as_text_list(texts)
         if context_length is None:
             context_length = self.context_length
         check_context_length(context_length, self.max_context_length, minimum=2)
+        if type(texts) is str and self._reduce is None:  # one caption per call, as a dataset calls it
+            return self._encode_one(texts, context_length)
+        texts = as_text_list(texts)
         if self._reduce is not None:
             return self._reduce(texts, context_length, self.sot_token_id, self.eot_token_id, self.encode_batch)
         with _gc_paused():
             return self._encode_packed(texts, context_length)
 
+    def _encode_one(self, text: str, context_length: int) -> np.ndarray:
+        """``(1, L)`` ids of one caption: the per-text path without its batch machinery (no list of rows, no set
+        of missing chunks, no generic packing), as the fixed cost per call is a large share of a short caption.
+        The same chunks and the same chunk cache as ``_encode_batch``, so the same ids."""
+        keep = context_length - 2
+        chunks = _leading_chunks(self._chunks, text, keep)
+        chunk_ids = self._chunk_ids
+        try:
+            ids = list(chain.from_iterable(map(chunk_ids.__getitem__, chunks)))
+        except KeyError:
+            was_enabled = gc.isenabled()  # see _gc_paused; a context manager costs more than the rest of a call
+            gc.disable()
+            try:
+                ids = self._learn_row(chunks)
+            finally:
+                if was_enabled:
+                    gc.enable()
+        n = len(ids) if len(ids) <= keep else keep
+        out = np.zeros((1, context_length), dtype=np.int64)
+        out[0, 0] = self.sot_token_id
+        if n:
+            out[0, 1:n + 1] = ids[:n]
+        out[0, n + 1] = self.eot_token_id
+        return out
+
+    def _learn_row(self, chunks: list[str]) -> list[int]:
+        """The ids of one text's chunks, learning the chunks the chunk dict lacks (``_resolve`` for one row)."""
+        chunk_ids = self._chunk_ids
+        missing = {chunk for chunk in chunks if chunk not in chunk_ids}
+        if len(chunk_ids) + len(missing) > _CACHE_LIMIT:
+            chunk_ids = self._chunk_ids = dict(self._seed_chunks)
+            missing = {chunk for chunk in chunks if chunk not in chunk_ids}
+        self._learn_chunks(missing)
+        return list(chain.from_iterable(map(chunk_ids.__getitem__, chunks)))
+
     def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:
-        """``(N, L)`` ids: texts that clean by whitespace and case alone go through the batched stream path, the
-        others (ftfy repairs, HTML entities, canonicalize mode) and small batches through the per-text path."""
+        """``(N, L)`` ids: the batched stream path, where texts that need repair (ftfy, HTML entities) stand as
+        their cleaned text; small batches and the canonicalize mode take the per-text path."""
         if self.clean_mode not in BULK_MODES or len(texts) < _STREAM_MIN_TEXTS:
             rows = self._encode_batch(texts, max_chunks=context_length - 2)
             return truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
         fast = fast_path_flags(texts)
         if all(fast):
             return self._encode_stream(texts, context_length)
-        # Slow texts stand in as empty ones in the stream, then their rows are overwritten.
-        out = self._encode_stream([text if ok else "" for text, ok in zip(texts, fast)], context_length)
-        slow_index = [i for i, ok in enumerate(fast) if not ok]
-        rows = self._encode_batch([texts[i] for i in slow_index], max_chunks=context_length - 2)
-        out[slow_index] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
+        # The others are cleaned here and join the stream as their cleaned text; the rare one whose cleaned text
+        # holds the separator stands in as an empty text, and its row is overwritten.
+        stand_ins, leftover = list(texts), []
+        for i in [i for i, ok in enumerate(fast) if not ok]:
+            stand_ins[i] = self._stream_text(texts[i], context_length - 2)
+            if stand_ins[i] is None:
+                stand_ins[i] = ""
+                leftover.append(i)
+        out = self._encode_stream(stand_ins, context_length)
+        if leftover:
+            rows = self._encode_batch([texts[i] for i in leftover], max_chunks=context_length - 2)
+            out[leftover] = truncate_ids(rows, context_length, self.sot_token_id, self.eot_token_id)
         return out
+
+    def _stream_text(self, text: str, max_chunks: int) -> str | None:
+        """What stands in the stream for a text that needs repair: its first ``max_chunks`` chunks cleaned in
+        "whitespace" mode, which ``bulk_chunks`` turns into the chunks of this tokenizer's mode (in "lower" mode
+        it lower-cases them, and "lower" is "whitespace" then ``str.lower``, which never makes or removes a
+        space). None when the cleaned text holds the separator. Remembered per text: repairs are costly, and
+        a training epoch or a classifier's prompts bring the same texts again."""
+        key = (text, max_chunks)
+        cleaned = self._cleaned.get(key)
+        if cleaned is None:
+            cleaned = " ".join(_leading_chunks(_clean_whitespace_chunks, text, max_chunks))
+            if SEPARATOR in cleaned:
+                return None
+            self._cleaned_chars += len(text) + len(cleaned)
+            if self._cleaned_chars > _CLEANED_CHARS_LIMIT:
+                self._cleaned, self._cleaned_chars = {}, len(text) + len(cleaned)
+            self._cleaned[key] = cleaned
+        return cleaned
 
     def _learn_stream(self, new: set[str]) -> None:
         missing = list(new.difference(self._table.index))
