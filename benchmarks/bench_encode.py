@@ -107,7 +107,7 @@ def bench_model(name: str, towers, batches, repeats: int, rounds: int) -> list[d
                 x = torch.randn(batch, 3, size, size)
                 ours, theirs, gflops = model.encode_image, reference.encode_image, gflops_image
             else:
-                x = torch.randint(1, 49000, (batch, config.text.context_length))
+                x = torch.randint(1, min(49000, config.text.vocab_size - 1), (batch, config.text.context_length))
                 ours, theirs, gflops = model.encode_text, reference.encode_text, gflops_text
             reps = repeats if batch < 64 else 1
             with torch.inference_mode():
@@ -151,7 +151,8 @@ else:
 before = status("VmRSS")
 with torch.inference_mode():
     model.encode_image(torch.randn(8, 3, size, size))
-    model.encode_text(torch.randint(1, 49000, (8, 77)))
+    model.encode_text(torch.randint(1, min(49000, model.config.text.vocab_size - 1),
+                                    (8, model.config.text.context_length)))
 peak = status("VmHWM")
 print(peak, peak - before)
 """
