@@ -143,16 +143,17 @@ if impl == "open_clip":
     model = open_clip.create_model(name).eval()
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple) else size
+    vocab, context = model.vocab_size, model.context_length
 else:
     from clipforge.models.clip import CLIP
     from clipforge.models.registry import get_architecture
     model = CLIP(get_architecture(name)).eval()
     size = model.config.vision.image_size
+    vocab, context = model.config.text.vocab_size, model.config.text.context_length
 before = status("VmRSS")
 with torch.inference_mode():
     model.encode_image(torch.randn(8, 3, size, size))
-    model.encode_text(torch.randint(1, min(49000, model.config.text.vocab_size - 1),
-                                    (8, model.config.text.context_length)))
+    model.encode_text(torch.randint(1, min(49000, vocab - 1), (8, context)))
 peak = status("VmHWM")
 print(peak, peak - before)
 """
