@@ -515,7 +515,9 @@ class BatchNormalizer:
         out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
         flat_in, flat_out = images.reshape(batch, 3, height * width), out.view(batch, 3, height * width)
         if one_kernel if one_kernel is not None else images.device.type != "cpu":
-            torch.gather(table.expand(batch, 3, 256), 2, flat_in.long(), out=flat_out)
+            for start in range(0, batch, 64):  # slices keep the int64 index copy small (8 bytes per value)
+                part = flat_in[start:start + 64]
+                torch.gather(table.expand(len(part), 3, 256), 2, part.long(), out=flat_out[start:start + 64])
         else:
             for i in range(batch):
                 torch.gather(table, 1, flat_in[i].long(), out=flat_out[i])

@@ -129,3 +129,19 @@ def test_damage_is_counted_and_earlier_samples_kept(damage):
     samples, errors = _ours(damaged)
     assert errors == 1
     assert [s["__key__"] for s in samples] == ([] if damage in ("garbage", "empty") else ["0000", "0001"])
+
+
+def test_pax_records_end_at_what_does_not_parse():
+    assert tars._pax_records(b"14 path=p.jpg\nzz") == {"path": "p.jpg"}
+    assert tars._pax_records(b"99 path=p.jpg\n") == {}
+
+
+def test_a_negative_size_is_damage_not_a_read_of_everything():
+    data = bytearray(_archive([("0000.jpg", b"x" * 10), ("0000.txt", b"a cat")], tarfile.USTAR_FORMAT))
+    header = data[1024:1536]  # the second member's header
+    header[124:136] = b"\xff" * 12
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}".encode() + b"\x00 "
+    data[1024:1536] = header
+    samples, errors = _ours(bytes(data))
+    assert errors == 1 and samples == [{"__key__": "0000", "__url__": "shard.tar", "jpg": b"x" * 10}]

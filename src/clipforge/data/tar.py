@@ -86,12 +86,16 @@ class _Replay:
 
 def _read_exact(stream: IO[bytes], size: int) -> bytes:
     data = stream.read(size)
-    while len(data) < size:  # pipes and sockets may return less than asked before the end
-        more = stream.read(size - len(data))
+    if len(data) >= size:
+        return data
+    parts, have = [data], len(data)
+    while have < size:  # pipes and sockets may return less than asked before the end
+        more = stream.read(size - have)
         if not more:
             break
-        data += more
-    return data
+        parts.append(more)
+        have += len(more)
+    return b"".join(parts)
 
 
 def _field(raw: bytes) -> bytes:
@@ -121,10 +125,10 @@ def _pax_records(data: bytes) -> dict[str, str]:
     """``"%d key=value\n"`` records of a pax extended header."""
     records, pos = {}, 0
     while pos < len(data) and data[pos:pos + 1] != b"\0":
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        if length <= 0:
-            raise tarfile.ReadError("invalid pax header record length")
+        space = data.find(b" ", pos)
+        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
+        if length <= 0 or pos + length > len(data):
+            break  # what does not parse ends the records, as tarfile reads them
         key, _, value = data[space + 1:pos + length - 1].partition(b"=")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length
@@ -150,6 +154,8 @@ def _plain_members(stream: IO[bytes], first: bytes) -> Iterator[tuple[str, bytes
             raise tarfile.ReadError("bad checksum in a member header")
         kind = header[156:157]
         size = int(pax["size"]) if "size" in pax and kind not in _META_KINDS else _number(header[124:136])
+        if size < 0:
+            raise tarfile.ReadError("negative member size")
         if kind in _NO_DATA:
             data = b""
         else:
