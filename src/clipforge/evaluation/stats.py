@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from typing import Callable
@@ -16,6 +15,7 @@ from typing import Callable
 import torch
 
 from clipforge.evaluation.features import Encoders
+from clipforge.models._checkpoint_file import SHARD_INDEX_SUFFIX, CheckpointFileError, shard_files
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3
@@ -35,16 +35,15 @@ def disk_usage_mb(path: str | os.PathLike | None) -> float | None:
 
 
 def _shards(path: str | os.PathLike) -> list[str]:
-    """The existing files a ``*.index.json`` shard index names (transformers' sharded checkpoints)."""
-    if not str(path).endswith(".index.json"):
+    """The existing files a transformers shard index (``*.index.json``) names; none for other files."""
+    if not str(path).endswith(SHARD_INDEX_SUFFIX):
         return []
     try:
-        with open(path, encoding="utf-8") as f:
-            names = set(json.load(f).get("weight_map", {}).values())
-    except (OSError, ValueError, AttributeError):
+        names = shard_files(path)
+    except (OSError, CheckpointFileError):
         return []
     folder = os.path.dirname(os.fspath(path))
-    return [p for p in (os.path.join(folder, n) for n in sorted(names)) if os.path.isfile(p)]
+    return [p for p in (os.path.join(folder, n) for n in names) if os.path.isfile(p)]
 
 
 class PeakRSS:
