@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from clipforge.data.images import ImageReadError
-from clipforge.evaluation import layouts, multilingual, published_layouts, suites, watermark
+from clipforge.evaluation import layouts, multilingual, published_layouts, suites, tfds_layout, watermark
 
 logger = logging.getLogger("clipforge.evaluation")
 CUSTOM_KINDS = {"folder": ("cifar", "imagefolder"), "wds": ("wds",), "captions": ("captions",)}
@@ -130,6 +130,8 @@ def _read_layout(layout: str, root: str, split: str, spec: suites.DatasetSpec) -
         return published_layouts.READERS[layout](root, split, spec)
     if layout == "multilingual":
         return multilingual.read_multilingual(root, split, spec)
+    if layout == "tfds":
+        return tfds_layout.read_tfds(root, split, tfds_layout.SOURCES[spec.name])
     if layout == "cifar":
         return layouts.read_cifar(root, split) if os.path.isdir(root) else None
     if layout in ("imagefolder", "imagenet", "imagenetv2"):
@@ -181,6 +183,7 @@ def _where_to_put(spec: suites.DatasetSpec, root: str, split: str) -> str:
                          f"{root}/{_karpathy_file(spec, split)} or {root}/captions.csv + the images in {root}"}
     if "multilingual" in spec.layouts:
         hints["multilingual"] = multilingual.hint(spec, root)
+    hints["tfds"] = tfds_layout.HINT.format(root=root)
     hints.update({layout: text.format(root=root, split=split) for layout, text in published_layouts.HINTS.items()})
     return "\n  ".join(hints[layout] for layout in spec.layouts)
 

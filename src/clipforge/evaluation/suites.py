@@ -17,6 +17,9 @@ clipforge's own ``compositionality`` suite is Winoground and SugarCrepe's seven 
 
 ``imagenet-w`` is ImageNet-1k's folder read again with ImageNet-W's watermark drawn on every image after the crop,
 before normalisation (``evaluation.watermark``, the ``imagenet_w`` package).
+
+``vtab/cub`` and ``vtab/inaturalist`` are read where clip_benchmark reads them, in TensorFlow Datasets' data dir
+(``evaluation.tfds_layout``: caltech_birds2011 0.1.1 and i_naturalist2017 0.1.0, task_adaptation's splits).
 """
 from __future__ import annotations
 
@@ -141,6 +144,9 @@ DATASETS: dict[str, DatasetSpec] = _Catalogue({spec.name: spec for spec in [
     _cls("cifar100", layouts=("wds", "cifar", "imagefolder")),
     *[_cls(f"vtab/{name}", layouts=("wds", "cifar", "imagefolder") if name.startswith("cifar") else
            ("wds", "imagefolder")) for name in _VTAB],
+    # read by clip_benchmark only through TFDS (task_adaptation's VTAB splits): no shipped names, ImageNet's templates
+    *[DatasetSpec(name=f"vtab/{name}", task="classification", title=f"vtab/{name}", layouts=("tfds", "wds",
+                  "imagefolder")) for name in ("cub", "inaturalist")],
     _ret("mscoco_captions", "COCO Caption", ("coco", "captions")),
     _ret("flickr8k", "Flickr 8k", ("captions",), langs.FLICKR, "en"),
     _ret("flickr30k", "Flickr 30k", ("captions",), langs.FLICKR, "en"),
