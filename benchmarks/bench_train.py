@@ -6,7 +6,9 @@ training step on the same architecture, weights and batch, in one run.
 
 open_clip's side reproduces the inner loop of open_clip_train's train_one_epoch: model(images, texts) ->
 ClipLoss -> backward -> AdamW step -> clamp of logit_scale. clipforge's side is `clipforge.training.step.train_step`
-(the function the trainer calls). Steps of both are interleaved and the best of N is kept (shared machine).
+(the function the trainer calls). Steps of both are interleaved and the best of N is kept (shared machine). The
+process takes the trainer's host-memory setting (``clipforge.allocator.keep_freed_memory``: freed buffers stay
+mapped, no page faults each step) unless ``--default-malloc``; it is process-wide, so open_clip's side gets it too.
 
 MFU: the step's floating-point operations, counted by torch's FlopCounterMode on open_clip's step (plain torch
 ops: matmuls, convolutions, attention; forward and backward), divided by the step time and by this machine's
@@ -124,6 +126,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (the trainer's keep_freed_memory is on by default)")
     parser.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-S-32", "RN50@128"],
                         help="NAME or NAME@PIXELS, each at batch 32 (ResNets at 16)")
     args = parser.parse_args()
@@ -131,12 +135,16 @@ def main():
         torch.set_num_threads(args.threads)
     import os
 
+    from clipforge.allocator import keep_freed_memory
     from clipforge.cpu import cpu_model
 
     cpu = cpu_model()
+    # what clipforge's trainer does on CPU runs; process-wide, so open_clip's steps in this process profit as well
+    kept = not args.default_malloc and keep_freed_memory()
     peak = matmul_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; load average "
-          f"{os.getloadavg()[0]:.2f}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+          f"{os.getloadavg()[0]:.2f}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; malloc keeps freed "
+          f"memory (both sides): {'yes' if kept else 'no'}")
     print(f"{'model':<16} {'batch':>5} {'GFLOP/step':>10} {'open_clip/s':>12} {'clipforge/s':>12} {'ratio':>6} "
           f"{'MFU oc':>7} {'MFU cf':>7}  first losses (oc / cf)")
     for spec in args.models:

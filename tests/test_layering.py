@@ -10,7 +10,8 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "src" / "clipforge"
 
 LEVELS = {
     # 0: no clipforge imports at all
-    "_atomic": 0, "_optional": 0, "_version": 0, "config": 0, "precision": 0, "progress": 0, "cpu": 0, "dist": 0,
+    "_atomic": 0, "_optional": 0, "_version": 0, "config": 0, "precision": 0, "progress": 0, "cpu": 0, "allocator": 0,
+    "dist": 0,
     # 1: building blocks over tensors, text, images and files
     "data": 1, "layers": 1, "tokenizer": 1, "transforms": 1, "losses": 1,
     # 2: the model zoo

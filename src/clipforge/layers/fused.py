@@ -163,6 +163,32 @@ def linear_rows(x: torch.Tensor, layer: nn.Module, rows: slice | None = None) ->
     return linear(x, weight, bias)
 
 
+# ------------------------------------------------------------------- residual linear layers (training too)
+
+
+def residual_linear_applies(residual: torch.Tensor, x: torch.Tensor, *linears: nn.Module) -> bool:
+    """Whether ``residual_linear`` may compute ``residual + linear(x)`` for these layers: plain ``nn.Linear`` with
+    a bias, on the CPU, one dtype throughout, autocast off, nothing traced or exported. Autograd may be on."""
+    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or _capturing() or RESIDUAL_GEMM is False:
+        return False
+    return all(isinstance(layer, nn.Linear) and layer.bias is not None and
+               layer.weight.dtype == layer.bias.dtype == x.dtype == residual.dtype for layer in linears)
+
+
+RESIDUAL_GEMM = True
+
+
+def residual_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``residual + linear(x)`` as one GEMM accumulating into ``residual + bias``. ``F.linear`` on the CPU first
+    copies the bias into every output row and the residual add is one more pass over the activations; here the sum
+    ``residual + bias`` is the only pass and the GEMM adds into it in place (beta = 1). Gradients are the same
+    (the bias gradient is the sum over rows either way); values differ only in the order of the float additions.
+    Call only where ``residual_linear_applies``."""
+    out = residual.reshape(-1, residual.shape[-1]) + linear.bias
+    out.addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())
+    return out.view(residual.shape)
+
+
 # ------------------------------------------------------------------------------------------- convolutions
 
 

@@ -157,6 +157,7 @@ class TrainConfig:
     workdir: str = "runs/default"
     seed: int = 0
     threads: Optional[int] = None             # CPU threads for torch; None: auto (1 when the CPUs are already busy)
+    keep_freed_memory: bool = True            # CPU runs: malloc keeps freed blocks mapped for the next step
     model: ModelSection = ModelSection()
     lora: LoraConfig = LoraConfig()           # LoRA adapters per tower (peft); the base weights stay frozen
     data: DataConfig = DataConfig()

@@ -23,6 +23,7 @@ import torch.distributed as torch_dist
 from clipforge import dist
 from clipforge._atomic import write_text_atomic
 from clipforge.config import ConfigError, to_dict
+from clipforge.allocator import keep_freed_memory
 from clipforge.cpu import set_threads
 from clipforge.losses.config import create_loss
 from clipforge.models import adapters, convert
@@ -349,6 +350,8 @@ def _set_up(cfg: TrainConfig, evaluate) -> _Run:
     validate(cfg)
     ctx = init_run(cfg.dist, cfg.workdir)
     threads = set_threads(cfg.threads) if ctx.device.type == "cpu" else torch.get_num_threads()
+    if ctx.device.type == "cpu" and cfg.keep_freed_memory and not keep_freed_memory():
+        logger.info("keep_freed_memory: not glibc, malloc left as it is")
     torch.manual_seed(cfg.seed + ctx.rank)
     model = build_model(cfg, ctx)
     teacher = build_teacher(cfg, ctx, model.config.vision.image_size)

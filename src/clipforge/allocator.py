@@ -1,0 +1,46 @@
+"""Host memory a training step frees is kept for the next step (glibc malloc settings).
+
+A CPU training step allocates and frees the same large buffers every step: activations, their gradients, the
+token embedding's dense gradient. glibc serves a large allocation with fresh ``mmap`` pages (above its mmap
+threshold, 128 KiB rising to at most 32 MiB) and returns freed memory at the top of its heap to the system (above
+its trim threshold), so every step pays the kernel's page faults and page zeroing again on first touch. Profiled on
+a ViT-B-32 step at batch 32 (2 threads): zeroing the token embedding's 100 MB gradient ran at about 1 GB/s, and
+the bias copy into a fresh (2464, 2048) activation took 5 ms against 1 ms into a reused one of the same size.
+
+``keep_freed_memory`` turns both off for the process (``mallopt``: no mmap for large blocks, no trimming), so
+after the first step every buffer comes from pages already mapped. The cost is that the process keeps its peak
+heap until it exits, which a training process reaches every step anyway. The trainer applies it on CPU runs
+(``keep_freed_memory: false`` in the config turns it off). Elsewhere than glibc (musl, macOS, Windows) it does
+nothing and says so.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+@functools.lru_cache(maxsize=None)
+def _mallopt():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        gnu = ctypes.CDLL(None).gnu_get_libc_version  # glibc only: musl has mallopt with other meanings
+    except (OSError, AttributeError):
+        return None
+    del gnu
+    function = getattr(libc, "mallopt", None)
+    if function is not None:
+        function.argtypes, function.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return function
+
+
+def keep_freed_memory() -> bool:
+    """Serve large blocks from the heap and never trim it, for the rest of the process. True when applied."""
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    # a trim threshold of -1 disables trimming (glibc's manual)
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))

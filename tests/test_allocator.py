@@ -1,0 +1,60 @@
+"""``clipforge.allocator.keep_freed_memory``: after it, a large block freed stays mapped (the next step's buffers
+need no new page faults); without it glibc gives it back. Each case in its own process (the setting is
+process-wide). The trainer applies it on CPU runs unless the config turns it off."""
+import platform
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import sys, torch
+from clipforge.allocator import keep_freed_memory
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+block = torch.empty(256 << 20, dtype=torch.uint8)
+block.fill_(1)
+peak = rss_mib()
+del block
+print(applied, peak - rss_mib())
+"""
+
+
+def _probe(mode):
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    applied, returned = done.stdout.split()
+    return applied == "True", int(returned)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc",
+                    reason="glibc's malloc only (elsewhere keep_freed_memory does nothing and says so)")
+def test_freed_block_stays_mapped_only_when_kept():
+    applied, returned = _probe("keep")
+    assert applied and returned < 16  # MiB given back after freeing 256 MiB
+    applied, returned = _probe("default")
+    assert not applied and returned > 200
+
+
+def test_trainer_applies_it_on_cpu_unless_turned_off(tmp_path, monkeypatch):
+    from clipforge.training import loop
+    from clipforge.training.config import TrainConfig
+    from clipforge.training.data.config import DataConfig
+
+    calls = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append(1) or True)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(loop, "build_model", stop)
+    for keep, expected in ((True, 1), (False, 0)):
+        calls.clear()
+        with pytest.raises(Stop):
+            loop._set_up(TrainConfig(workdir=str(tmp_path / str(keep)), keep_freed_memory=keep,
+                                       data=DataConfig(kind="synthetic", num_samples=8)), evaluate=None)
+        assert len(calls) == expected
