@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from clipforge.data import tfrecord
+from clipforge.data.images import ImageReadError
 from clipforge.evaluation import datasets as ds
 from clipforge.evaluation import suites, tfds_layout
 from clipforge.evaluation.benchmark import BenchmarkConfig, evaluate, load_datasets
@@ -199,3 +200,18 @@ def test_bad_layouts_are_one_line_errors(tfds_data, tmp_path):
         ds.load_dataset("vtab/cub", str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="split 'validation' is not one of train, val, trainval, test"):
         tfds_layout.read_tfds(str(root), "validation", tfds_layout.SOURCES["vtab/cub"])
+
+
+def test_record_unreadable_after_loading_is_skipped(tfds_data, tmp_path):
+    """A shard cut after the dataset was indexed (or an image that does not decode): the sample reads as None,
+    which the benchmark's collate skips and counts, as for any unreadable image."""
+    root, _ = tfds_data
+    copy = _copy(root, tmp_path)
+    loaded = ds.load_dataset("vtab/cub", str(copy))
+    path, offset, length = loaded.dataset.samples[-1]
+    assert loaded.dataset[len(loaded.dataset) - 1] is not None
+    with open(path, "r+b") as f:
+        f.truncate(offset + length // 2)
+    assert loaded.dataset[len(loaded.dataset) - 1] is None
+    with pytest.raises(ImageReadError, match="record at byte"):
+        tfds_layout.RecordImages("image")((path, offset, length))

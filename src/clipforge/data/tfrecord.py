@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from typing import Iterable, Iterator
 
+from clipforge.data.tar import read_location
+
 _HEADER = 12  # uint64 length + uint32 masked CRC of the length
 _FOOTER = 4  # uint32 masked CRC of the payload
 
@@ -73,12 +75,8 @@ def record_locations(path: str) -> Iterator[tuple[int, int]]:
 
 
 def read_payload(path: str, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    if len(data) != length:
-        raise RecordError(f"{path}: record at byte {offset} cut short")
-    return data
+    """The payload at a location ``record_locations`` found; a file cut short since raises ``OSError``."""
+    return read_location((path, offset, length))
 
 
 def iter_payloads(path: str) -> Iterator[tuple[int, int, bytes]]:

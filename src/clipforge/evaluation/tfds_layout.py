@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import io
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from clipforge.data import tfrecord
+from clipforge.data.images import ImageReadError, read_image
 from clipforge.evaluation.layouts import Found
 
 logger = logging.getLogger("clipforge.evaluation")
@@ -67,10 +67,13 @@ class RecordImages:
 
     def __call__(self, location: tuple[str, int, int]) -> Image.Image:
         path, offset, length = location
-        values = tfrecord.parse_example(tfrecord.read_payload(path, offset, length), (self.feature,))
-        if not values.get(self.feature):
-            raise ValueError(f"{path}: record at byte {offset} has no '{self.feature}' feature")
-        return decode_like_tensorflow(values[self.feature][0])
+        try:
+            values = tfrecord.parse_example(tfrecord.read_payload(path, offset, length), (self.feature,))
+            if not values.get(self.feature):
+                raise ValueError(f"no '{self.feature}' feature")
+            return decode_like_tensorflow(values[self.feature][0])
+        except (OSError, ValueError) as e:  # cut file, damaged record, undecodable image: skipped and counted
+            raise ImageReadError("undecodable", f"{path}: record at byte {offset}: {e}") from None
 
 
 _warned_decoder = False
@@ -95,8 +98,7 @@ def decode_like_tensorflow(data: bytes) -> Image.Image:
                                                               fastupsample=False))
             except ValueError:  # e.g. CMYK: Pillow converts it
                 pass
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
+    return read_image(data)
 
 
 def _version_dir(root: str, source: TfdsSource) -> str | None:
