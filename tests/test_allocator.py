@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 PROBE = """
 import sys, torch
@@ -52,6 +53,7 @@ def test_trainer_applies_it_on_cpu_unless_turned_off(tmp_path, monkeypatch):
         raise Stop
 
     monkeypatch.setattr(loop, "build_model", stop)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU run even on a GPU host
     for keep, expected in ((True, 1), (False, 0)):
         calls.clear()
         with pytest.raises(Stop):

@@ -9,15 +9,18 @@ the bias copy into a fresh (2464, 2048) activation took 5 ms against 1 ms into a
 
 ``keep_freed_memory`` turns both off for the process (``mallopt``: no mmap for large blocks, no trimming), so
 after the first step every buffer comes from pages already mapped. The cost is that the process keeps its peak
-heap until it exits, which a training process reaches every step anyway. The trainer applies it on CPU runs
+heap until it exits, which a training process reaches every step anyway (memory freed after an evaluation or a
+checkpoint save is kept too; forked DataLoader workers inherit the setting). The trainer applies it on CPU runs
 (``keep_freed_memory: false`` in the config turns it off). Elsewhere than glibc (musl, macOS, Windows) it does
-nothing and says so.
+nothing and says so; under a preloaded allocator (jemalloc, tcmalloc: already caching) glibc's setting is moot.
+Threads other than the main one allocate from their own arenas, where blocks over 64 MiB are still mapped anew.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -25,10 +28,12 @@ _M_MMAP_MAX = -4
 
 @functools.lru_cache(maxsize=None)
 def _mallopt():
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
         gnu = ctypes.CDLL(None).gnu_get_libc_version  # glibc only: musl has mallopt with other meanings
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return None
     del gnu
     function = getattr(libc, "mallopt", None)

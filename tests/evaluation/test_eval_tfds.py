@@ -49,6 +49,18 @@ def tfds_data(tmp_path_factory):
         return root, pickle.load(f)
 
 
+def test_reading_order_is_tfds_interleave(tfds_data):
+    """Shards of more than 16 records: TFDS' order is not shard after shard (so the order check above has teeth)."""
+    root, reference = tfds_data
+    shards = sorted((root / "caltech_birds2011" / "0.1.1").glob("*-test.tfrecord-*"))
+    per_shard = [len(list(tfrecord.record_locations(str(p)))) for p in shards]
+    assert len(per_shard) == 3 and max(per_shard) > 16
+    sequential = [label for p in shards for _, label in tfds_layout._read_shard(str(p), "label")[0]]
+    assert sequential != reference["vtab/cub:test"]["labels"]
+    assert sorted(sequential) == sorted(reference["vtab/cub:test"]["labels"])
+    assert tfds_layout.interleave([[1, 2, 3], [4], [5, 6, 7, 8, 9]], cycle=2, block=2) == [1, 2, 4, 3, 5, 6, 7, 8, 9]
+
+
 @pytest.mark.parametrize("request_", REQUESTS)
 def test_same_samples_as_clip_benchmark(tfds_data, request_):
     root, reference = tfds_data
@@ -68,9 +80,9 @@ def test_split_sizes_and_names(tfds_data):
     iNaturalist's test split is TFDS' validation split. CUB has only a class count (names '0'..'199'),
     iNaturalist the 5,089 species names of its names file."""
     root, reference = tfds_data
-    assert reference["vtab/cub:train"]["length"] == round(41 * 0.9) == 37
-    assert reference["vtab/cub:val"]["length"] == 4 and reference["vtab/cub:test"]["length"] == 17
-    assert reference["vtab/inaturalist:test"]["length"] == 19
+    assert reference["vtab/cub:train"]["length"] == round(60 * 0.9) == 54
+    assert reference["vtab/cub:val"]["length"] == 6 and reference["vtab/cub:test"]["length"] == 50
+    assert reference["vtab/inaturalist:test"]["length"] == 52
     assert reference["vtab/cub:test"]["classes"] == [str(i) for i in range(200)]
     assert len(reference["vtab/inaturalist:test"]["classes"]) == 5089
     assert suites.resolve("vtab/cub").layouts[0] == "tfds" and not suites.resolve("vtab/cub").hub_repo
@@ -150,11 +162,10 @@ def test_damaged_shard_is_counted_and_earlier_records_kept(tfds_data, tmp_path):
         f.truncate(offsets[1] + 5)  # the second record cut in its payload
     found = tfds_layout.read_tfds(str(copy), "test", tfds_layout.SOURCES["vtab/cub"])
     assert found.shard_errors == 1
-    full = reference["vtab/cub:test"]["labels"]
-    per_shard = [len(list(tfrecord.record_locations(str(p)))) for p in
-                 sorted((root / "caltech_birds2011" / "0.1.1").glob("*-test.tfrecord-*"))]
-    kept = full[:per_shard[0] + 1] + full[per_shard[0] + per_shard[1]:]
-    assert found.labels.tolist() == kept
+    shards = [[label for _, label in tfds_layout._read_shard(str(p), "label")[0]]
+              for p in sorted((root / "caltech_birds2011" / "0.1.1").glob("*-test.tfrecord-*"))]
+    kept = tfds_layout.interleave([shards[0], shards[1][:1], shards[2]])  # the cut shard keeps its first record
+    assert found.labels.tolist() == kept and len(kept) < len(reference["vtab/cub:test"]["labels"])
     with open(shard, "r+b") as f:  # a garbled length: its CRC catches it
         f.seek(offsets[0] - 12)
         f.write(b"\x7f" * 8)

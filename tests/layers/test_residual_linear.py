@@ -12,12 +12,12 @@ from clipforge.models.registry import get_architecture
 
 
 def _both(monkeypatch, fn):
-    results = {}
-    for flag in (False, True):
-        monkeypatch.setattr(fused, "RESIDUAL_GEMM", flag)
-        torch.manual_seed(0)
-        results[flag] = fn()
-    return results[False], results[True]
+    """(plain, accumulating): the plain run with the fused path's switch off, the other as by default."""
+    torch.manual_seed(0)
+    with fused.fused_inference(False):
+        plain = fn()
+    torch.manual_seed(0)
+    return plain, fn()
 
 
 def _spy(monkeypatch):
@@ -77,6 +77,16 @@ def test_clip_training_step_equal(monkeypatch):
 def test_applies_only_to_plain_float_cpu_linears():
     x, layer = torch.randn(2, 5, 8), nn.Linear(8, 8)
     assert fused.residual_linear_applies(x, x, layer)
+
+    class Quantised(nn.Linear):
+        def forward(self, inp):
+            return super().forward(inp.round())
+    assert not fused.residual_linear_applies(x, x, Quantised(8, 8))  # a subclass computes something else
+    handle = layer.register_forward_hook(lambda *args: None)
+    assert not fused.residual_linear_applies(x, x, layer)  # a hook must see the call
+    handle.remove()
+    with fused.fused_inference(False):
+        assert not fused.residual_linear_applies(x, x, layer)
     assert not fused.residual_linear_applies(x, x, nn.Linear(8, 8, bias=False))
     assert not fused.residual_linear_applies(x, x, nn.Sequential(layer))  # an adapter (LoRA) wraps the layer
     assert not fused.residual_linear_applies(x.double(), x.double(), layer)
@@ -95,6 +105,10 @@ def test_autocast_and_layer_scale_take_the_plain_path(monkeypatch):
     assert not calls
     stack(torch.randn(2, 5, 32))
     assert len(calls) == 4
+    seen = []
+    stack.blocks[0].mlp.register_forward_hook(lambda *args: seen.append(1))
+    stack(torch.randn(2, 5, 32))
+    assert seen == [1] and len(calls) == 6  # the hooked block takes the plain path, the other does not
 
 
 def test_result_has_the_residual_shape_and_leaves_inputs_alone():

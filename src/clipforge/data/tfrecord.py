@@ -6,8 +6,8 @@ and checks every length's CRC (a cheap 8-byte check that catches a cut or garble
 checked (that would read every image byte twice in Python).
 
 ``parse_example`` decodes the protobuf wire format of ``tf.train.Example`` (features -> map of name ->
-bytes/float/int64 list) directly; ``wanted`` names the features to keep, so an image record can be scanned for its
-label without copying the image bytes.
+bytes/float/int64 list) directly; ``wanted`` names the features to keep (the others are skipped, not decoded or
+copied). Anything that does not parse as an Example is a ``RecordError``.
 """
 from __future__ import annotations
 
@@ -133,18 +133,27 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+_ITEM_WIRES = {1: (2,), 2: (2, 5), 3: (2, 0)}  # bytes: length-delimited; floats, int64: packed or one by one
+
+
 def _feature_values(feature: memoryview) -> list:
     """The values of one ``tf.train.Feature``: bytes (1), float (2) or int64 (3) list, packed or not."""
-    for kind, _, inner in _fields(feature):
+    for kind, kind_wire, inner in _fields(feature):
+        if kind not in _ITEM_WIRES or kind_wire != 2:
+            raise RecordError(f"not a tf.train.Feature (field {kind}, wire type {kind_wire})")
         values: list = []
         for number, wire, item in _fields(inner):
             if number != 1:
                 continue
+            if wire not in _ITEM_WIRES[kind]:
+                raise RecordError(f"feature list item of wire type {wire} where {_ITEM_WIRES[kind]} belong")
             if kind == 1:
                 values.append(bytes(item))
             elif kind == 2:
                 raw = bytes(item)
-                values.extend(struct.unpack(f"<{len(raw) // 4}f", raw) if wire == 2 else struct.unpack("<f", raw))
+                if len(raw) % 4:
+                    raise RecordError("packed float list whose length is not a multiple of 4")
+                values.extend(struct.unpack(f"<{len(raw) // 4}f", raw))
             elif kind == 3:
                 if wire == 2:
                     pos = 0
@@ -160,7 +169,13 @@ def _feature_values(feature: memoryview) -> list:
 def parse_example(payload: bytes, wanted: Iterable[str] | None = None) -> dict[str, list]:
     """The features of a serialized ``tf.train.Example`` as ``{name: list of bytes | float | int}``; only the
     names in ``wanted`` when given."""
-    keep = None if wanted is None else set(wanted)
+    try:
+        return _parse_example(payload, None if wanted is None else set(wanted))
+    except (UnicodeDecodeError, struct.error) as e:
+        raise RecordError(f"not a tf.train.Example ({e})") from None
+
+
+def _parse_example(payload: bytes, keep: set[str] | None) -> dict[str, list]:
     out: dict[str, list] = {}
     for number, wire, features in _fields(memoryview(payload)):
         if number != 1 or wire != 2:

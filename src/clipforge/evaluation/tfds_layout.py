@@ -7,8 +7,10 @@ task_adaptation, with ``--dataset_root`` as the TFDS data dir), so the folder a 
 
 ``SOURCES`` says, as data, which builder and version each dataset name reads and which TFDS split expression
 (task_adaptation's VTAB splits, e.g. ``train[:90%]``) each clipforge split is. Percent slices round to the closest
-example as TFDS does. Records hold ``tf.train.Example`` messages (``clipforge.data.tfrecord``); the image feature is
-the encoded file, decoded here with Pillow to RGB. Class names are the ``label`` feature's (``label.labels.txt`` or
+example as TFDS does, and the records come in TFDS' reading order (shard files interleaved 16 records at a time).
+Records hold ``tf.train.Example`` messages (``clipforge.data.tfrecord``); the image feature is the encoded file,
+decoded to TensorFlow's RGB pixels (JPEG through simplejpeg with libjpeg's fast integer DCT, others with Pillow).
+Loading reads every record once to learn its label. Class names are the ``label`` feature's (``label.labels.txt`` or
 the names in ``features.json``); a label feature with only a class count gets the names ``"0"``, ``"1"``, ... as in
 TFDS (and so in clip_benchmark's prompts); a ``classnames.txt`` in the dataset folder overrides them.
 """
@@ -109,7 +111,7 @@ def _version_dir(root: str, source: TfdsSource) -> str | None:
             if str(_info(folder).get("version", source.version)) == source.version:
                 return folder
     others = sorted({os.path.basename(os.path.dirname(p)) for base in (root, os.path.join(root, source.builder))
-                     for p in glob.glob(os.path.join(base, "*", "dataset_info.json"))
+                     for p in glob.glob(os.path.join(glob.escape(base), "*", "dataset_info.json"))
                      if _info(os.path.dirname(p)).get("name") == source.builder})
     if others:
         raise ValueError(f"{root} holds {source.builder} version {', '.join(others)}, but this dataset reads version "
@@ -135,7 +137,7 @@ def _shards(folder: str, source: TfdsSource, split: str) -> list[str]:
     if kind != "tfrecord":
         raise ValueError(f"{folder} stores its records as {kind}; clipforge reads TFDS' tfrecord shards: prepare it "
                          f"with download_and_prepare(file_format='tfrecord')")
-    paths = sorted(glob.glob(os.path.join(folder, f"{glob.escape(source.builder)}-{split}.tfrecord-*")))
+    paths = sorted(glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(source.builder)}-{split}.tfrecord-*")))
     if not paths:
         known = [s.get("name") for s in info.get("splits", [])]
         raise ValueError(f"{folder} has no '{split}' split shards (its splits: {', '.join(map(str, known))}); "
@@ -155,20 +157,82 @@ def class_names(folder: str, label: str) -> list[str] | None:
     names_file = os.path.join(folder, f"{label}.labels.txt")
     if os.path.isfile(names_file):
         with open(names_file, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f if line.strip()]
+            return [line.strip() for line in f if line.strip()]
     path = os.path.join(folder, "features.json")
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         features = json.load(f)
-    spec = features.get("featuresDict", {}).get("features", {}).get(label, {}).get("classLabel", {})
-    if spec.get("names"):
-        return list(spec["names"])
-    return [str(i) for i in range(int(spec["numClasses"]))] if "numClasses" in spec else None
+    spec = features.get("featuresDict", {}).get("features", {}).get(label, {}).get("classLabel")
+    if spec is None:  # TFDS before 4.5: {"type": ..., "content": {name: {"type": ..., "content": {...}}}}
+        spec = features.get("content", {}).get(label, {}).get("content", {})
+    names = spec.get("names")
+    count = spec.get("numClasses", spec.get("num_classes"))
+    if names:
+        return list(names)
+    return [str(i) for i in range(int(count))] if count is not None else None
+
+
+def _shard_lengths(folder: str, split: str, count: int) -> list[int] | None:
+    """Records per shard file as ``dataset_info.json`` lists them (None when it does not, or not for every file)."""
+    for entry in _info(folder).get("splits", []):
+        if entry.get("name") == split:
+            lengths = [int(n) for n in entry.get("shardLengths", [])]
+            return lengths if len(lengths) == count else None
+    return None
+
+
+def _read_shard(path: str, label: str) -> tuple[list[tuple[tuple[str, int, int], int]], bool]:
+    """``((path, offset, length), label)`` of each record up to the first damaged one; and whether one was."""
+    records = []
+    try:
+        for offset, length, payload in tfrecord.iter_payloads(path):
+            values = tfrecord.parse_example(payload, (label,)).get(label)
+            if not values:
+                raise tfrecord.RecordError(f"{path}: record at byte {offset} has no '{label}' feature")
+            records.append(((path, offset, length), int(values[0])))
+    except tfrecord.RecordError as e:
+        logger.warning("%s; the records after it in this shard are skipped", e)
+        return records, True
+    return records, False
+
+
+def interleave(files: list[list], cycle: int = 16, block: int = 16) -> list:
+    """The order of ``tf.data``'s deterministic ``interleave`` (TFDS reads shard files this way: 16 files open,
+    16 records from each in turn). Stepped one record at a time as tf.data does: a slot whose file has run out is
+    closed when next visited and refilled with the next file the next time the cycle comes back to it."""
+    slots: list[list | None] = [None] * cycle
+    positions = [0] * cycle
+    pending = iter(files)
+    end_of_input, open_files, index, in_block = False, 0, 0, 0
+    out: list = []
+    while not end_of_input or open_files:
+        current = slots[index]
+        if current is not None and positions[index] < len(current):
+            out.append(current[positions[index]])
+            positions[index] += 1
+            in_block += 1
+            if in_block == block:
+                index, in_block = (index + 1) % cycle, 0
+        elif current is not None:  # ran out: close it and move on
+            slots[index], open_files = None, open_files - 1
+            index, in_block = (index + 1) % cycle, 0
+        elif not end_of_input:
+            opened = next(pending, None)
+            if opened is None:
+                end_of_input = True
+            else:
+                slots[index], positions[index], open_files = opened, 0, open_files + 1
+        else:
+            index, in_block = (index + 1) % cycle, 0
+    return out
 
 
 def read_tfds(root: str, split: str, source: TfdsSource) -> Found | None:
-    """The records of ``split`` (a clipforge split name, mapped through ``source.splits``) under ``root``."""
+    """The records of ``split`` (a clipforge split name, mapped through ``source.splits``) under ``root``, in the
+    order TFDS reads them (``interleave``). Percent slices are taken over the split's record count in
+    ``dataset_info.json`` (the split TFDS would read even if a shard here is damaged); damaged records are dropped
+    afterwards and counted."""
     folder = _version_dir(root, source) if os.path.isdir(root) else None
     if folder is None:
         return None
@@ -177,26 +241,27 @@ def read_tfds(root: str, split: str, source: TfdsSource) -> Found | None:
     match = _SPLIT.match(source.splits[split])
     if match is None:
         raise ValueError(f"cannot read the TFDS split expression '{source.splits[split]}'")
-    samples: list[tuple[str, int, int]] = []
-    labels: list[int] = []
-    damaged = 0
-    for path in _shards(folder, source, match["name"]):
-        try:
-            for offset, length, payload in tfrecord.iter_payloads(path):
-                values = tfrecord.parse_example(payload, (source.label,)).get(source.label)
-                if not values:
-                    raise tfrecord.RecordError(f"{path}: record at byte {offset} has no '{source.label}' feature")
-                samples.append((path, offset, length))
-                labels.append(int(values[0]))
-        except tfrecord.RecordError as e:
-            damaged += 1
-            logger.warning("%s; the records after it in this shard are skipped", e)
-    start = _bound(match["start"], len(samples), 0)
-    stop = _bound(match["stop"], len(samples), len(samples))
+    paths = _shards(folder, source, match["name"])
+    shards, damaged = [], 0
+    for path in paths:
+        records, broken = _read_shard(path, source.label)
+        shards.append(records)
+        damaged += broken
+    lengths = _shard_lengths(folder, match["name"], len(paths)) or [len(records) for records in shards]
+    total = sum(lengths)
+    start, stop = _bound(match["start"], total, 0), _bound(match["stop"], total, total)
+    files, first = [], 0  # each file's records inside [start, stop) of the split's global record order
+    for records, length in zip(shards, lengths):
+        lo, hi = max(start - first, 0), min(stop - first, length)
+        if hi > lo:
+            files.append(records[lo:hi])  # a damaged shard holds fewer records: its missing ones drop out
+        first += length
+    chosen = interleave(files)
     names = class_names(folder, source.label)
     if names is not None and all(name.isdigit() for name in names):
         logger.warning("%s stores no class names for its labels, only ids: prompts name the classes '0', '1', ... "
                        "as in clip_benchmark. For real names put a classnames.txt (one name per line, in label "
                        "order) in %s", source.builder, root)
-    return Found(samples[start:stop], RecordImages(source.image),
-                 labels=torch.tensor(labels[start:stop], dtype=torch.long), classnames=names, shard_errors=damaged)
+    return Found([location for location, _ in chosen], RecordImages(source.image),
+                 labels=torch.tensor([label for _, label in chosen], dtype=torch.long), classnames=names,
+                 shard_errors=damaged)

@@ -21,7 +21,9 @@ passes do not make up for it. The first inference call that could take the path 
 ways (a few tens of milliseconds, once per process) and keeps the faster. ``set_fused_inference(True)`` or
 ``CLIPFORGE_FUSED=1`` uses them unconditionally. Convolutions (folded BatchNorm, fused add and ReLU) always pay.
 
-The ops have no autograd formula, which is why training never takes this path.
+The ops have no autograd formula, which is why training never takes this path. One fusion does take autograd:
+``residual_linear`` (a block's residual add accumulated by its projection GEMM, plain aten ops), used in training
+and in plain CPU inference; the same switch turns it off.
 """
 from __future__ import annotations
 
@@ -166,16 +168,24 @@ def linear_rows(x: torch.Tensor, layer: nn.Module, rows: slice | None = None) ->
 # ------------------------------------------------------------------- residual linear layers (training too)
 
 
+def hooked(*modules: nn.Module) -> bool:
+    """Whether a forward hook would see these modules' calls (theirs or a global one): then they must be called."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def residual_linear_applies(residual: torch.Tensor, x: torch.Tensor, *linears: nn.Module) -> bool:
-    """Whether ``residual_linear`` may compute ``residual + linear(x)`` for these layers: plain ``nn.Linear`` with
-    a bias, on the CPU, one dtype throughout, autocast off, nothing traced or exported. Autograd may be on."""
-    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or _capturing() or RESIDUAL_GEMM is False:
+    """Whether ``residual_linear`` may compute ``residual + linear(x)`` for these layers: exactly ``nn.Linear``
+    (not a subclass with its own forward, e.g. fake-quantised) with a bias and no hooks, on the CPU, one dtype
+    throughout, autocast off, nothing traced or exported, the fused path's switch not off. Autograd may be on."""
+    if _enabled is False or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or _capturing():
         return False
-    return all(isinstance(layer, nn.Linear) and layer.bias is not None and
-               layer.weight.dtype == layer.bias.dtype == x.dtype == residual.dtype for layer in linears)
-
-
-RESIDUAL_GEMM = True
+    return all(type(layer) is nn.Linear and layer.bias is not None and
+               layer.weight.dtype == layer.bias.dtype == x.dtype == residual.dtype for layer in linears) \
+        and not hooked(*linears)
 
 
 def residual_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
