@@ -1,6 +1,7 @@
 """``clipforge.allocator.keep_freed_memory``: after it, a large block freed stays mapped (the next step's buffers
 need no new page faults); without it glibc gives it back. Each case in its own process (the setting is
 process-wide). The trainer applies it on CPU runs unless the config turns it off."""
+import os
 import platform
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import torch
 
 PROBE = """
 import sys, torch
-from clipforge.allocator import keep_freed_memory
+from clipforge.allocator import keep_freed_memory, release_freed_memory
 def rss_mib():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
-applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+applied = keep_freed_memory() if sys.argv[1] != "default" else False
+if sys.argv[1] == "released":
+    release_freed_memory()
 block = torch.empty(256 << 20, dtype=torch.uint8)
 block.fill_(1)
 peak = rss_mib()
@@ -29,13 +32,43 @@ def _probe(mode):
     return applied == "True", int(returned)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc",
-                    reason="glibc's malloc only (elsewhere keep_freed_memory does nothing and says so)")
+GLIBC = pytest.mark.skipif(platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc",
+                           reason="glibc's malloc only (elsewhere keep_freed_memory does nothing and says so)")
+
+
+@GLIBC
 def test_freed_block_stays_mapped_only_when_kept():
     applied, returned = _probe("keep")
     assert applied and returned < 16  # MiB given back after freeing 256 MiB
     applied, returned = _probe("default")
     assert not applied and returned > 200
+    applied, returned = _probe("released")  # after a run: glibc gives freed blocks back again
+    assert applied and returned > 200
+
+
+@GLIBC
+def test_a_training_run_leaves_malloc_as_it_found_it(tmp_path):
+    """train() keeps freed memory during the run only: afterwards a freed block is given back again (the run in a
+    subprocess, so this test process's malloc is untouched)."""
+    code = """
+import sys, torch
+from clipforge.training.config import ScheduleConfig, TrainConfig
+from clipforge.training.data.config import DataConfig
+from clipforge.training.loop import train
+train(TrainConfig(workdir=sys.argv[1], data=DataConfig(kind="synthetic", num_samples=8, batch_size=4),
+                  schedule=ScheduleConfig(steps=1, warmup_steps=0)))
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+block = torch.empty(256 << 20, dtype=torch.uint8)
+block.fill_(1)
+peak = rss_mib()
+del block
+print(peak - rss_mib())
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CLIPFORGE_PROGRESS": "off"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 200
 
 
 def test_trainer_applies_it_on_cpu_unless_turned_off(tmp_path, monkeypatch):

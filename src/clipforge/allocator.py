@@ -9,9 +9,10 @@ the bias copy into a fresh (2464, 2048) activation took 5 ms against 1 ms into a
 
 ``keep_freed_memory`` turns both off for the process (``mallopt``: no mmap for large blocks, no trimming), so
 after the first step every buffer comes from pages already mapped. The cost is that the process keeps its peak
-heap until it exits, which a training process reaches every step anyway (memory freed after an evaluation or a
-checkpoint save is kept too; forked DataLoader workers inherit the setting). The trainer applies it on CPU runs
-(``keep_freed_memory: false`` in the config turns it off). Elsewhere than glibc (musl, macOS, Windows) it does
+heap while it is on, which a training step reaches every time anyway (memory freed after an evaluation or a
+checkpoint save is kept too; forked DataLoader workers inherit the setting). The trainer applies it on CPU runs for
+the run's duration and ``release_freed_memory`` undoes it when the run ends (``keep_freed_memory: false`` in the
+config turns it off). Elsewhere than glibc (musl, macOS, Windows) it does
 nothing and says so; under a preloaded allocator (jemalloc, tcmalloc: already caching) glibc's setting is moot.
 Threads other than the main one allocate from their own arenas, where blocks over 64 MiB are still mapped anew.
 """
@@ -42,10 +43,31 @@ def _mallopt():
     return function
 
 
+_kept = False
+
+
 def keep_freed_memory() -> bool:
-    """Serve large blocks from the heap and never trim it, for the rest of the process. True when applied."""
+    """Serve large blocks from the heap and never trim it, until ``release_freed_memory``. True when applied."""
+    global _kept
     mallopt = _mallopt()
     if mallopt is None:
         return False
     # a trim threshold of -1 disables trimming (glibc's manual)
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+    _kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+    return _kept
+
+
+def release_freed_memory() -> None:
+    """Undo ``keep_freed_memory`` (glibc's default limits again) and give the kept free memory back to the system:
+    the trainer calls it when a run ends, so a process that goes on (a notebook, a test) is not left holding it."""
+    global _kept
+    if not _kept:
+        return
+    mallopt = _mallopt()
+    mallopt(_M_MMAP_MAX, 65536)
+    mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+    trim = getattr(ctypes.CDLL(ctypes.util.find_library("c") or None), "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        trim(0)
+    _kept = False

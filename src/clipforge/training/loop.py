@@ -23,7 +23,7 @@ import torch.distributed as torch_dist
 from clipforge import dist
 from clipforge._atomic import write_text_atomic
 from clipforge.config import ConfigError, to_dict
-from clipforge.allocator import keep_freed_memory
+from clipforge.allocator import keep_freed_memory, release_freed_memory
 from clipforge.cpu import set_threads
 from clipforge.losses.config import create_loss
 from clipforge.models import adapters, convert
@@ -468,7 +468,13 @@ def train(cfg: TrainConfig, evaluate=None, stop_at_step: Optional[int] = None) -
     ``eval.every_steps`` steps and at the end). ``stop_at_step`` ends this process early with a checkpoint (a
     time-limited job slice); the schedule still spans ``schedule.steps``, and the next call continues from there.
     """
-    run = _set_up(cfg, evaluate)
+    try:
+        return _train(_set_up(cfg, evaluate), cfg, stop_at_step)
+    finally:
+        release_freed_memory()  # the malloc setting of _set_up lasts for the run only
+
+
+def _train(run: _Run, cfg: TrainConfig, stop_at_step: Optional[int]) -> RunResult:
     if run.state.step >= cfg.schedule.steps:
         return _already_complete(run)
     log = MetricsLogger(run.ctx.workdir, cfg.log, enabled=run.ctx.is_main, total_steps=cfg.schedule.steps,
