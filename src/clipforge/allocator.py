@@ -12,8 +12,8 @@ after the first step every buffer comes from pages already mapped. The cost is t
 heap while it is on, which a training step reaches every time anyway (memory freed after an evaluation or a
 checkpoint save is kept too; forked DataLoader workers inherit the setting). The trainer applies it on CPU runs for
 the run's duration and ``release_freed_memory`` undoes it when the run ends (``keep_freed_memory: false`` in the
-config turns it off). Elsewhere than glibc (musl, macOS, Windows) it does
-nothing and says so; under a preloaded allocator (jemalloc, tcmalloc: already caching) glibc's setting is moot.
+config turns it off). Elsewhere than glibc (musl, macOS, Windows) it does nothing and says so; under a preloaded
+allocator (jemalloc, tcmalloc: already caching) glibc's setting is moot.
 Threads other than the main one allocate from their own arenas, where blocks over 64 MiB are still mapped anew.
 """
 from __future__ import annotations
@@ -28,19 +28,18 @@ _M_MMAP_MAX = -4
 
 
 @functools.lru_cache(maxsize=None)
-def _mallopt():
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (musl has mallopt with other meanings), else None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        gnu = ctypes.CDLL(None).gnu_get_libc_version  # glibc only: musl has mallopt with other meanings
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only
     except (OSError, AttributeError, TypeError):
         return None
-    del gnu
-    function = getattr(libc, "mallopt", None)
-    if function is not None:
-        function.argtypes, function.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return function
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return libc
 
 
 _kept = False
@@ -49,11 +48,11 @@ _kept = False
 def keep_freed_memory() -> bool:
     """Serve large blocks from the heap and never trim it, until ``release_freed_memory``. True when applied."""
     global _kept
-    mallopt = _mallopt()
-    if mallopt is None:
+    libc = _glibc()
+    if libc is None:
         return False
     # a trim threshold of -1 disables trimming (glibc's manual)
-    _kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+    _kept = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
     return _kept
 
 
@@ -63,11 +62,8 @@ def release_freed_memory() -> None:
     global _kept
     if not _kept:
         return
-    mallopt = _mallopt()
-    mallopt(_M_MMAP_MAX, 65536)
-    mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
-    trim = getattr(ctypes.CDLL(ctypes.util.find_library("c") or None), "malloc_trim", None)
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-        trim(0)
+    libc = _glibc()
+    libc.mallopt(_M_MMAP_MAX, 65536)
+    libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+    libc.malloc_trim(0)
     _kept = False

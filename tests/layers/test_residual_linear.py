@@ -76,23 +76,23 @@ def test_clip_training_step_equal(monkeypatch):
 
 def test_applies_only_to_plain_float_cpu_linears():
     x, layer = torch.randn(2, 5, 8), nn.Linear(8, 8)
-    assert fused.residual_linear_applies(x, x, layer)
+    assert fused.residual_linear_applies(x, layer)
 
     class Quantised(nn.Linear):
         def forward(self, inp):
             return super().forward(inp.round())
-    assert not fused.residual_linear_applies(x, x, Quantised(8, 8))  # a subclass computes something else
+    assert not fused.residual_linear_applies(x, Quantised(8, 8))  # a subclass computes something else
     handle = layer.register_forward_hook(lambda *args: None)
-    assert not fused.residual_linear_applies(x, x, layer)  # a hook must see the call
+    assert not fused.residual_linear_applies(x, layer)  # a hook must see the call
     handle.remove()
     with fused.fused_inference(False):
-        assert not fused.residual_linear_applies(x, x, layer)
-    assert not fused.residual_linear_applies(x, x, nn.Linear(8, 8, bias=False))
-    assert not fused.residual_linear_applies(x, x, nn.Sequential(layer))  # an adapter (LoRA) wraps the layer
-    assert not fused.residual_linear_applies(x.double(), x.double(), layer)
-    assert not fused.residual_linear_applies(x, x, layer.to(torch.bfloat16))
+        assert not fused.residual_linear_applies(x, layer)
+    assert not fused.residual_linear_applies(x, nn.Linear(8, 8, bias=False))
+    assert not fused.residual_linear_applies(x, nn.Sequential(layer))  # an adapter (LoRA) wraps the layer
+    assert not fused.residual_linear_applies(x.double(), layer)
+    assert not fused.residual_linear_applies(x, layer.to(torch.bfloat16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fused.residual_linear_applies(x, x, nn.Linear(8, 8))
+        assert not fused.residual_linear_applies(x, nn.Linear(8, 8))
 
 
 def test_autocast_and_layer_scale_take_the_plain_path(monkeypatch):

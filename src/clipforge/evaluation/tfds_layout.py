@@ -107,8 +107,9 @@ def _version_dir(root: str, source: TfdsSource) -> str | None:
     """The folder holding the builder's ``dataset_info.json``: ``root`` as the data dir, the builder's folder or
     the version folder itself. Another version of the builder is a one-line error (the splits differ)."""
     for folder in (os.path.join(root, source.builder, source.version), os.path.join(root, source.version), root):
-        if os.path.isfile(os.path.join(folder, "dataset_info.json")) and _info(folder).get("name") == source.builder:
-            if str(_info(folder).get("version", source.version)) == source.version:
+        if os.path.isfile(os.path.join(folder, "dataset_info.json")):
+            info = _info(folder)
+            if info.get("name") == source.builder and str(info.get("version", source.version)) == source.version:
                 return folder
     others = sorted({os.path.basename(os.path.dirname(p)) for base in (root, os.path.join(root, source.builder))
                      for p in glob.glob(os.path.join(glob.escape(base), "*", "dataset_info.json"))
@@ -131,8 +132,7 @@ def _info(folder: str) -> dict:
             from None
 
 
-def _shards(folder: str, source: TfdsSource, split: str) -> list[str]:
-    info = _info(folder)
+def _shards(folder: str, info: dict, source: TfdsSource, split: str) -> list[str]:
     kind = info.get("fileFormat", "tfrecord")
     if kind != "tfrecord":
         raise ValueError(f"{folder} stores its records as {kind}; clipforge reads TFDS' tfrecord shards: prepare it "
@@ -173,9 +173,9 @@ def class_names(folder: str, label: str) -> list[str] | None:
     return [str(i) for i in range(int(count))] if count is not None else None
 
 
-def _shard_lengths(folder: str, split: str, count: int) -> list[int] | None:
+def _shard_lengths(info: dict, split: str, count: int) -> list[int] | None:
     """Records per shard file as ``dataset_info.json`` lists them (None when it does not, or not for every file)."""
-    for entry in _info(folder).get("splits", []):
+    for entry in info.get("splits", []):
         if entry.get("name") == split:
             lengths = [int(n) for n in entry.get("shardLengths", [])]
             return lengths if len(lengths) == count else None
@@ -241,13 +241,14 @@ def read_tfds(root: str, split: str, source: TfdsSource) -> Found | None:
     match = _SPLIT.match(source.splits[split])
     if match is None:
         raise ValueError(f"cannot read the TFDS split expression '{source.splits[split]}'")
-    paths = _shards(folder, source, match["name"])
+    info = _info(folder)
+    paths = _shards(folder, info, source, match["name"])
     shards, damaged = [], 0
     for path in paths:
         records, broken = _read_shard(path, source.label)
         shards.append(records)
         damaged += broken
-    lengths = _shard_lengths(folder, match["name"], len(paths)) or [len(records) for records in shards]
+    lengths = _shard_lengths(info, match["name"], len(paths)) or [len(records) for records in shards]
     total = sum(lengths)
     start, stop = _bound(match["start"], total, 0), _bound(match["stop"], total, total)
     files, first = [], 0  # each file's records inside [start, stop) of the split's global record order

@@ -177,14 +177,15 @@ def hooked(*modules: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
-def residual_linear_applies(residual: torch.Tensor, x: torch.Tensor, *linears: nn.Module) -> bool:
-    """Whether ``residual_linear`` may compute ``residual + linear(x)`` for these layers: exactly ``nn.Linear``
-    (not a subclass with its own forward, e.g. fake-quantised) with a bias and no hooks, on the CPU, one dtype
-    throughout, autocast off, nothing traced or exported, the fused path's switch not off. Autograd may be on."""
+def residual_linear_applies(x: torch.Tensor, *linears: nn.Module) -> bool:
+    """Whether ``residual_linear`` may compute ``residual + linear(input)`` for these layers on a stream ``x``
+    (the residual and the layers' inputs share its dtype): exactly ``nn.Linear`` (not a subclass with its own
+    forward, e.g. fake-quantised) with a bias and no hooks, on the CPU, one dtype throughout, autocast off, nothing
+    traced or exported, the fused path's switch not off. Autograd may be on."""
     if _enabled is False or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or _capturing():
         return False
     return all(type(layer) is nn.Linear and layer.bias is not None and
-               layer.weight.dtype == layer.bias.dtype == x.dtype == residual.dtype for layer in linears) \
+               layer.weight.dtype == layer.bias.dtype == x.dtype for layer in linears) \
         and not hooked(*linears)
 
 

@@ -30,7 +30,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
         if self.layer_scale or not linear_applies(x, self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2):
-            if not self.layer_scale and residual_linear_applies(x, x, self.attn.proj, self.mlp.fc2) and \
+            if not self.layer_scale and residual_linear_applies(x, self.attn.proj, self.mlp.fc2) and \
                     not hooked(self.attn, self.mlp):
                 # training (and inference where oneDNN's GEMM is the slower one): each residual add inside a GEMM
                 h = self.attn.attend(self.attn.qkv(self.norm1(x)), attn_mask, is_causal)

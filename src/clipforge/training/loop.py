@@ -22,8 +22,8 @@ import torch.distributed as torch_dist
 
 from clipforge import dist
 from clipforge._atomic import write_text_atomic
-from clipforge.config import ConfigError, to_dict
 from clipforge.allocator import keep_freed_memory, release_freed_memory
+from clipforge.config import ConfigError, to_dict
 from clipforge.cpu import set_threads
 from clipforge.losses.config import create_loss
 from clipforge.models import adapters, convert
