@@ -168,7 +168,7 @@ def run_corpus(name: str, captions: list[str], repeats: int) -> None:
         build_ms[tool] = 1000 * (time.perf_counter() - start)
         cold_wall, cold_cpu, batch = _rates(factory, captions, repeats, fresh=True)
         warm_wall, warm_cpu, _ = _rates(factory, captions, repeats, fresh=False)
-        single_wall, single_cpu, single = _single_rates(factory, singles, max(1, repeats // 2))
+        single_wall, single_cpu, single = _single_rates(factory, singles, repeats)
         outputs[tool] = (batch, single)
         rows[tool] = (cold_wall, warm_wall, single_wall, cold_cpu, warm_cpu, single_cpu)
     for ours, ref in zip(outputs["clipforge"], outputs["open_clip"]):

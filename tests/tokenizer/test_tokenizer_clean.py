@@ -61,6 +61,21 @@ def test_clean_modes_match_open_clip(mode, corpus):
     assert not diffs, f"{len(diffs)} captions clean differently, e.g. {diffs[:3]!r}"
 
 
+@pytest.mark.parametrize("mode", ["lower", "whitespace"])
+def test_chunk_functions_split_open_clips_cleaned_text(mode, corpus):
+    """The chunk functions take a shortcut on text that needs no repair (lower-case then split, without collapsing
+    whitespace first): their chunks are open_clip's cleaned text split at spaces, on the corpus, on every BMP
+    character between words and in whitespace runs, and around final sigmas."""
+    reference = require("open_clip.tokenizer").get_clean_fn(mode)
+    chunks_of = clean.get_chunk_fn(mode)
+    bmp = [chr(c) for c in range(0x80, 0x10000) if not 0xD800 <= c <= 0xDFFF]
+    texts = list(corpus[::5]) + ["ΟΔΟΣ \u3000ΟΔΟΣ\u2003", "ΣΑΣ\u00a0Σ", " \u2028 Σ.", "\u3000\u00a0 ", "é\tÉ\u205fX"]
+    texts += ["Ab " + " \u3000 ".join(bmp[i:i + 64]) + "  Σ" for i in range(0, len(bmp), 64)]
+    for text in texts:
+        expected = [chunk for chunk in reference(text).split(" ") if chunk]
+        assert [chunk for chunk in chunks_of(text) if chunk] == expected, repr(text)
+
+
 def test_unknown_clean_mode_names_the_choices():
     with pytest.raises(ValueError, match="lower, whitespace, canonicalize"):
         clean.get_clean_fn("lowercase")

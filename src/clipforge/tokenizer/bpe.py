@@ -404,13 +404,35 @@ class ClipTokenizer:
         return out
 
     def _learn_row(self, chunks: list[str]) -> list[int]:
-        """The ids of one text's chunks, learning the chunks the chunk dict lacks (``_resolve`` for one row)."""
+        """The ids of one text's chunks, learning the chunks the chunk dict lacks: ``_resolve`` for one row, with
+        the missing chunks found by one set difference and each new word sent straight to the Rust BPE model, as
+        one caption per call brings only a few new chunks and the batch path's bookkeeping would cost more than
+        their BPE. Many new chunks at once (a long document) take the batch path."""
         chunk_ids = self._chunk_ids
-        missing = {chunk for chunk in chunks if chunk not in chunk_ids}
+        missing = set(chunks).difference(chunk_ids)
         if len(chunk_ids) + len(missing) > _CACHE_LIMIT:
             chunk_ids = self._chunk_ids = dict(self._seed_chunks)
-            missing = {chunk for chunk in chunks if chunk not in chunk_ids}
-        self._learn_chunks(missing)
+            missing = set(chunks).difference(chunk_ids)
+        if len(missing) >= _FEW:
+            self._learn_chunks(missing)
+        else:
+            words = self._words
+            if len(words) + sum(map(len, missing)) > _CACHE_LIMIT:  # a chunk of n characters holds <= n words
+                words = self._words = self._seed_word_table.copy()
+            index, starts, lengths, store = words.index, words.starts, words.lengths, words.ids
+            tokenize, alphabet = self._rust.model.tokenize, self._alphabet
+            for chunk in missing:
+                ids = []
+                for word in _split_words(chunk):
+                    row = index.get(word)
+                    if row is None:
+                        new = [token.id for token in tokenize("".join(map(alphabet.__getitem__, word.encode())))]
+                        words.append(word, new)
+                        ids += new
+                    else:
+                        start = starts[row]
+                        ids += store[start:start + lengths[row]]
+                chunk_ids[chunk] = tuple(ids)
         return list(chain.from_iterable(map(chunk_ids.__getitem__, chunks)))
 
     def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:

@@ -285,14 +285,23 @@ def clean_canonicalize(text: str) -> str:
 _CLEAN_FNS = {"lower": clean_lower, "whitespace": clean_whitespace, "canonicalize": clean_canonicalize}
 
 
+# Text that needs no repair holds no "&" (a trigger), so its cleaning is whitespace and case alone, and its chunks
+# are ``text.lower().split()``: no character gains or loses whitespace by lower-casing, and the one context rule of
+# ``str.lower`` (final sigma) sees the same cased neighbours whatever the whitespace between words.
 def _lower_chunks(text: str) -> list[str]:
-    if text.isascii() and _ascii_trigger(text) is None:
+    if text.isascii():
+        if _ascii_trigger(text) is None:
+            return text.lower().split()
+    elif not needs_repair(text):
         return text.lower().split()
     return clean_lower(text).split(" ")
 
 
 def _whitespace_chunks(text: str) -> list[str]:
-    if text.isascii() and _ascii_trigger(text) is None:
+    if text.isascii():
+        if _ascii_trigger(text) is None:
+            return text.split()
+    elif not needs_repair(text):
         return text.split()
     return clean_whitespace(text).split(" ")
 
