@@ -2,11 +2,12 @@
 training step on the same architecture, weights and batch, in one run.
 
     python benchmarks/bench_train.py                 # ViT-B-32 and ViT-S-32 at batch 32, RN50 at 128 px batch 16
-    python benchmarks/bench_train.py --repeats 5 --models ViT-B-32
+    python benchmarks/bench_train.py --repeats 5 --models ViT-B-32 ViT-S-32/8 RN50@224/32
 
 open_clip's side reproduces the inner loop of open_clip_train's train_one_epoch: model(images, texts) ->
 ClipLoss -> backward -> AdamW step -> clamp of logit_scale. clipforge's side is `clipforge.training.step.train_step`
-(the function the trainer calls). Steps of both are interleaved and the best of N is kept (shared machine). The
+(the function the trainer calls), with the model and batches in the memory format the trainer gives them (NHWC for
+convolutional towers). Steps of both are interleaved and the best of N is kept (shared machine). The
 process takes the trainer's host-memory setting (``clipforge.allocator.keep_freed_memory``: freed buffers stay
 mapped, no page faults each step) unless ``--default-malloc``; it is process-wide, so open_clip's side gets it too.
 
@@ -105,6 +106,15 @@ def run_pair(name, image_size, batch, repeats):
 
     # each side with its trainer's optimizer: open_clip_train's plain AdamW, clipforge's create_optimizer (the fused
     # AdamW kernel where it applies)
+    # as the trainer prepares them: NHWC weights and batches for a convolutional image tower (model.channels_last
+    # unset); open_clip_train has no such switch
+    from clipforge.training.config import TrainConfig
+    from clipforge.training.loop import uses_channels_last
+
+    ours_images = images
+    if uses_channels_last(TrainConfig(), model):
+        model = model.to(memory_format=torch.channels_last)
+        ours_images = images.contiguous(memory_format=torch.channels_last)
     ref_opt = adamw(reference)
     opt = create_optimizer(model, OptimConfig(lr=1e-4, weight_decay=0.2, beta1=0.9, beta2=0.98, eps=1e-6))
     ref_loss, loss_fn = open_clip.ClipLoss(), create_loss(LossConfig(kind="clip"))
@@ -116,7 +126,7 @@ def run_pair(name, image_size, batch, repeats):
         losses["open_clip"] = open_clip_step(reference, ref_opt, ref_loss, images, tokens)
         times["open_clip"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        losses["clipforge"] = train_step(model, images, tokens, loss_fn, opt).loss
+        losses["clipforge"] = train_step(model, ours_images, tokens, loss_fn, opt).loss
         times["clipforge"].append(time.perf_counter() - start)
     best = {k: min(v[1:]) for k, v in times.items()}
     return {k: batch / v for k, v in best.items()}, losses, {k: flops / v for k, v in best.items()}
@@ -129,7 +139,7 @@ def main():
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is (the trainer's keep_freed_memory is on by default)")
     parser.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-S-32", "RN50@128"],
-                        help="NAME or NAME@PIXELS, each at batch 32 (ResNets at 16)")
+                        help="NAME, NAME@PIXELS, with /BATCH to set the batch (default 32, ResNets 16)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,9 +158,10 @@ def main():
     print(f"{'model':<16} {'batch':>5} {'GFLOP/step':>10} {'open_clip/s':>12} {'clipforge/s':>12} {'ratio':>6} "
           f"{'MFU oc':>7} {'MFU cf':>7}  first losses (oc / cf)")
     for spec in args.models:
-        name, _, pixels = spec.partition("@")
+        spec_model, _, batch_text = spec.partition("/")
+        name, _, pixels = spec_model.partition("@")
         image_size = int(pixels) if pixels else None
-        batch = 16 if name.startswith("RN") else 32
+        batch = int(batch_text) if batch_text else 16 if name.startswith("RN") else 32
         rates, losses, flop_rates = run_pair(name, image_size, batch, args.repeats)
         peak = max(peak, matmul_peak(repeats=2))  # the best seen in the run: MFU is never flattered by a slow start
         step_gflop = flop_rates["open_clip"] / rates["open_clip"] * batch / 1e9

@@ -121,3 +121,43 @@ def test_channels_last_reaches_the_model_and_the_batches(tmp_path):
     model = build_model(cfg, RunContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"),
                                         workdir=tmp_path))
     assert model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name, setting, expected", [("tiny-resnet", None, True), ("tiny-vit", None, False),
+                                                     ("tiny-resnet", False, False), ("tiny-vit", True, True)])
+def test_channels_last_is_on_for_convolutional_towers_unless_set(tmp_path, name, setting, expected):
+    from clipforge.training.config import ModelSection, TrainConfig
+    from clipforge.training.launch import RunContext
+    from clipforge.training.loop import build_model, uses_channels_last
+
+    cfg = TrainConfig(model=ModelSection(name=name, channels_last=setting))
+    model = build_model(cfg, RunContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"),
+                                        workdir=tmp_path))
+    assert uses_channels_last(cfg, model) is expected
+    conv = next(m for m in model.visual.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expected
+
+
+def test_a_resnet_trained_in_nhwc_exports_weights_that_load_anywhere(tmp_path):
+    """The default ResNet run keeps NHWC weights; its exported model loads into a plain (NCHW) model and gives the
+    trained model's outputs."""
+    from clipforge.config import apply_overrides
+    from clipforge.models.factory import create_model
+    from clipforge.training.config import TrainConfig
+    from clipforge.training.loop import train
+
+    cfg = apply_overrides(TrainConfig(), {
+        "workdir": str(tmp_path / "run"), "model.name": "tiny-resnet", "data.kind": "synthetic",
+        "data.num_samples": 16, "data.batch_size": 8, "schedule.steps": 2, "schedule.warmup_steps": 1,
+        "log.progress": False, "optim.lr": 1e-2})
+    result = train(cfg)
+    assert result.model_dir is not None
+    trained = create_model("tiny-resnet", pretrained=str(result.model_dir)).eval()
+    fresh = create_model("tiny-resnet").eval()
+    assert all(t.is_contiguous() for t in trained.state_dict().values())
+    size = trained.config.vision.image_size
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        nhwc = copy.deepcopy(trained).to(memory_format=torch.channels_last)
+        torch.testing.assert_close(nhwc.encode_image(images), trained.encode_image(images), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(trained.encode_image(images), fresh.encode_image(images))

@@ -31,17 +31,18 @@ class _Stop(Exception):
     pass
 
 
-def test_resume_mid_epoch_gives_the_same_curve(tmp_path):
-    full = train(_tiny(tmp_path, "full"))
+@pytest.mark.parametrize("arch", ["tiny-vit", "tiny-resnet"])  # the ResNet trains in NHWC (channels_last auto)
+def test_resume_mid_epoch_gives_the_same_curve(tmp_path, arch):
+    full = train(_tiny(tmp_path, "full", **{"model.name": arch}))
     assert full.steps == 6
 
     def crash(model, step):
         raise _Stop  # simulates a killed job right after the step-3 checkpoint
 
-    interrupted = _tiny(tmp_path, "resumed", **{"eval.every_steps": 3})
+    interrupted = _tiny(tmp_path, "resumed", **{"eval.every_steps": 3, "model.name": arch})
     with pytest.raises(_Stop):
         train(interrupted, evaluate=crash)
-    resumed = train(_tiny(tmp_path, "resumed"))
+    resumed = train(_tiny(tmp_path, "resumed", **{"model.name": arch}))
     assert resumed.steps == 6
     a, b = _losses(tmp_path / "full"), _losses(tmp_path / "resumed")
     assert sorted(a) == [1, 2, 3, 4, 5, 6]

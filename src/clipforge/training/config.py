@@ -29,7 +29,8 @@ class ModelSection:
     image_size: Optional[int] = None
     grad_checkpointing: bool = False
     compile: bool = False                     # torch.compile the model
-    channels_last: bool = False               # NHWC weights and images: faster convolutions (ResNets) on GPUs
+    channels_last: Optional[bool] = None      # NHWC weights and images; None: on for convolutional image towers
+                                              # (ResNets), whose oneDNN / cuDNN kernels run NHWC natively
     lock_image: bool = False                  # LiT: freeze the image tower ...
     lock_image_unlocked_groups: int = 0       # ... except its last N groups
     lock_text: bool = False
