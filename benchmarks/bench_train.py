@@ -104,10 +104,8 @@ def run_pair(name, image_size, batch, repeats):
     from clipforge.training.config import OptimConfig
     from clipforge.training.optim import create_optimizer
 
-    # each side with its trainer's optimizer: open_clip_train's plain AdamW, clipforge's create_optimizer (the fused
-    # AdamW kernel where it applies)
-    # as the trainer prepares them: NHWC weights and batches for a convolutional image tower (model.channels_last
-    # unset); open_clip_train has no such switch
+    # clipforge's model and batches as the trainer prepares them: NHWC for a convolutional image tower
+    # (model.channels_last unset); open_clip_train has no such switch
     from clipforge.training.config import TrainConfig
     from clipforge.training.loop import uses_channels_last
 
@@ -115,6 +113,8 @@ def run_pair(name, image_size, batch, repeats):
     if uses_channels_last(TrainConfig(), model):
         model = model.to(memory_format=torch.channels_last)
         ours_images = images.contiguous(memory_format=torch.channels_last)
+    # each side with its trainer's optimizer: open_clip_train's plain AdamW, clipforge's create_optimizer (the fused
+    # AdamW kernel where it applies)
     ref_opt = adamw(reference)
     opt = create_optimizer(model, OptimConfig(lr=1e-4, weight_decay=0.2, beta1=0.9, beta2=0.98, eps=1e-6))
     ref_loss, loss_fn = open_clip.ClipLoss(), create_loss(LossConfig(kind="clip"))

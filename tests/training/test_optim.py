@@ -70,3 +70,38 @@ def test_fused_applies_to_plain_cpu_tensors_only():
 
     assert fused_applies([torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16)])
     assert not fused_applies([torch.zeros(2, device="meta")]) and not fused_applies([torch.zeros(2).long()])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_moments_saved_in_another_memory_layout_follow_the_parameter(fused):
+    """A checkpoint's AdamW moments in NCHW loaded for NHWC weights: without matching the layouts the fused kernel
+    pairs each weight with another weight's moments; after ``match_state_layout`` the step equals the plain one."""
+    from clipforge.training.optim import match_state_layout
+
+    torch.manual_seed(0)
+    weight, grad = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)
+
+    def resumed_step(saved_layout, match):
+        param = torch.nn.Parameter(weight.clone())
+        first = torch.optim.AdamW([param], lr=0.1, fused=fused)
+        param.grad = grad.clone()
+        first.step()
+        state = first.state_dict()
+        for key in ("exp_avg", "exp_avg_sq"):
+            state["state"][0][key] = state["state"][0][key].contiguous(memory_format=saved_layout)
+        nhwc = torch.nn.Parameter(param.detach().contiguous(memory_format=torch.channels_last))
+        second = torch.optim.AdamW([nhwc], lr=0.1, fused=fused)
+        second.load_state_dict(state)
+        copied = match_state_layout(second) if match else 0
+        nhwc.grad = (grad * 0.5).contiguous(memory_format=torch.channels_last)
+        second.step()
+        return nhwc.detach(), copied
+
+    expected, copied = resumed_step(torch.channels_last, match=True)
+    assert copied == 0
+    unmatched, _ = resumed_step(torch.contiguous_format, match=False)
+    matched, copied = resumed_step(torch.contiguous_format, match=True)
+    assert copied == 2
+    torch.testing.assert_close(matched, expected, atol=1e-6, rtol=1e-6)
+    if fused:  # the fused kernel walks storage order: the unmatched resume is silently wrong
+        assert (unmatched - expected).abs().max() > 1e-3

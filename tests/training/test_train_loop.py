@@ -51,6 +51,21 @@ def test_resume_mid_epoch_gives_the_same_curve(tmp_path, arch):
     assert (tmp_path / "resumed" / "config.json").exists()
 
 
+def test_resnet_run_started_in_nchw_resumes_in_nhwc(tmp_path):
+    """A ResNet run begun with model.channels_last=false (as every run before NHWC became the default) resumes under
+    the default: the layout may change on resume, the AdamW moments follow the weights, and the curve stays the
+    uninterrupted run's to float rounding."""
+    full = train(_tiny(tmp_path, "full", **{"model.name": "tiny-resnet", "model.channels_last": False}))
+    start = _tiny(tmp_path, "switched", **{"model.name": "tiny-resnet", "model.channels_last": False,
+                                           "schedule.steps": 3})
+    train(start)
+    resumed = train(_tiny(tmp_path, "switched", **{"model.name": "tiny-resnet"}))
+    assert resumed.steps == full.steps == 6
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "switched")
+    for step in range(1, 7):
+        assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-6), step
+
+
 def test_accumulation_gives_the_large_batch_gradient():
     torch.manual_seed(0)
     model = create_model("tiny-vit")

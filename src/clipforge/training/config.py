@@ -208,7 +208,8 @@ def _run_config_file(file: Path, arg: str | None) -> TrainConfig:
 
 # Fields a resumed run may change without changing what it computes; others need checkpoint.allow_config_change.
 # (data.workers is not one: WebDataset shards are split over workers, so another count changes the sample order)
-RESUMABLE_CHANGES = ("workdir", "threads", "schedule.steps", "checkpoint.", "log.", "eval.")
+# memory layouts and thread counts change the order of float additions, not what is computed
+RESUMABLE_CHANGES = ("workdir", "threads", "model.channels_last", "schedule.steps", "checkpoint.", "log.", "eval.")
 
 
 def changed_fields(old: dict, new: dict) -> list[str]:

@@ -37,7 +37,7 @@ from clipforge.training.data import DataStats, create_train_loader
 from clipforge.training.evaluate import create_evaluator
 from clipforge.training.launch import DistributedModel, RunContext, barrier, distribute_model, init_run, shutdown
 from clipforge.training.logging import METRICS_FILE, MetricsLogger, last_evaluation, last_value
-from clipforge.training.optim import create_optimizer, set_lr
+from clipforge.training.optim import create_optimizer, match_state_layout, set_lr
 from clipforge.training.step import train_step, unwrap
 from clipforge.transforms import create_train_transform
 
@@ -255,6 +255,7 @@ def _resume(cfg: TrainConfig, ctx: RunContext, wrapped: DistributedModel, optimi
         else:
             inner.load_state_dict(weights, strict=True)
         optimizer.load_state_dict(payload["optimizer"])
+        match_state_layout(optimizer)
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
     rngs = payload["rng"]

@@ -73,6 +73,22 @@ def create_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Op
                           "optim.fused=null (automatic) or false") from None
 
 
+def match_state_layout(optimizer: torch.optim.Optimizer) -> int:
+    """Give every per-parameter state tensor (AdamW's moments) its parameter's memory layout; returns how many were
+    copied. A checkpoint written with the other memory format (``model.channels_last`` changed, or a run started
+    before it became the default for ResNets) loads its moments with their saved strides, and the fused and
+    foreach AdamW kernels walk a moment and its parameter element by element in storage order: mismatched layouts
+    would update each weight with another weight's moments, without any error."""
+    copied = 0
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if (isinstance(value, torch.Tensor) and value.shape == param.shape and value.dim() > 1
+                    and value.stride() != param.stride()):
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                copied += 1
+    return copied
+
+
 def lr_factor(step: int, cfg: ScheduleConfig) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
     if step < cfg.warmup_steps:
