@@ -18,9 +18,10 @@ pytestmark = pytest.mark.dist
 GLOBAL_BATCH = 8
 
 
-def _batch():
+def _batch(size=32):
     gen = torch.Generator().manual_seed(1)
-    return torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=gen), torch.randint(1, 1000, (GLOBAL_BATCH, 16), generator=gen)
+    return (torch.randn(GLOBAL_BATCH, 3, size, size, generator=gen),
+            torch.randint(1, 1000, (GLOBAL_BATCH, 16), generator=gen))
 
 
 def _step(model, images, tokens, world, rank, accum, clip=None, replicated=()):
@@ -59,14 +60,21 @@ def _model(lora):
     return model
 
 
-def _worker(rank, world, strategy, accum, clip, port, result_path, lora=False):
+def _worker(rank, world, strategy, accum, clip, port, result_path, lora=False, nhwc=False, arch=None):
     # a TCP store on loopback: the file store's teardown raced with the other rank's exit now and then
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    model = _model(lora)
+    if arch is not None:  # a plain model of that architecture, NHWC when asked
+        torch.manual_seed(0)
+        model = create_model(arch)
+        model = model.to(memory_format=torch.channels_last) if nhwc else model
+    else:
+        model = _model(lora)
     ctx = RunContext(rank=rank, local_rank=rank, world_size=world, device=torch.device("cpu"), workdir=None)
     wrapped = distribute_model(model, ctx, DistConfig(strategy=strategy))
     model = wrapped.module
-    images, tokens = _batch()
+    images, tokens = _batch(64) if arch == "tiny-resnet" else _batch()
+    if nhwc:
+        images = images.contiguous(memory_format=torch.channels_last)
     local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     loss = _step(model, images[local], tokens[local], world, rank, accum, clip, wrapped.replicated_params)
     params = _full_grads(model)
@@ -100,3 +108,33 @@ def test_two_ranks_equal_one_process(tmp_path, strategy, accum, clip, lora):
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-5 * float(value.abs().max()) + 1e-12,
                                    msg=name)
+
+
+def test_ddp_trains_an_nhwc_resnet_as_an_nchw_one(tmp_path):
+    """DDP over NHWC weights and batches (the trainer's default for a ResNet) gives the gradients of the same two
+    ranks in NCHW (two ranks on both sides: BatchNorm's statistics are per rank)."""
+    grads = {}
+    for nhwc in (False, True):
+        result = tmp_path / f"rank0-{nhwc}.pt"
+        mp.spawn(_worker, args=(2, "ddp", 1, None, _free_port(), str(result), False, nhwc, "tiny-resnet"),
+                 nprocs=2, join=True)
+        grads[nhwc] = torch.load(result)["grads"]
+    assert sorted(grads[True]) == sorted(grads[False])
+    for name, value in grads[False].items():
+        torch.testing.assert_close(grads[True][name], value, rtol=1e-4,
+                                   atol=1e-4 * float(value.abs().max()) + 1e-12, msg=name)
+
+
+def test_fsdp2_runs_keep_contiguous_weights():
+    from clipforge.config import ConfigError, apply_overrides
+    from clipforge.training.config import DistConfig as Dist, ModelSection, TrainConfig
+    from clipforge.training.loop import uses_channels_last, validate
+
+    model = create_model("tiny-resnet")
+    assert uses_channels_last(TrainConfig(model=ModelSection(name="tiny-resnet")), model)
+    assert not uses_channels_last(TrainConfig(model=ModelSection(name="tiny-resnet"), dist=Dist(strategy="fsdp2")),
+                                  model)
+    with pytest.raises(ConfigError, match="FSDP2 shards only contiguous"):
+        validate(apply_overrides(TrainConfig(), {"model.name": "tiny-resnet", "model.channels_last": True,
+                                                 "dist.strategy": "fsdp2", "data.kind": "synthetic",
+                                                 "data.num_samples": 8}))

@@ -30,7 +30,8 @@ class ModelSection:
     grad_checkpointing: bool = False
     compile: bool = False                     # torch.compile the model
     channels_last: Optional[bool] = None      # NHWC weights and images; None: on for convolutional image towers
-                                              # (ResNets), whose oneDNN / cuDNN kernels run NHWC natively
+                                              # (ResNets), whose oneDNN / cuDNN kernels run NHWC natively;
+                                              # never under FSDP2 (contiguous weights only)
     lock_image: bool = False                  # LiT: freeze the image tower ...
     lock_image_unlocked_groups: int = 0       # ... except its last N groups
     lock_text: bool = False
