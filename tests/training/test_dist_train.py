@@ -123,18 +123,3 @@ def test_ddp_trains_an_nhwc_resnet_as_an_nchw_one(tmp_path):
     for name, value in grads[False].items():
         torch.testing.assert_close(grads[True][name], value, rtol=1e-4,
                                    atol=1e-4 * float(value.abs().max()) + 1e-12, msg=name)
-
-
-def test_fsdp2_runs_keep_contiguous_weights():
-    from clipforge.config import ConfigError, apply_overrides
-    from clipforge.training.config import DistConfig as Dist, ModelSection, TrainConfig
-    from clipforge.training.loop import uses_channels_last, validate
-
-    model = create_model("tiny-resnet")
-    assert uses_channels_last(TrainConfig(model=ModelSection(name="tiny-resnet")), model)
-    assert not uses_channels_last(TrainConfig(model=ModelSection(name="tiny-resnet"), dist=Dist(strategy="fsdp2")),
-                                  model)
-    with pytest.raises(ConfigError, match="FSDP2 shards only contiguous"):
-        validate(apply_overrides(TrainConfig(), {"model.name": "tiny-resnet", "model.channels_last": True,
-                                                 "dist.strategy": "fsdp2", "data.kind": "synthetic",
-                                                 "data.num_samples": 8}))

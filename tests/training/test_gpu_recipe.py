@@ -139,10 +139,11 @@ def test_channels_last_is_on_for_convolutional_towers_unless_set(tmp_path, name,
 
 
 def test_a_resnet_trained_in_nhwc_exports_weights_that_load_anywhere(tmp_path):
-    """The default ResNet run keeps NHWC weights; its exported model loads into a plain (NCHW) model and gives the
-    trained model's outputs."""
+    """The default ResNet run keeps NHWC weights: its exported model holds the checkpoint's weights, and an NHWC model
+    saved directly in the hub layout loads into a plain (NCHW) model with the same weights and outputs."""
     from clipforge.config import apply_overrides
-    from clipforge.models.factory import create_model
+    from clipforge.models.convert import convert_state_dict
+    from clipforge.models.factory import create_model, save_pretrained
     from clipforge.training.config import TrainConfig
     from clipforge.training.loop import train
 
@@ -152,12 +153,51 @@ def test_a_resnet_trained_in_nhwc_exports_weights_that_load_anywhere(tmp_path):
         "log.progress": False, "optim.lr": 1e-2})
     result = train(cfg)
     assert result.model_dir is not None
-    trained = create_model("tiny-resnet", pretrained=str(result.model_dir)).eval()
-    fresh = create_model("tiny-resnet").eval()
-    assert all(t.is_contiguous() for t in trained.state_dict().values())
-    size = trained.config.vision.image_size
+    exported = create_model("tiny-resnet", pretrained=str(result.model_dir)).eval()
+    saved = torch.load(result.checkpoint, map_location="cpu", weights_only=False)
+    weights = convert_state_dict(saved["state_dict"], exported.config)
+    assert any(t.dim() == 4 and not t.is_contiguous() for t in weights.values())  # the run's weights were NHWC
+    for name, value in exported.state_dict().items():
+        torch.testing.assert_close(value, weights[name], atol=0, rtol=0, msg=name)
+
+    torch.manual_seed(3)
+    nhwc = create_model("tiny-resnet").eval().to(memory_format=torch.channels_last)
+    save_pretrained(nhwc, tmp_path / "nhwc")
+    plain = create_model("tiny-resnet", pretrained=str(tmp_path / "nhwc")).eval()
+    assert plain.visual.conv1.weight.is_contiguous()
+    size = plain.config.vision.image_size
     images = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        nhwc = copy.deepcopy(trained).to(memory_format=torch.channels_last)
-        torch.testing.assert_close(nhwc.encode_image(images), trained.encode_image(images), atol=1e-5, rtol=1e-4)
-        assert not torch.allclose(trained.encode_image(images), fresh.encode_image(images))
+        for name, value in plain.state_dict().items():
+            torch.testing.assert_close(value, nhwc.state_dict()[name], atol=0, rtol=0, msg=name)
+        torch.testing.assert_close(plain.encode_image(images), nhwc.encode_image(images), atol=1e-5, rtol=1e-4)
+
+
+def test_fsdp2_runs_keep_contiguous_weights():
+    from clipforge.config import ConfigError, apply_overrides
+    from clipforge.models.factory import create_model
+    from clipforge.training.config import DistConfig, ModelSection, TrainConfig
+    from clipforge.training.loop import uses_channels_last, validate
+
+    model = create_model("tiny-resnet")
+    assert uses_channels_last(TrainConfig(model=ModelSection(name="tiny-resnet")), model)
+    assert not uses_channels_last(TrainConfig(model=ModelSection(name="tiny-resnet"),
+                                              dist=DistConfig(strategy="fsdp2")), model)
+    with pytest.raises(ConfigError, match="FSDP2 shards only contiguous"):
+        validate(apply_overrides(TrainConfig(), {"model.name": "tiny-resnet", "model.channels_last": True,
+                                                 "dist.strategy": "fsdp2", "data.kind": "synthetic",
+                                                 "data.num_samples": 8}))
+
+
+def test_lora_on_a_vits_patch_embedding_keeps_it_nchw():
+    """peft wraps an adapted convolution with two more: they do not make a ViT a convolutional tower."""
+    from clipforge.models.adapters import LoraConfig, LoraTowerConfig, apply_lora
+    from clipforge.models.factory import create_model
+    from clipforge.training.config import ModelSection, TrainConfig
+    from clipforge.training.loop import uses_channels_last
+
+    model = create_model("tiny-vit")
+    conv_name = next(n for n, m in model.visual.named_modules() if isinstance(m, torch.nn.Conv2d))
+    apply_lora(model, LoraConfig(image=LoraTowerConfig(rank=2, targets=(conv_name.replace(".", "\\.") + "$",))))
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.visual.modules()) == 3
+    assert not uses_channels_last(TrainConfig(model=ModelSection(name="tiny-vit")), model)

@@ -51,15 +51,21 @@ def test_resume_mid_epoch_gives_the_same_curve(tmp_path, arch):
     assert (tmp_path / "resumed" / "config.json").exists()
 
 
-def test_resnet_run_started_in_nchw_resumes_in_nhwc(tmp_path):
+def test_resnet_run_started_in_nchw_resumes_in_nhwc(tmp_path, monkeypatch):
     """A ResNet run begun with model.channels_last=false (as every run before NHWC became the default) resumes under
     the default: the layout may change on resume, the AdamW moments follow the weights, and the curve stays the
     uninterrupted run's to float rounding."""
+    from clipforge.training import loop
+
     full = train(_tiny(tmp_path, "full", **{"model.name": "tiny-resnet", "model.channels_last": False}))
     start = _tiny(tmp_path, "switched", **{"model.name": "tiny-resnet", "model.channels_last": False,
                                            "schedule.steps": 3})
     train(start)
+    copied = []
+    real = loop.match_state_layout
+    monkeypatch.setattr(loop, "match_state_layout", lambda optimizer: copied.append(real(optimizer)) or copied[-1])
     resumed = train(_tiny(tmp_path, "switched", **{"model.name": "tiny-resnet"}))
+    assert copied and copied[0] > 0  # the resumed run did switch to NHWC: moments of 4-D weights were moved
     assert resumed.steps == full.steps == 6
     a, b = _losses(tmp_path / "full"), _losses(tmp_path / "switched")
     for step in range(1, 7):

@@ -239,9 +239,10 @@ def fix_text(text: str) -> str:
     return "".join(out)
 
 
-def basic_clean(text: str) -> str:
-    """Mojibake repair, HTML unescaped twice, outer whitespace stripped: open_clip's first cleaning stage."""
-    if needs_repair(text):
+def basic_clean(text: str, repair: bool | None = None) -> str:
+    """Mojibake repair, HTML unescaped twice, outer whitespace stripped: open_clip's first cleaning stage.
+    ``repair``: what ``needs_repair(text)`` gives, when the caller already knows it."""
+    if needs_repair(text) if repair is None else repair:
         text = fix_text(text)
     if "&" in text:
         text = html.unescape(html.unescape(text))
@@ -294,6 +295,8 @@ def _lower_chunks(text: str) -> list[str]:
             return text.lower().split()
     elif not needs_repair(text):
         return text.lower().split()
+    else:
+        return collapse_whitespace(basic_clean(text, repair=True)).lower().split(" ")
     return clean_lower(text).split(" ")
 
 
@@ -303,6 +306,8 @@ def _whitespace_chunks(text: str) -> list[str]:
             return text.split()
     elif not needs_repair(text):
         return text.split()
+    else:
+        return collapse_whitespace(basic_clean(text, repair=True)).split(" ")
     return clean_whitespace(text).split(" ")
 
 

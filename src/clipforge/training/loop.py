@@ -137,7 +137,11 @@ def uses_channels_last(cfg: TrainConfig, model: torch.nn.Module) -> bool:
     if cfg.dist.strategy == "fsdp2":  # FSDP2 shards only contiguous parameters
         return False
     visual = getattr(unwrap(model), "visual", None)
-    return visual is not None and sum(isinstance(m, torch.nn.Conv2d) for m in visual.modules()) > 1
+    if visual is None:
+        return False
+    # a LoRA-wrapped convolution adds two small ones (lora_A / lora_B): count the model's own layers only
+    own = [m for name, m in visual.named_modules() if isinstance(m, torch.nn.Conv2d) and ".lora_" not in f".{name}"]
+    return len(own) > 1
 
 
 def _model_section(model: torch.nn.Module) -> dict[str, Any]:
@@ -373,6 +377,8 @@ def _set_up(cfg: TrainConfig, evaluate) -> _Run:
     torch.manual_seed(cfg.seed + ctx.rank)
     model = build_model(cfg, ctx)
     teacher = build_teacher(cfg, ctx, model.config.vision.image_size)
+    if teacher is not None and uses_channels_last(cfg, model) and uses_channels_last(cfg, teacher):
+        teacher = teacher.to(memory_format=torch.channels_last)  # it sees the student's NHWC batches
     tokenizer = tokenizer_for_config(model.config, cfg.tokenize.context_length, reduction=cfg.tokenize.reduction)
     if evaluate is None:
         evaluate = create_evaluator(cfg.eval, tokenizer_for_config(model.config), model.preprocess_config,
