@@ -55,12 +55,6 @@ class IdTable:
         self.lengths.append(len(ids))
         self.ids.extend(ids)
 
-    def ids_of(self, key: str):
-        """The ids of one key (an ``array`` slice); raises KeyError for a key not in the table."""
-        row = self.index[key]
-        start = self.starts[row]
-        return self.ids[start:start + self.lengths[row]]
-
     def copy(self) -> IdTable:
         table = IdTable()
         table.index = dict(self.index)

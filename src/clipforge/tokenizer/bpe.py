@@ -287,9 +287,13 @@ class ClipTokenizer:
     def _learn_few_words(self, words: list[str]) -> None:
         """``_learn_words`` for a handful of words, in plain Python, each word through the Rust BPE model directly:
         a pipeline call costs more than the BPE of a few words, and numpy's per-call cost would dominate too."""
-        tokenize, alphabet, append = self._rust.model.tokenize, self._alphabet, self._words.append
         for word in words:
-            append(word, [token.id for token in tokenize("".join(map(alphabet.__getitem__, word.encode())))])
+            self._words.append(word, self._bpe_word(word))
+
+    def _bpe_word(self, word: str) -> list[int]:
+        """The ids of one word, from the Rust BPE model alone (no pipeline)."""
+        return [token.id for token in self._rust.model.tokenize("".join(map(self._alphabet.__getitem__,
+                                                                                 word.encode())))]
 
     def _bpe_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(number of ids of each chunk, all their ids one chunk after the other), through the word table: the
@@ -303,18 +307,30 @@ class ClipTokenizer:
         return np.diff(ends, prepend=0), ids
 
     def _learn_chunks(self, chunks: set[str]) -> None:
-        """Add ``chunks`` (not yet cached) to the per-text path's chunk dict."""
+        """Add ``chunks`` (not yet cached) to the per-text path's chunk dict: many through the batched word
+        table, a few (one caption's new chunks) in one plain loop, each new word straight through the Rust model."""
         chunks = list(chunks)
         if len(chunks) >= _FEW:
             lengths, ids = self._bpe_chunks(chunks)
             ids, bounds = ids.tolist(), list(accumulate(lengths.tolist(), initial=0))
             self._chunk_ids.update(zip(chunks, (tuple(ids[a:b]) for a, b in zip(bounds, bounds[1:]))))
             return
-        words_of = list(map(_split_words, chunks))
-        self._learn_words(set(chain.from_iterable(words_of)))
-        ids_of = self._words.ids_of
-        for chunk, words in zip(chunks, words_of):
-            self._chunk_ids[chunk] = tuple(chain.from_iterable(map(ids_of, words)))
+        words = self._words
+        if len(words) + sum(map(len, chunks)) > _CACHE_LIMIT:  # a chunk of n characters holds at most n words
+            words = self._words = self._seed_word_table.copy()
+        index, starts, lengths, store, chunk_ids = words.index, words.starts, words.lengths, words.ids, self._chunk_ids
+        for chunk in chunks:
+            ids = []
+            for word in _split_words(chunk):
+                row = index.get(word)
+                if row is None:
+                    new = self._bpe_word(word)
+                    words.append(word, new)
+                    ids += new
+                else:
+                    start = starts[row]
+                    ids += store[start:start + lengths[row]]
+            chunk_ids[chunk] = tuple(ids)
 
     def _resolve(self, rows: list, pending: list[int]) -> None:
         """Replace the chunk lists at ``pending`` by ids, filling both caches for the chunks not seen before."""
@@ -404,35 +420,14 @@ class ClipTokenizer:
         return out
 
     def _learn_row(self, chunks: list[str]) -> list[int]:
-        """The ids of one text's chunks, learning the chunks the chunk dict lacks: ``_resolve`` for one row, with
-        the missing chunks found by one set difference and each new word sent straight to the Rust BPE model, as
-        one caption per call brings only a few new chunks and the batch path's bookkeeping would cost more than
-        their BPE. Many new chunks at once (a long document) take the batch path."""
+        """The ids of one text's chunks, learning the chunks the chunk dict lacks (``_resolve`` for one row, the
+        missing chunks found by one set difference)."""
         chunk_ids = self._chunk_ids
         missing = set(chunks).difference(chunk_ids)
         if len(chunk_ids) + len(missing) > _CACHE_LIMIT:
             chunk_ids = self._chunk_ids = dict(self._seed_chunks)
             missing = set(chunks).difference(chunk_ids)
-        if len(missing) >= _FEW:
-            self._learn_chunks(missing)
-        else:
-            words = self._words
-            if len(words) + sum(map(len, missing)) > _CACHE_LIMIT:  # a chunk of n characters holds <= n words
-                words = self._words = self._seed_word_table.copy()
-            index, starts, lengths, store = words.index, words.starts, words.lengths, words.ids
-            tokenize, alphabet = self._rust.model.tokenize, self._alphabet
-            for chunk in missing:
-                ids = []
-                for word in _split_words(chunk):
-                    row = index.get(word)
-                    if row is None:
-                        new = [token.id for token in tokenize("".join(map(alphabet.__getitem__, word.encode())))]
-                        words.append(word, new)
-                        ids += new
-                    else:
-                        start = starts[row]
-                        ids += store[start:start + lengths[row]]
-                chunk_ids[chunk] = tuple(ids)
+        self._learn_chunks(missing)
         return list(chain.from_iterable(map(chunk_ids.__getitem__, chunks)))
 
     def _encode_packed(self, texts: list[str], context_length: int) -> np.ndarray:

@@ -286,29 +286,20 @@ def clean_canonicalize(text: str) -> str:
 _CLEAN_FNS = {"lower": clean_lower, "whitespace": clean_whitespace, "canonicalize": clean_canonicalize}
 
 
-# Text that needs no repair holds no "&" (a trigger), so its cleaning is whitespace and case alone, and its chunks
-# are ``text.lower().split()``: no character gains or loses whitespace by lower-casing, and the one context rule of
-# ``str.lower`` (final sigma) sees the same cased neighbours whatever the whitespace between words.
+# Text that needs no repair (``fast_path_ok``) holds no "&" (a trigger), so its cleaning is whitespace and case
+# alone, and its chunks are ``text.lower().split()``: no character gains or loses whitespace by lower-casing, and
+# the one context rule of ``str.lower`` (final sigma) sees the same cased neighbours whatever the whitespace between
+# words. The other texts are repaired without testing again whether they need it.
 def _lower_chunks(text: str) -> list[str]:
-    if text.isascii():
-        if _ascii_trigger(text) is None:
-            return text.lower().split()
-    elif not needs_repair(text):
+    if fast_path_ok(text):
         return text.lower().split()
-    else:
-        return collapse_whitespace(basic_clean(text, repair=True)).lower().split(" ")
-    return clean_lower(text).split(" ")
+    return collapse_whitespace(basic_clean(text, repair=True)).lower().split(" ")
 
 
 def _whitespace_chunks(text: str) -> list[str]:
-    if text.isascii():
-        if _ascii_trigger(text) is None:
-            return text.split()
-    elif not needs_repair(text):
+    if fast_path_ok(text):
         return text.split()
-    else:
-        return collapse_whitespace(basic_clean(text, repair=True)).split(" ")
-    return clean_whitespace(text).split(" ")
+    return collapse_whitespace(basic_clean(text, repair=True)).split(" ")
 
 
 def _canonicalize_chunks(text: str) -> list[str]:

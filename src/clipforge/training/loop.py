@@ -376,8 +376,9 @@ def _set_up(cfg: TrainConfig, evaluate) -> _Run:
         logger.info("keep_freed_memory: not glibc, malloc left as it is")
     torch.manual_seed(cfg.seed + ctx.rank)
     model = build_model(cfg, ctx)
+    nhwc = uses_channels_last(cfg, model)  # as build_model decided
     teacher = build_teacher(cfg, ctx, model.config.vision.image_size)
-    if teacher is not None and uses_channels_last(cfg, model) and uses_channels_last(cfg, teacher):
+    if teacher is not None and nhwc and uses_channels_last(cfg, teacher):
         teacher = teacher.to(memory_format=torch.channels_last)  # it sees the student's NHWC batches
     tokenizer = tokenizer_for_config(model.config, cfg.tokenize.context_length, reduction=cfg.tokenize.reduction)
     if evaluate is None:
@@ -392,7 +393,7 @@ def _set_up(cfg: TrainConfig, evaluate) -> _Run:
     precision = get_precision(cfg.optim.precision)
     scaler = torch.amp.GradScaler(ctx.device.type) if precision.needs_grad_scaler else None
     state, changed, metrics = _resume(cfg, ctx, wrapped, optimizer, scaler)
-    batches = _Batches(cfg, ctx, state, transform, tokenizer, uses_channels_last(cfg, model))
+    batches = _Batches(cfg, ctx, state, transform, tokenizer, nhwc)
     if ctx.device.type == "cpu" and ctx.is_main:
         logger.info("using %d CPU thread%s for torch", threads, "s" * (threads != 1))
     return _Run(cfg, ctx, wrapped, optimizer, scaler, loss_fn, teacher, batches, evaluate, state, changed, metrics)
