@@ -110,13 +110,15 @@ def test_two_ranks_equal_one_process(tmp_path, strategy, accum, clip, lora):
                                    msg=name)
 
 
-def test_ddp_trains_an_nhwc_resnet_as_an_nchw_one(tmp_path):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_ddp_trains_an_nhwc_resnet_as_an_nchw_one(tmp_path, accum):
     """DDP over NHWC weights and batches (the trainer's default for a ResNet) gives the gradients of the same two
-    ranks in NCHW (two ranks on both sides: BatchNorm's statistics are per rank)."""
+    ranks in NCHW (two ranks on both sides: BatchNorm's statistics are per rank), with gradient accumulation too
+    (its micro-batches are slices of an NHWC batch, and its gradient sum lands in NHWC weights' gradients)."""
     grads = {}
     for nhwc in (False, True):
         result = tmp_path / f"rank0-{nhwc}.pt"
-        mp.spawn(_worker, args=(2, "ddp", 1, None, _free_port(), str(result), False, nhwc, "tiny-resnet"),
+        mp.spawn(_worker, args=(2, "ddp", accum, None, _free_port(), str(result), False, nhwc, "tiny-resnet"),
                  nprocs=2, join=True)
         grads[nhwc] = torch.load(result)["grads"]
     assert sorted(grads[True]) == sorted(grads[False])

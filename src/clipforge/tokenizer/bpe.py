@@ -292,8 +292,10 @@ class ClipTokenizer:
 
     def _bpe_word(self, word: str) -> list[int]:
         """The ids of one word, from the Rust BPE model alone (no pipeline)."""
-        return [token.id for token in self._rust.model.tokenize("".join(map(self._alphabet.__getitem__,
-                                                                                 word.encode())))]
+        if not (word.isascii() and word.isprintable()) or " " in word:
+            word = "".join(map(self._alphabet.__getitem__, word.encode()))
+        # else: the byte alphabet maps "!".."~" to themselves, so the word is already spelled in it
+        return [token.id for token in self._rust.model.tokenize(word)]
 
     def _bpe_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(number of ids of each chunk, all their ids one chunk after the other), through the word table: the
