@@ -11,6 +11,11 @@ open_clip's full forward (clipforge skips some of them, which shows up as a high
 batch 8 and the import cost of each package, each measured in a fresh subprocess. open_clip is a test-only
 dependency; it is imported here, never by clipforge. Timings on a shared machine are noisy: runs are
 interleaved and the best of N is reported; ``--rounds`` raises N.
+
+Texts are web-like captions (``bench_tokenizer.make_captions``, ~16 of 77 tokens on average) padded to the context
+as a tokenizer returns them: clipforge's text tower skips the positions after each end-of-text token (open_clip
+computes all of them), which shows as a text share above 100%. ``--tokens random`` fills the context with random
+ids, where both compute every position.
 """
 from __future__ import annotations
 
@@ -94,7 +99,21 @@ def nominal_gflops(fn, x) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def bench_model(name: str, towers, batches, repeats: int, rounds: int) -> list[dict]:
+def text_batch(kind: str, batch: int, config) -> torch.Tensor:
+    """``batch`` token rows: web-like captions padded to the context (as a tokenizer gives them), or random ids
+    filling it (every position computed on both sides)."""
+    if kind == "random":  # end-of-text (the largest id) last: every position is needed
+        tokens = torch.randint(1, min(49000, config.text.vocab_size - 1), (batch, config.text.context_length))
+        tokens[:, -1] = config.text.vocab_size - 1
+        return tokens
+    from bench_tokenizer import make_captions
+
+    from clipforge.tokenizer import ClipTokenizer
+
+    return ClipTokenizer(context_length=config.text.context_length)(make_captions(batch, seed=batch))
+
+
+def bench_model(name: str, towers, batches, repeats: int, rounds: int, tokens: str = "captions") -> list[dict]:
     reference, model, config = build_pair(name)
     size = config.vision.image_size
     gflops_image = nominal_gflops(reference.encode_image, torch.randn(1, 3, size, size))
@@ -107,7 +126,7 @@ def bench_model(name: str, towers, batches, repeats: int, rounds: int) -> list[d
                 x = torch.randn(batch, 3, size, size)
                 ours, theirs, gflops = model.encode_image, reference.encode_image, gflops_image
             else:
-                x = torch.randint(1, min(49000, config.text.vocab_size - 1), (batch, config.text.context_length))
+                x = text_batch(tokens, batch, config)
                 ours, theirs, gflops = model.encode_text, reference.encode_text, gflops_text
             reps = repeats if batch < 64 else 1
             with torch.inference_mode():
@@ -205,6 +224,8 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default 1 8 64; --quick: 1 8)")
     parser.add_argument("--towers", nargs="+", default=["image", "text"], choices=["image", "text"])
+    parser.add_argument("--tokens", choices=["captions", "random"], default="captions",
+                        help="texts: web-like captions (padded) or random ids filling the context")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per row (default 3; --quick: 2); raise it on "
                         "a busy machine")
     args = parser.parse_args(argv)
@@ -214,7 +235,8 @@ def main(argv=None) -> None:
           f"every round of every row: 'mm' = torch.mm (BLAS), 'peak' = best of torch.mm and oneDNN matmul over "
           f"1024^2 and 2048^2; %peak is against 'peak'; the ratio is open_clip time / clipforge time\n")
     print(_HEADER)
-    rows = [row for name in args.models for row in bench_model(name, args.towers, batches, repeats, rounds)]
+    rows = [row for name in args.models for row in bench_model(name, args.towers, batches, repeats, rounds,
+                                                               args.tokens)]
     # Contention can only make a GEMM slower, so the fastest rate seen anywhere in the run is the closest to
     # what the hardware does; the rows measured under load would otherwise get a deflated peak and inflated shares.
     machine_peak = max(r["peak"] for r in rows)

@@ -3,6 +3,7 @@ training step on the same architecture, weights and batch, in one run.
 
     python benchmarks/bench_train.py                 # ViT-B-32 and ViT-S-32 at batch 32, RN50 at 128 px batch 16
     python benchmarks/bench_train.py --repeats 5 --models ViT-B-32 ViT-S-32/8 RN50@224/32
+    python benchmarks/bench_train.py --tokens random  # every sequence as long as the context (no padding)
 
 open_clip's side reproduces the inner loop of open_clip_train's train_one_epoch: model(images, texts) ->
 ClipLoss -> backward -> AdamW step -> clamp of logit_scale. clipforge's side is `clipforge.training.step.train_step`
@@ -15,7 +16,14 @@ MFU: the step's floating-point operations, counted by torch's FlopCounterMode on
 ops: matmuls, convolutions, attention; forward and backward), divided by the step time and by this machine's
 measured fp32 matmul peak (the best of a few 2048 x 2048 x 2048 matmuls in the same process and thread count,
 measured before and after the steps). clipforge computes the same products in fused kernels that the counter
-cannot see, so both sides are credited with the same count.
+cannot see, so both sides are credited with the same count, less (for clipforge) the text positions it skips.
+
+Texts: by default web-like captions (``bench_tokenizer.make_captions``, tokenized: ~16 of 77 tokens on average),
+as a training batch holds them. clipforge's text tower never computes the positions after a caption's end-of-text
+token (``layers/length_buckets.py``: the batch runs in a few groups of similar length, with the same results);
+open_clip computes all 77. The "text" column is the share of the padded batch's positions clipforge computes, and
+its MFU counts only those. ``--tokens random`` gives every sequence the full context (random ids, no padding),
+where nothing is skipped: the condition of the MFU target.
 """
 from __future__ import annotations
 
@@ -91,7 +99,42 @@ def step_flops(reference, images, tokens) -> int:
     return counter.get_total_flops()
 
 
-def run_pair(name, image_size, batch, repeats):
+def text_flops(reference, tokens) -> int:
+    """FLOPs of one forward + backward of open_clip's text tower alone on ``tokens``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        reference.encode_text(tokens).sum().backward()
+    reference.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def make_tokens(kind: str, batch: int, context_length: int) -> torch.Tensor:
+    if kind == "random":  # end-of-text (the largest id) last: every position is needed
+        tokens = torch.randint(1, 49000, (batch, context_length))
+        tokens[:, -1] = 49407
+        return tokens
+    from bench_tokenizer import make_captions
+
+    from clipforge.tokenizer import ClipTokenizer
+
+    return ClipTokenizer(context_length=context_length)(make_captions(batch, seed=batch))
+
+
+def text_share(model, tokens) -> float:
+    """Share of the batch's text positions clipforge's text tower computes (its length groups)."""
+    from clipforge.layers.length_buckets import length_buckets
+    from clipforge.layers.pool import text_pool_index
+
+    text = model.text
+    if text._length_groups(text_pool_index(tokens, text.config.pool, text.config.eos_id), tokens.shape[1]) is None:
+        return 1.0
+    groups = length_buckets((text_pool_index(tokens, text.config.pool, text.config.eos_id) + 1).tolist(),
+                            max_groups=text.length_groups)
+    return sum(len(rows) * length for rows, length in groups) / tokens.numel()
+
+
+def run_pair(name, image_size, batch, repeats, token_kind="captions"):
     import open_clip
 
     from clipforge.losses.config import LossConfig, create_loss
@@ -100,7 +143,7 @@ def run_pair(name, image_size, batch, repeats):
     reference, model, config = build_pair(name, image_size)
     size = config.vision.image_size
     images = torch.randn(batch, 3, size, size)
-    tokens = torch.randint(1, 49000, (batch, config.text.context_length))
+    tokens = make_tokens(token_kind, batch, config.text.context_length)
     from clipforge.training.config import OptimConfig
     from clipforge.training.optim import create_optimizer
 
@@ -119,6 +162,8 @@ def run_pair(name, image_size, batch, repeats):
     opt = create_optimizer(model, OptimConfig(lr=1e-4, weight_decay=0.2, beta1=0.9, beta2=0.98, eps=1e-6))
     ref_loss, loss_fn = open_clip.ClipLoss(), create_loss(LossConfig(kind="clip"))
     flops = step_flops(reference, images, tokens)
+    share = text_share(model, tokens)
+    our_flops = flops - (1 - share) * text_flops(reference, tokens)  # the text positions clipforge skips
     times = {"open_clip": [], "clipforge": []}
     losses = {}
     for _ in range(repeats + 1):  # the first round warms up both
@@ -129,7 +174,8 @@ def run_pair(name, image_size, batch, repeats):
         losses["clipforge"] = train_step(model, ours_images, tokens, loss_fn, opt).loss
         times["clipforge"].append(time.perf_counter() - start)
     best = {k: min(v[1:]) for k, v in times.items()}
-    return {k: batch / v for k, v in best.items()}, losses, {k: flops / v for k, v in best.items()}
+    flop_rates = {"open_clip": flops / best["open_clip"], "clipforge": our_flops / best["clipforge"]}
+    return {k: batch / v for k, v in best.items()}, losses, flop_rates, flops, share
 
 
 def main():
@@ -138,6 +184,8 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is (the trainer's keep_freed_memory is on by default)")
+    parser.add_argument("--tokens", choices=["captions", "random"], default="captions",
+                        help="web-like captions (padded to the context) or random ids filling the context")
     parser.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-S-32", "RN50@128"],
                         help="NAME, NAME@PIXELS, with /BATCH to set the batch (default 32, ResNets 16)")
     args = parser.parse_args()
@@ -154,20 +202,20 @@ def main():
     peak = matmul_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; load average "
           f"{os.getloadavg()[0]:.2f}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; malloc keeps freed "
-          f"memory (both sides): {'yes' if kept else 'no'}")
+          f"memory (both sides): {'yes' if kept else 'no'}; texts: {args.tokens}")
     print(f"{'model':<16} {'batch':>5} {'GFLOP/step':>10} {'open_clip/s':>12} {'clipforge/s':>12} {'ratio':>6} "
-          f"{'MFU oc':>7} {'MFU cf':>7}  first losses (oc / cf)")
+          f"{'MFU oc':>7} {'MFU cf':>7} {'text':>5}  first losses (oc / cf)")
     for spec in args.models:
         spec_model, _, batch_text = spec.partition("/")
         name, _, pixels = spec_model.partition("@")
         image_size = int(pixels) if pixels else None
         batch = int(batch_text) if batch_text else 16 if name.startswith("RN") else 32
-        rates, losses, flop_rates = run_pair(name, image_size, batch, args.repeats)
+        rates, losses, flop_rates, flops, share = run_pair(name, image_size, batch, args.repeats, args.tokens)
         peak = max(peak, matmul_peak(repeats=2))  # the best seen in the run: MFU is never flattered by a slow start
-        step_gflop = flop_rates["open_clip"] / rates["open_clip"] * batch / 1e9
-        print(f"{spec:<16} {batch:>5} {step_gflop:>10.1f} {rates['open_clip']:>12.1f} {rates['clipforge']:>12.1f} "
+        print(f"{spec:<16} {batch:>5} {flops / 1e9:>10.1f} {rates['open_clip']:>12.1f} {rates['clipforge']:>12.1f} "
               f"{rates['clipforge'] / rates['open_clip']:>5.2f}x {flop_rates['open_clip'] / peak:>6.0%} "
-              f"{flop_rates['clipforge'] / peak:>6.0%}  {losses['open_clip']:.4f} / {losses['clipforge']:.4f}")
+              f"{flop_rates['clipforge'] / peak:>6.0%} {share:>5.0%}  {losses['open_clip']:.4f} / "
+              f"{losses['clipforge']:.4f}")
     print(f"peak used for MFU: {peak / 1e9:.1f} GFLOP/s; load average after {os.getloadavg()[0]:.2f}")
 
 

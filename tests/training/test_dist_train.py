@@ -6,6 +6,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
+from clipforge.layers.length_buckets import MAX_GROUPS
 from clipforge.losses.config import LossConfig, create_loss
 from clipforge.models.adapters import LoraConfig, LoraTowerConfig, apply_lora
 from clipforge.models.factory import create_model
@@ -78,8 +79,9 @@ def _worker(rank, world, strategy, accum, clip, port, result_path, lora=False, n
     local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     loss = _step(model, images[local], tokens[local], world, rank, accum, clip, wrapped.replicated_params)
     params = _full_grads(model)
+    text = getattr(model, "module", model).text
     if rank == 0:
-        torch.save({"grads": params, "loss": loss}, result_path)
+        torch.save({"grads": params, "loss": loss, "text_groups": text.length_groups}, result_path)
     tdist.barrier()
     tdist.destroy_process_group()
 
@@ -100,7 +102,11 @@ def test_two_ranks_equal_one_process(tmp_path, strategy, accum, clip, lora):
     expected = _full_grads(single)
     result = tmp_path / "rank0.pt"
     mp.spawn(_worker, args=(2, strategy, accum, clip, _free_port(), str(result), lora), nprocs=2, join=True)
-    got = torch.load(result)["grads"]
+    saved = torch.load(result)
+    got = saved["grads"]
+    # DDP ranks run their text in length groups (their own, from their own captions); FSDP2 ranks in one group
+    # cut to the batch's longest need, as every call of a sharded block is a collective
+    assert saved["text_groups"] == (1 if strategy == "fsdp2" else MAX_GROUPS)
     assert sorted(got) == sorted(expected)
     assert not lora or (len(got) == 1 + sum(".lora_" in n for n in got) and any("lora_A" in n for n in got))
     # gradients, not updated weights: Adam's first step turns round-off in a zero gradient (the key bias)

@@ -102,7 +102,8 @@ def fused_inference(enabled: bool):
         _enabled = previous
 
 
-def _capturing() -> bool:
+def capturing() -> bool:
+    """Whether the running code is being traced, scripted, compiled or exported (shapes and paths must stay fixed)."""
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or \
         torch.onnx.is_in_onnx_export()
 
@@ -113,7 +114,7 @@ def fusion_applies(x: torch.Tensor, *params: torch.Tensor | None, conv: bool = F
         return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
         return False
-    if torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled or _capturing():
+    if torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled or capturing():
         return False
     if not all(p is None or (p.dtype == torch.float32 and p.device.type == "cpu") for p in params):
         return False
@@ -182,7 +183,7 @@ def residual_linear_applies(x: torch.Tensor, *linears: nn.Module) -> bool:
     (the residual and the layers' inputs share its dtype): exactly ``nn.Linear`` (not a subclass with its own
     forward, e.g. fake-quantised) with a bias and no hooks, on the CPU, one dtype throughout, autocast off, nothing
     traced or exported, the fused path's switch not off. Autograd may be on."""
-    if _enabled is False or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or _capturing():
+    if _enabled is False or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or capturing():
         return False
     return all(type(layer) is nn.Linear and layer.bias is not None and
                layer.weight.dtype == layer.bias.dtype == x.dtype for layer in linears) \

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clipforge.layers.fused import capturing, hooked
+from clipforge.layers.length_buckets import MAX_GROUPS, length_buckets
 from clipforge.layers.norm import LayerNorm
 from clipforge.layers.pool import text_pool_index
 from clipforge.layers.transformer import Transformer
@@ -34,6 +36,10 @@ class TextTransformer(nn.Module):
                                        config.norm_eps, config.layer_scale_init)
         self.norm = LayerNorm(width, eps=config.norm_eps)
         self.proj = nn.Linear(width, embed_dim, bias=config.proj_bias) if config.output_proj else None
+        # The positions no pooled token can see are skipped by running the batch in at most this many groups of
+        # similar length (``_length_groups``): 1 cuts the whole batch to its longest need (FSDP2 sets it: each
+        # block call gathers parameters, and every rank must make as many); 0 computes the padding too.
+        self.length_groups = MAX_GROUPS
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -55,12 +61,41 @@ class TextTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         self._check_input(tokens)
-        length = tokens.shape[1]
-        x = self.token_embedding(tokens)
-        x = x + self.pos_embed[:length].to(x.dtype)
-        index = text_pool_index(tokens, self.config.pool, self.config.eos_id)
-        pooled = self.transformer(x, is_causal=self.config.causal_mask, output_index=index)  # (B, D)
+        index = text_pool_index(tokens, self.config.pool, self.config.eos_id)  # (B,)
+        groups = self._length_groups(index, tokens.shape[1])
+        if groups is None:
+            pooled = self._pooled(tokens, index)
+        elif len(groups) == 1:  # the whole batch, cut to its longest need
+            pooled = self._pooled(tokens[:, :groups[0][1]], index)
+        else:
+            members = [torch.tensor(rows, device=tokens.device) for rows, _ in groups]
+            pooled = torch.cat([self._pooled(tokens[rows, :length], index[rows])
+                                for rows, (_, length) in zip(members, groups)])
+            pooled = pooled[torch.argsort(torch.cat(members))]  # back to batch order
         return self.project(self.norm(pooled))
+
+    def _pooled(self, tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(B, L) tokens -> (B, width) states of the pooled positions ``index``, before the final norm."""
+        x = self.token_embedding(tokens)
+        x = x + self.pos_embed[:tokens.shape[1]].to(x.dtype)
+        return self.transformer(x, is_causal=self.config.causal_mask, output_index=index)
+
+    def _length_groups(self, index: torch.Tensor, length: int) -> list[tuple[list[int], int]] | None:
+        """Samples grouped by how many positions they need (``layers/length_buckets.py``), or None to run the
+        batch as it is.
+
+        With a causal mask no position sees a later one, so a sequence pooled at ``index`` gives the same result
+        from its first ``index + 1`` positions alone: the positions after its end-of-text token are never
+        computed. Only where that costs nothing else: on the CPU (reading the lengths on an accelerator is a host
+        sync), outside tracing, compiling and export (their shapes stay fixed), and without forward hooks on the
+        blocks (they would see the groups instead of the batch).
+        """
+        if not (self.length_groups and self.config.causal_mask and self.config.pool != "last"):
+            return None
+        if index.device.type != "cpu" or capturing() or hooked(*self.transformer.blocks):
+            return None
+        groups = length_buckets((index + 1).tolist(), max_groups=self.length_groups)
+        return None if len(groups) == 1 and groups[0][1] == length else groups
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """The output projection (B, width) -> (B, embed_dim); the identity without one (text.output_proj=false)."""

@@ -76,6 +76,11 @@ def distribute_model(model: torch.nn.Module, ctx: RunContext, cfg: DistConfig) -
     # Shard each transformer/residual block (the members of every ModuleList), then the root: blocks are the
     # natural unit of communication and of activation memory.
     scalars = tuple(p for p in model.parameters() if p.ndim == 0)  # same order on every rank (bucketed all-reduce)
+    for module in model.modules():
+        if getattr(module, "length_groups", 0) > 1:
+            # a text tower's length groups differ between ranks, and each call of a sharded block is a collective
+            # all-gather: one group per batch (cut to its longest need) keeps every rank's calls in step
+            module.length_groups = 1
     for module in list(model.modules()):
         if isinstance(module, torch.nn.ModuleList):
             for block in module:
