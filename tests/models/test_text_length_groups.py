@@ -147,6 +147,21 @@ def test_groups_are_off_where_they_must_be():
         _assert_close(traced(other), text(other))
     text.length_groups = 4
     assert text._length_groups(torch.tensor([2, 3, 15]), context) is not None
+    # off an accelerator's training step: reading its lengths would wait for the device in every step
+    assert text._length_groups(torch.tensor([2, 3, 15], device="meta"), context) is None
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_exported_graph_keeps_every_position(strict):
+    """torch.export (the path of ONNX's dynamo exporter) records the padded computation: one graph for all lengths."""
+    text = _text_tower().eval()
+    context = text.config.context_length
+    program = torch.export.export(text, (_tokens(8, context, text.config.vocab_size),), strict=strict)
+    other = _tokens(8, context, text.config.vocab_size, seed=5, full=False)
+    with torch.no_grad():
+        text.length_groups = 0
+        padded = text(other)
+        _assert_close(program.module()(other), padded)
 
 
 def test_open_clip_parity_on_captions_of_every_length():

@@ -105,7 +105,7 @@ def fused_inference(enabled: bool):
 def capturing() -> bool:
     """Whether the running code is being traced, scripted, compiled or exported (shapes and paths must stay fixed)."""
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or \
-        torch.onnx.is_in_onnx_export()
+        torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 def fusion_applies(x: torch.Tensor, *params: torch.Tensor | None, conv: bool = False) -> bool:

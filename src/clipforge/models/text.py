@@ -86,13 +86,17 @@ class TextTransformer(nn.Module):
 
         With a causal mask no position sees a later one, so a sequence pooled at ``index`` gives the same result
         from its first ``index + 1`` positions alone: the positions after its end-of-text token are never
-        computed. Only where that costs nothing else: on the CPU (reading the lengths on an accelerator is a host
-        sync), outside tracing, compiling and export (their shapes stay fixed), and without forward hooks on the
-        blocks (they would see the groups instead of the batch).
+        computed. Only where that costs nothing else: on the CPU, or without autograd elsewhere (reading the
+        lengths from an accelerator waits for it: a stall in a training step, not where the features are read
+        back anyway), outside tracing, compiling, export and CUDA graph capture (their shapes stay fixed), and
+        without forward hooks on the blocks (they would see the groups instead of the batch).
         """
         if not (self.length_groups and self.config.causal_mask and self.config.pool != "last"):
             return None
-        if index.device.type != "cpu" or capturing() or hooked(*self.transformer.blocks):
+        if index.device.type != "cpu" and (torch.is_grad_enabled() or (
+                index.device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
+            return None
+        if capturing() or hooked(*self.transformer.blocks):
             return None
         groups = length_buckets((index + 1).tolist(), max_groups=self.length_groups)
         return None if len(groups) == 1 and groups[0][1] == length else groups
