@@ -6,7 +6,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from clipforge.evaluation.features import EncodedImages, EncodeFn, Progress, encode_images, encode_texts
+from clipforge.evaluation.features import TEXT_BATCH, EncodedImages, EncodeFn, Progress, encode_images, encode_texts
 from clipforge.evaluation.metrics import TieRule, classification_metrics
 
 Templates = Sequence[str] | Mapping[str, Sequence[str]]
@@ -27,7 +27,7 @@ def _prompts(classnames: Sequence[str], templates: Templates) -> list[list[str]]
 
 @torch.no_grad()
 def build_classifier(encode_text: EncodeFn, tokenize: Callable[[list[str]], torch.Tensor],
-                     classnames: Sequence[str], templates: Templates, batch_size: int = 256) -> torch.Tensor:
+                     classnames: Sequence[str], templates: Templates, batch_size: int = TEXT_BATCH) -> torch.Tensor:
     """(D, C) zero-shot weights: per class, the mean of normalised prompt embeddings, normalised again."""
     if not classnames:
         raise ValueError("no class names given")
