@@ -22,8 +22,9 @@ Texts: by default web-like captions (``bench_tokenizer.make_captions``, tokenize
 as a training batch holds them. clipforge's text tower never computes the positions after a caption's end-of-text
 token (``layers/length_buckets.py``: the batch runs in a few groups of similar length, with the same results);
 open_clip computes all 77. The "text" column is the share of the padded batch's positions clipforge computes, and
-its MFU counts only those. ``--tokens random`` gives every sequence the full context (random ids, no padding),
-where nothing is skipped: the condition of the MFU target.
+its MFU counts only those (open_clip's text FLOPs scaled by that share; attention grows with the square of the
+length, so the work left is slightly overstated). ``--tokens random`` gives every sequence the full context
+(random ids, end-of-text last), where nothing is skipped: the condition of the MFU target.
 """
 from __future__ import annotations
 

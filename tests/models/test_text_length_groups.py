@@ -119,9 +119,9 @@ def test_groups_with_gradient_checkpointing_and_in_inference():
         _assert_close(text(tokens), padded)
 
 
-def _calls_of_first_block(text, tokens):
+def _calls_seen_by_hook(module, text, tokens):
     shapes = []
-    handle = text.transformer.blocks[0].register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
+    handle = module.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
     try:
         text(tokens)
     finally:
@@ -133,8 +133,13 @@ def test_groups_are_off_where_they_must_be():
     text = _text_tower()
     context = text.config.context_length
     tokens = _tokens(8, context, text.config.vocab_size)
-    # a forward hook on a block sees the whole padded batch, in one call
-    assert _calls_of_first_block(text, tokens) == [(8, context, text.config.width)]
+    assert text._length_groups(text_pool_index(tokens, "argmax"), context) is not None  # grouped without hooks
+    # a forward hook anywhere inside the tower sees the whole padded batch, in one call
+    width = text.config.width
+    for module, shape in [(text.transformer.blocks[0], (8, context, width)), (text.transformer.blocks[0].attn.qkv,
+                                                                              (8, context, width)),
+                          (text.token_embedding, (8, context))]:
+        assert _calls_seen_by_hook(module, text, tokens) == [shape]
     # a bidirectional tower (or one pooling the last position) needs every position
     for overrides in ({"text.pool": "last", "text.causal_mask": False}, {"text.pool": "last"}):
         other = _text_tower(overrides)
@@ -147,8 +152,10 @@ def test_groups_are_off_where_they_must_be():
         _assert_close(traced(other), text(other))
     text.length_groups = 4
     assert text._length_groups(torch.tensor([2, 3, 15]), context) is not None
-    # off an accelerator's training step: reading its lengths would wait for the device in every step
-    assert text._length_groups(torch.tensor([2, 3, 15], device="meta"), context) is None
+    # off the CPU (reading the lengths would wait for the device), with autograd or without
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            assert text._length_groups(torch.tensor([2, 3, 15], device="meta"), context) is None
 
 
 @pytest.mark.parametrize("strict", [False, True])

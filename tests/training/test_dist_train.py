@@ -104,8 +104,8 @@ def test_two_ranks_equal_one_process(tmp_path, strategy, accum, clip, lora):
     mp.spawn(_worker, args=(2, strategy, accum, clip, _free_port(), str(result), lora), nprocs=2, join=True)
     saved = torch.load(result)
     got = saved["grads"]
-    # DDP ranks run their text in length groups (their own, from their own captions); FSDP2 ranks in one group
-    # cut to the batch's longest need, as every call of a sharded block is a collective
+    # DDP ranks run their text in length groups (their own, from their own captions); under FSDP2 at most one
+    # group (every call of a sharded block is a collective; its hooks on the blocks keep the batch padded anyway)
     assert saved["text_groups"] == (1 if strategy == "fsdp2" else MAX_GROUPS)
     assert sorted(got) == sorted(expected)
     assert not lora or (len(got) == 1 + sum(".lora_" in n for n in got) and any("lora_A" in n for n in got))

@@ -58,7 +58,8 @@ def unpack_batch(batch) -> tuple[torch.Tensor, object, int]:
 
 # Texts per encode_text call. Small enough that a CPU keeps a batch's activations in cache and reuses freed pages
 # (64 x 77 positions): 800 prompts through bench_eval's model took 3.7 s in batches of 64, 5.9 s in batches of 256
-# (best of 4, same process), and clip_benchmark encodes 80 at a time (one class's prompts).
+# (best of 4, same process, on a CPU; not measured on a GPU), and clip_benchmark encodes 80 at a time (one class's
+# prompts).
 TEXT_BATCH = 64
 
 

@@ -1,6 +1,8 @@
 """Text transformer tower: CLIP form (causal mask, end-of-text pooling) and SigLIP form (bidirectional, last token)."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -37,8 +39,8 @@ class TextTransformer(nn.Module):
         self.norm = LayerNorm(width, eps=config.norm_eps)
         self.proj = nn.Linear(width, embed_dim, bias=config.proj_bias) if config.output_proj else None
         # The positions no pooled token can see are skipped by running the batch in at most this many groups of
-        # similar length (``_length_groups``): 1 cuts the whole batch to its longest need (FSDP2 sets it: each
-        # block call gathers parameters, and every rank must make as many); 0 computes the padding too.
+        # similar length (``_length_groups``): 1 cuts the whole batch to its longest need (``distribute_model``
+        # sets it for FSDP2, where every rank must call each sharded block as often); 0 computes the padding too.
         self.length_groups = MAX_GROUPS
         self._init_weights()
 
@@ -86,20 +88,18 @@ class TextTransformer(nn.Module):
 
         With a causal mask no position sees a later one, so a sequence pooled at ``index`` gives the same result
         from its first ``index + 1`` positions alone: the positions after its end-of-text token are never
-        computed. Only where that costs nothing else: on the CPU, or without autograd elsewhere (reading the
-        lengths from an accelerator waits for it: a stall in a training step, not where the features are read
-        back anyway), outside tracing, compiling, export and CUDA graph capture (their shapes stay fixed), and
-        without forward hooks on the blocks (they would see the groups instead of the batch).
+        computed. Only where that costs nothing else: on the CPU (reading the lengths from an accelerator waits for
+        it, and a training step's two passes under gradient caching must take the same shapes), outside tracing,
+        compiling and export (their shapes stay fixed), and without forward hooks inside the tower (they would see
+        the groups instead of the batch; FSDP2's hooks on the blocks turn it off there). Dropout inside the tower
+        (LoRA's) draws its masks over the groups' shapes: the same distribution, not the padded batch's masks.
         """
         if not (self.length_groups and self.config.causal_mask and self.config.pool != "last"):
             return None
-        if index.device.type != "cpu" and (torch.is_grad_enabled() or (
-                index.device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
-            return None
-        if capturing() or hooked(*self.transformer.blocks):
+        if index.device.type != "cpu" or capturing() or hooked(*itertools.islice(self.modules(), 1, None)):
             return None
         groups = length_buckets((index + 1).tolist(), max_groups=self.length_groups)
-        return None if len(groups) == 1 and groups[0][1] == length else groups
+        return None if not groups or (len(groups) == 1 and groups[0][1] == length) else groups  # []: no sample
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """The output projection (B, width) -> (B, embed_dim); the identity without one (text.output_proj=false)."""
