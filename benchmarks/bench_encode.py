@@ -99,21 +99,9 @@ def nominal_gflops(fn, x) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def text_batch(kind: str, batch: int, config) -> torch.Tensor:
-    """``batch`` token rows: web-like captions padded to the context (as a tokenizer gives them), or random ids
-    filling it (every position computed on both sides)."""
-    if kind == "random":  # end-of-text (the largest id) last: every position is needed
-        tokens = torch.randint(1, min(49000, config.text.vocab_size - 1), (batch, config.text.context_length))
-        tokens[:, -1] = config.text.vocab_size - 1
-        return tokens
-    from bench_tokenizer import make_captions
-
-    from clipforge.tokenizer import ClipTokenizer
-
-    return ClipTokenizer(context_length=config.text.context_length)(make_captions(batch, seed=batch))
-
-
 def bench_model(name: str, towers, batches, repeats: int, rounds: int, tokens: str = "captions") -> list[dict]:
+    from bench_tokenizer import caption_tokens
+
     reference, model, config = build_pair(name)
     size = config.vision.image_size
     gflops_image = nominal_gflops(reference.encode_image, torch.randn(1, 3, size, size))
@@ -126,7 +114,7 @@ def bench_model(name: str, towers, batches, repeats: int, rounds: int, tokens: s
                 x = torch.randn(batch, 3, size, size)
                 ours, theirs, gflops = model.encode_image, reference.encode_image, gflops_image
             else:
-                x = text_batch(tokens, batch, config)
+                x = caption_tokens(tokens, batch, config.text.context_length, config.text.vocab_size)
                 ours, theirs, gflops = model.encode_text, reference.encode_text, gflops_text
             reps = repeats if batch < 64 else 1
             with torch.inference_mode():

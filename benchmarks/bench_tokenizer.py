@@ -130,6 +130,17 @@ def make_mixed_captions(n: int, seed: int = 0) -> list[str]:
     return out
 
 
+def caption_tokens(kind: str, batch: int, context_length: int, vocab_size: int = 49408) -> torch.Tensor:
+    """``(batch, context_length)`` tokens for the model benchmarks: ``captions``, web-like captions (``make_captions``)
+    padded to the context as a tokenizer returns them; ``random``, random ids with end-of-text (the largest id)
+    last, so that every position is needed."""
+    if kind == "random":
+        tokens = torch.randint(1, min(49000, vocab_size - 1), (batch, context_length))
+        tokens[:, -1] = vocab_size - 1
+        return tokens
+    return ClipTokenizer(context_length=context_length)(make_captions(batch, seed=batch))
+
+
 def _timed(run) -> tuple[float, float, object]:
     """(wall seconds, process CPU seconds, result) of one call."""
     wall, cpu = time.perf_counter(), time.process_time()

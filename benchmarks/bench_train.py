@@ -110,33 +110,18 @@ def text_flops(reference, tokens) -> int:
     return counter.get_total_flops()
 
 
-def make_tokens(kind: str, batch: int, context_length: int) -> torch.Tensor:
-    if kind == "random":  # end-of-text (the largest id) last: every position is needed
-        tokens = torch.randint(1, 49000, (batch, context_length))
-        tokens[:, -1] = 49407
-        return tokens
-    from bench_tokenizer import make_captions
-
-    from clipforge.tokenizer import ClipTokenizer
-
-    return ClipTokenizer(context_length=context_length)(make_captions(batch, seed=batch))
-
-
 def text_share(model, tokens) -> float:
     """Share of the batch's text positions clipforge's text tower computes (its length groups)."""
-    from clipforge.layers.length_buckets import length_buckets
     from clipforge.layers.pool import text_pool_index
 
     text = model.text
-    if text._length_groups(text_pool_index(tokens, text.config.pool, text.config.eos_id), tokens.shape[1]) is None:
-        return 1.0
-    groups = length_buckets((text_pool_index(tokens, text.config.pool, text.config.eos_id) + 1).tolist(),
-                            max_groups=text.length_groups)
-    return sum(len(rows) * length for rows, length in groups) / tokens.numel()
+    groups = text._length_groups(text_pool_index(tokens, text.config.pool, text.config.eos_id), tokens.shape[1])
+    return 1.0 if groups is None else sum(len(rows) * length for rows, length in groups) / tokens.numel()
 
 
 def run_pair(name, image_size, batch, repeats, token_kind="captions"):
     import open_clip
+    from bench_tokenizer import caption_tokens
 
     from clipforge.losses.config import LossConfig, create_loss
     from clipforge.training.step import train_step
@@ -144,7 +129,7 @@ def run_pair(name, image_size, batch, repeats, token_kind="captions"):
     reference, model, config = build_pair(name, image_size)
     size = config.vision.image_size
     images = torch.randn(batch, 3, size, size)
-    tokens = make_tokens(token_kind, batch, config.text.context_length)
+    tokens = caption_tokens(token_kind, batch, config.text.context_length, config.text.vocab_size)
     from clipforge.training.config import OptimConfig
     from clipforge.training.optim import create_optimizer
 
